@@ -1,0 +1,221 @@
+"""Pixels <-> ``.cnnz`` bytes: the networks, the integer entropy path and the container.
+
+Only the float transforms (analysis, synthesis) run in torch, on CUDA when available;
+they run in overlapping tiles so memory stays bounded for any image size. What the
+entropy coder depends on (ẑ, the integer hyper network, scale indexes) is exact
+integer arithmetic in numpy, so a file decodes to the same latents everywhere.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from . import container, entropy, hyper
+from .weights import Model, load
+
+LATENT_STRIDE = 16  # pixels per latent
+PAD_MULTIPLE = 64  # pixels per hyper-latent
+TILE = 48  # latents per tile side (768 pixels)
+HALO = 3  # latents of context around each tile: more than the transforms' receptive radius
+
+_torch_lock = threading.Lock()
+_torch_ready = False
+
+
+def _torch() -> Any:
+    """Import torch once, apply CNNZ_THREADS, and make forked children safe."""
+    global _torch_ready
+    import torch
+
+    with _torch_lock:
+        if not _torch_ready:
+            threads = os.environ.get("CNNZ_THREADS")
+            if threads:
+                torch.set_num_threads(int(threads))
+            # torch's OpenMP pool hangs in a fork()ed child once the parent used it
+            # (pytorch #41197); a single thread in the child avoids it.
+            os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
+            _torch_ready = True
+    return torch
+
+
+def resolve_device(device: str | None = None) -> str:
+    """Explicit argument, else ``CNNZ_DEVICE``, else CUDA when available, else CPU."""
+    device = device or os.environ.get("CNNZ_DEVICE")
+    torch = _torch()
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        msg = f"device {device!r} was asked for but CUDA is not available"
+        raise ValueError(msg)
+    if not device.startswith(("cpu", "cuda")):
+        msg = f"unknown device {device!r}; use 'cpu' or 'cuda'"
+        raise ValueError(msg)
+    return device
+
+
+def _tiles(size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + TILE, size)) for start in range(0, size, TILE)]
+
+
+def _tiled(fn, x, in_scale: int, out_scale: int, out_channels: int, out_size: tuple[int, int]):
+    """Apply ``fn`` over overlapping tiles of ``x`` (1, C, H, W) on a latent grid.
+
+    ``in_scale``/``out_scale`` are pixels per latent on each side, so a tile of latents
+    ``[a, b)`` reads input ``[a·in, b·in)`` plus the halo and keeps output ``[a·out, b·out)``.
+    """
+    torch = _torch()
+    rows, cols = out_size[0] // out_scale, out_size[1] // out_scale
+    out = torch.empty((1, out_channels, *out_size), dtype=torch.float32)
+    for r0, r1 in _tiles(rows):
+        for c0, c1 in _tiles(cols):
+            a0, a1 = max(r0 - HALO, 0), min(r1 + HALO, rows)
+            b0, b1 = max(c0 - HALO, 0), min(c1 + HALO, cols)
+            y = fn(x[..., a0 * in_scale : a1 * in_scale, b0 * in_scale : b1 * in_scale])
+            out[..., r0 * out_scale : r1 * out_scale, c0 * out_scale : c1 * out_scale] = y[
+                ..., (r0 - a0) * out_scale : (r1 - a0) * out_scale, (c0 - b0) * out_scale : (c1 - b0) * out_scale
+            ].float().cpu()
+    return out
+
+
+def _hyper(model: Model, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact means and scale indexes of the latents from integer ẑ."""
+    out = hyper.hyper_synthesis(model.hyper_layers, z)
+    m = out.shape[0] // 2
+    mu = (out[:m] * 2.0**-hyper.FRAC_BITS).astype(np.float32)
+    s = model.meta["scale"]
+    return mu, hyper.scale_index(out[m:], s["offset"], s["step"], s["count"])
+
+
+def encode_rgb(rgb: np.ndarray, quality: float, device: str | None = None) -> tuple[bytes, bytes, bytes]:
+    """(model id, LATZ payload, LATY payload) for an (H, W, 3) uint8 image."""
+    torch = _torch()
+    device = resolve_device(device)
+    model = load()
+    net = model.net(device)
+    h, w = rgb.shape[:2]
+    x = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1)[None].float().div_(255)
+    ph, pw = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
+    x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+    gain, _ = model.log2_gains(quality)
+    with torch.inference_mode():
+        y = _tiled(lambda t: net.g_a(t.to(device)), x, LATENT_STRIDE, 1, net.config.M,
+                   (x.shape[2] // LATENT_STRIDE, x.shape[3] // LATENT_STRIDE))
+        y = y * torch.from_numpy(2**gain).float().view(1, -1, 1, 1)
+        z = net.h_a(y.to(device)).float().cpu()
+    z_int = torch.round(z)[0].numpy().astype(np.int64)
+    z_index = np.broadcast_to(np.arange(z_int.shape[0], dtype=np.int32)[:, None, None], z_int.shape)
+    latz = entropy.encode(z_int, z_index, model.z_tables)
+    mu, idx = _hyper(model, z_int)
+    symbols = np.round(y[0].numpy() - mu).astype(np.int64)
+    laty = entropy.encode(symbols, idx, model.y_tables)
+    return model.model_id, latz, laty
+
+
+def decode_rgb(header: container.Header, latz: bytes, laty: bytes, device: str | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of a file's latent sections."""
+    model = load(header.model_id)
+    zh, zw = -(-header.height // PAD_MULTIPLE), -(-header.width // PAD_MULTIPLE)
+    nz = model.meta["config"]["Nz"]
+    z_index = np.broadcast_to(np.arange(nz, dtype=np.int32)[:, None, None], (nz, zh, zw))
+    try:
+        z_int = entropy.decode(latz, z_index, model.z_tables)
+        mu, idx = _hyper(model, z_int)
+        symbols = entropy.decode(laty, idx, model.y_tables)
+    except entropy.EntropyError as e:
+        raise container.CorruptFileError(str(e)) from e
+    torch = _torch()
+    device = resolve_device(device)
+    net = model.net(device)
+    _, inv_gain = model.log2_gains(header.quality)
+    y_hat = torch.from_numpy((symbols + mu) * (2**inv_gain)[:, None, None].astype(np.float32)).float()[None]
+    with torch.inference_mode():
+        x = _tiled(lambda t: net.g_s(t.to(device)), y_hat, 1, LATENT_STRIDE, 3,
+                   (y_hat.shape[2] * LATENT_STRIDE, y_hat.shape[3] * LATENT_STRIDE))
+        x = x[0, :, : header.height, : header.width].clamp_(0, 1).mul_(255).round_()
+        return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def _split(pixels: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, 3) colour and optional (H, W) alpha of an array in one of the container's modes."""
+    expected = {"L": 2, "LA": 3, "RGB": 3, "RGBA": 3}[mode]
+    channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[mode]
+    shape_ok = pixels.ndim == expected and (pixels.ndim == 2 or pixels.shape[2] == channels)
+    if pixels.dtype != np.uint8 or not shape_ok:
+        msg = f"mode {mode} needs a uint8 array of {channels} channel(s), got {pixels.dtype} {pixels.shape}"
+        raise ValueError(msg)
+    if mode == "L":
+        return np.repeat(pixels[..., None], 3, axis=2), None
+    if mode == "LA":
+        return np.repeat(pixels[..., :1], 3, axis=2), pixels[..., 1]
+    if mode == "RGBA":
+        return pixels[..., :3], pixels[..., 3]
+    return pixels, None
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma with Pillow's rounding, as ``Image.convert("L")`` computes it."""
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def encode(pixels: np.ndarray, mode: str, quality: float = 4.0, *, device: str | None = None,
+           metadata: dict[str, bytes] | None = None) -> bytes:
+    """A complete ``.cnnz`` file for an (H, W[, C]) uint8 array in mode L, LA, RGB or RGBA.
+
+    ``metadata`` maps the container tags ``EXIF``, ``ICCP`` and ``XMP `` to raw bytes.
+    """
+    import zstandard
+
+    if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not 1 <= quality <= 8:
+        msg = f"quality must be a number from 1 (smallest) to 8 (best), got {quality!r}"
+        raise ValueError(msg)
+    if mode not in container.MODES:
+        msg = f"cannot encode mode {mode!r}; supported modes are {', '.join(container.MODES)}"
+        raise ValueError(msg)
+    h, w = pixels.shape[:2]
+    if not (1 <= h <= container.MAX_SIDE and 1 <= w <= container.MAX_SIDE):
+        msg = f"image size {w}x{h} is outside 1..{container.MAX_SIDE} on a side"
+        raise ValueError(msg)
+    rgb, alpha = _split(pixels, mode)
+    quality = round(quality * 1000) / 1000  # what the header can hold, so decode uses the same gains
+    model_id, latz, laty = encode_rgb(rgb, quality, device)
+    sections = {k: v for k, v in (metadata or {}).items() if v}
+    if alpha is not None:
+        sections["ALPH"] = zstandard.ZstdCompressor(level=10).compress(np.ascontiguousarray(alpha).tobytes())
+    sections["LATZ"], sections["LATY"] = latz, laty
+    return container.serialize(w, h, mode, quality, model_id, sections)
+
+
+def decode_payloads(header: container.Header, payloads: dict[str, bytes], device: str | None = None) -> np.ndarray:
+    """Pixels of a parsed file: (H, W) for L, (H, W, C) otherwise."""
+    import zstandard
+
+    alpha = None
+    if "ALPH" in payloads:
+        size = header.width * header.height
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(payloads["ALPH"], max_output_size=size)
+        except zstandard.ZstdError as e:
+            msg = f"section 'ALPH' does not decompress: {e}"
+            raise container.CorruptFileError(msg) from e
+        if len(raw) != size:
+            msg = f"section 'ALPH' holds {len(raw)} bytes, expected {size}"
+            raise container.CorruptFileError(msg)
+        alpha = np.frombuffer(raw, np.uint8).reshape(header.height, header.width)
+    rgb = decode_rgb(header, payloads["LATZ"], payloads["LATY"], device)
+    if header.mode == "RGB":
+        return rgb
+    if header.mode == "RGBA":
+        return np.dstack([rgb, alpha])
+    luma = _luma(rgb)
+    return luma if header.mode == "L" else np.dstack([luma, alpha])
+
+
+def decode(data: bytes, device: str | None = None) -> np.ndarray:
+    """Pixels of a complete ``.cnnz`` file (see :func:`decode_payloads`)."""
+    header, payloads = container.parse(data)
+    return decode_payloads(header, payloads, device)

@@ -1,0 +1,86 @@
+"""Integer hyper-synthesis: ẑ -> (μ, scale index), bit-identical on every machine.
+
+The probabilities the entropy coder uses must be the same when decoding as when
+encoding, on any CPU, GPU, thread count or BLAS. Float networks cannot promise that
+(CompressAI #279, #320; tensorflow/compression #44). So the trained float ``h_s`` is
+exported as a fixed-point network (Ballé et al. 2019, "Integer networks"): integer
+weights, integer activations with ``FRAC_BITS`` fractional bits, and power-of-two
+rescaling with round-half-up. Every value is an integer below 2**53, so float64
+matrix products are exact whatever the summation order; numpy's BLAS can do the work.
+
+Layers are given as a list of dicts (from the weights file):
+``{"kind": "conv", "weight": int array (out, in, k, k), "bias": int array, "shift": s}``,
+``{"kind": "relu"}`` and ``{"kind": "shuffle"}`` (pixel shuffle by 2).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FRAC_BITS = 8  # activations are value * 2**FRAC_BITS
+ACT_LIMIT = 2.0**20  # |activation| bound that keeps every sum below 2**53
+Z_LIMIT = 2**11  # |ẑ| fed to the network; larger values are clipped (they carry no more information)
+HALO = 4  # rows of ẑ each strip reads beyond its own: >= the network's receptive radius
+
+
+def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, shift: int) -> np.ndarray:
+    """Zero-padded 'same' convolution of an integer-valued float64 (C, H, W) array."""
+    cout, cin, k, _ = weight.shape
+    _, h, w = x.shape
+    p = k // 2
+    xp = np.pad(x, ((0, 0), (p, p), (p, p))) if p else x
+    acc = np.zeros((cout, h * w), np.float64)
+    for dy in range(k):
+        for dx in range(k):
+            acc += weight[:, :, dy, dx] @ xp[:, dy : dy + h, dx : dx + w].reshape(cin, -1)
+    acc += bias[:, None]
+    out = np.floor(acc * 2.0**-shift + 0.5)
+    return np.clip(out, -ACT_LIMIT, ACT_LIMIT).reshape(cout, h, w)
+
+
+def pixel_shuffle(x: np.ndarray, r: int = 2) -> np.ndarray:
+    c, h, w = x.shape
+    return x.reshape(c // (r * r), r, r, h, w).transpose(0, 3, 1, 4, 2).reshape(c // (r * r), h * r, w * r)
+
+
+def run_layers(layers: list[dict], z: np.ndarray) -> np.ndarray:
+    x = np.clip(z.astype(np.float64), -Z_LIMIT, Z_LIMIT) * 2.0**FRAC_BITS
+    for layer in layers:
+        kind = layer["kind"]
+        if kind == "conv":
+            x = conv(x, layer["weight"], layer["bias"], layer["shift"])
+        elif kind == "relu":
+            x = np.maximum(x, 0)
+        elif kind == "shuffle":
+            x = pixel_shuffle(x)
+        else:
+            msg = f"unknown hyper layer {kind!r}"
+            raise ValueError(msg)
+    return x
+
+
+def upsampling(layers: list[dict]) -> int:
+    return 2 ** sum(layer["kind"] == "shuffle" for layer in layers)
+
+
+def hyper_synthesis(layers: list[dict], z: np.ndarray, strip_rows: int = 16) -> np.ndarray:
+    """Integer output (2M, H·f, W·f) of the hyper network for integer ``z`` (C, H, W).
+
+    Works in horizontal strips with a halo of ``HALO`` rows so memory stays bounded
+    for huge images; interior values are computed from the same integers as an
+    unstripped run, so the result is identical.
+    """
+    f = upsampling(layers)
+    h = z.shape[1]
+    parts = []
+    for top in range(0, h, strip_rows):
+        bottom = min(top + strip_rows, h)
+        lo, hi = max(top - HALO, 0), min(bottom + HALO, h)
+        out = run_layers(layers, z[:, lo:hi])
+        parts.append(out[:, (top - lo) * f : (bottom - lo) * f])
+    return np.concatenate(parts, axis=1)
+
+
+def scale_index(log2_scale: np.ndarray, offset: int, step: int, count: int) -> np.ndarray:
+    """Integer bin of the fixed-point log2 scale: floor((ℓ - offset) / step), clipped to the table."""
+    idx = np.floor_divide(log2_scale.astype(np.int64) - offset, step)
+    return np.clip(idx, 0, count - 1).astype(np.int32)

@@ -1,0 +1,51 @@
+"""Building blocks of the transforms (torch).
+
+Kept apart from the model so the network definition reads as a data-flow diagram.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def conv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
+    """A 'same'-padded convolution; stride 2 halves the resolution."""
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
+
+
+class SubPixelConv(nn.Module):
+    """3x3 convolution to ``cout * r**2`` channels followed by a pixel shuffle.
+
+    Upsamples by ``r`` without the checkerboard and cost of a full-resolution
+    transposed convolution (Shi et al. 2016).
+    """
+
+    def __init__(self, cin: int, cout: int, r: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout * r * r, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+class GDN(nn.Module):
+    """Simplified generalized divisive normalization (Johnston et al. 2019).
+
+    ``y = x / (beta + gamma @ |x|)``, or ``x * (...)`` when ``inverse``. The L1
+    form needs no square root, which keeps it cheap on the decoder side.
+    ``beta`` and ``gamma`` are stored as square roots so they stay non-negative.
+    """
+
+    def __init__(self, channels: int, inverse: bool = False) -> None:
+        super().__init__()
+        self.inverse = inverse
+        self.beta_sqrt = nn.Parameter(torch.ones(channels))
+        self.gamma_sqrt = nn.Parameter(torch.eye(channels) * 0.1**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        gamma = (self.gamma_sqrt**2).reshape(c, c, 1, 1)
+        norm = F.conv2d(x.abs(), gamma.to(x.dtype), (self.beta_sqrt**2 + 1e-6).to(x.dtype))
+        return x * norm if self.inverse else x / norm

@@ -1,0 +1,121 @@
+"""The CNNZ network: analysis / synthesis transforms with a mean-scale hyperprior.
+
+Data flow (one model for every quality; Cui et al. 2021 gain units)::
+
+    x ─ g_a ─ y ─ ×gain(q) ─ y' ─ h_a ─ z ─ round ─ ẑ ─ h_s ─ (μ, log2 σ)
+                               │                              │
+                               └── round(y' − μ) ── symbols ──┘ (Gaussian tables indexed by σ)
+    x̂ ─ g_s ─ ŷ = (symbols + μ) × inv_gain(q)
+
+``h_s`` is trained in float here; at export it is turned into an integer network
+(``pillow_cnnz.hyper``) so the decoder reproduces the encoder's probabilities exactly
+on any device. ``g_s`` is small on purpose (about 15k multiply-adds per pixel):
+channels shrink toward full resolution and upsampling is sub-pixel.
+
+References: Ballé et al. 2018 (hyperprior), Minnen et al. 2018 (mean-scale),
+Minnen & Singh 2020 (straight-through rounding for the synthesis input).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .factorized import FactorizedDensity
+from .layers import GDN, SubPixelConv, conv
+
+# Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE),
+# the λ values of CompressAI's zoo so results line up with the published curves.
+LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+QUALITY_MIN, QUALITY_MAX = 1.0, float(len(LAMBDAS))
+SCALE_MIN = 0.11
+
+
+@dataclass(frozen=True)
+class Config:
+    N: int = 96  # encoder width
+    M: int = 160  # latent channels
+    Nz: int = 64  # hyper-latent channels
+    Nh: int = 96  # hyper width
+    dec: tuple[int, int, int] = (96, 64, 48)  # synthesis widths, coarse to fine
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def interp_log2(table: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of per-level rows of ``table`` at fractional ``quality`` (1..L)."""
+    t = (quality.to(table.dtype) - 1).clamp(0, table.shape[0] - 1)
+    lo = t.floor().long().clamp(max=table.shape[0] - 2)
+    w = (t - lo).unsqueeze(-1)
+    return table[lo] * (1 - w) + table[lo + 1] * w
+
+
+def lambda_for(quality: torch.Tensor) -> torch.Tensor:
+    table = torch.tensor([math.log2(v) for v in LAMBDAS], dtype=torch.float32).unsqueeze(-1)
+    return 2 ** interp_log2(table, quality).squeeze(-1)
+
+
+class CnnzNet(nn.Module):
+    def __init__(self, config: Config = Config()) -> None:
+        super().__init__()
+        N, M, Nz, Nh = config.N, config.M, config.Nz, config.Nh
+        d1, d2, d3 = config.dec
+        self.config = config
+        self.g_a = nn.Sequential(
+            conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
+        )
+        self.g_s = nn.Sequential(
+            SubPixelConv(M, d1), GDN(d1, inverse=True),
+            SubPixelConv(d1, d2), GDN(d2, inverse=True),
+            SubPixelConv(d2, d3), GDN(d3, inverse=True),
+            SubPixelConv(d3, 3),
+        )
+        self.h_a = nn.Sequential(
+            conv(M, Nh, 3, 1), nn.ReLU(), conv(Nh, Nh), nn.ReLU(), conv(Nh, Nz)
+        )
+        # Only Conv2d, ReLU and SubPixelConv: the layers hyper.py knows how to run in integers.
+        self.h_s = nn.Sequential(
+            conv(Nz, Nh, 3, 1), nn.ReLU(),
+            SubPixelConv(Nh, Nh), nn.ReLU(),
+            SubPixelConv(Nh, Nh), nn.ReLU(),
+            conv(Nh, 2 * M, 1, 1),
+        )
+        self.density_z = FactorizedDensity(Nz)
+        levels = torch.tensor([0.5 * math.log2(v / LAMBDAS[3]) for v in LAMBDAS])
+        self.log2_gain = nn.Parameter(levels.unsqueeze(-1).repeat(1, M))
+        self.log2_inv_gain = nn.Parameter(-levels.unsqueeze(-1).repeat(1, M))
+
+    def gains(self, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample (gain, inverse gain), shaped (B, M, 1, 1)."""
+        g = 2 ** interp_log2(self.log2_gain, quality)
+        ig = 2 ** interp_log2(self.log2_inv_gain, quality)
+        return g[..., None, None], ig[..., None, None]
+
+    def forward(self, x: torch.Tensor, quality: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training/eval pass with the noise proxy for the rate: returns x̂ and bits per sample."""
+        gain, inv_gain = self.gains(quality)
+        y = self.g_a(x) * gain
+        z = self.h_a(y)
+        z_tilde = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else torch.round(z)
+        bits_z = -torch.log2(self.density_z.likelihood(z_tilde).clamp_min(1e-9)).sum((1, 2, 3))
+        mu, log2_scale = self.h_s(z_tilde).chunk(2, dim=1)
+        scale = (2**log2_scale).clamp_min(SCALE_MIN)
+        if self.training:
+            y_rate = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        else:
+            y_rate = torch.round(y - mu) + mu
+        bits_y = -torch.log2(gaussian_likelihood(y_rate - mu, scale)).sum((1, 2, 3))
+        y_hat = y - mu + (torch.round(y - mu) - (y - mu)).detach() + mu
+        x_hat = self.g_s(y_hat * inv_gain)
+        return {"x_hat": x_hat, "bits": bits_y + bits_z, "bits_z": bits_z}
+
+
+def gaussian_likelihood(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Mass of [v-½, v+½] under N(0, scale²), computed on the stable tail side."""
+    v = v.abs()
+    c = -1 / (math.sqrt(2) * scale)
+    p = 0.5 * torch.erfc(c * (0.5 - v)) - 0.5 * torch.erfc(c * (-0.5 - v))
+    return p.clamp_min(1e-9)

@@ -1,0 +1,109 @@
+"""Pillow plugin for ``.cnnz``: ``Image.open`` reads the header, ``load()`` decodes.
+
+Laid out like Pillow's own plugins (``_accept`` -> ImageFile subclass -> ``_save`` ->
+registration). Opening never imports torch: size, mode and metadata come from the
+container alone, so listing or filtering thousands of files stays cheap.
+"""
+from __future__ import annotations
+
+from io import BytesIO
+from typing import IO
+
+from PIL import Image, ImageFile
+
+from . import container
+
+FORMAT = "CNNZ"
+EXTENSION = ".cnnz"
+MIME = "image/x-cnnz"
+_INFO_KEYS = {"EXIF": "exif", "ICCP": "icc_profile", "XMP ": "xmp"}
+# Modes saved after a lossless conversion to a mode the codec stores.
+_CONVERT = {"1": "L", "P": None, "PA": "RGBA"}
+
+
+def _accept(prefix: bytes) -> bool:
+    return container.accept(prefix)
+
+
+class CnnzImageFile(ImageFile.ImageFile):
+    format = FORMAT
+    format_description = "CNNZ learned image codec"
+
+    def _open(self) -> None:
+        assert self.fp is not None
+        header, sections = container.read_directory(self.fp)
+        self._size = (header.width, header.height)
+        self._mode = header.mode
+        self._header = header
+        self._sections = {s.tag: s for s in sections}
+        self._decoded = False
+        self.info["quality"] = header.quality
+        self.info["model_id"] = header.model_hex
+        for tag, key in _INFO_KEYS.items():
+            if tag in self._sections:
+                self.info[key] = container.read_payload(self.fp, self._sections[tag])
+
+    def _getexif(self) -> dict | None:
+        if "exif" not in self.info:
+            return None
+        return self.getexif()._get_merged_dict()
+
+    def load(self) -> Image.core.PixelAccess | None:
+        if not self._decoded and self.fp is not None:
+            from . import codec
+
+            payloads = {
+                tag: container.read_payload(self.fp, section)
+                for tag, section in self._sections.items()
+                if tag in ("ALPH", "LATZ", "LATY")
+            }
+            pixels = codec.decode_payloads(self._header, payloads)
+            self._decoded = True
+            if self._exclusive_fp:
+                self.fp.close()
+            self.fp = BytesIO(pixels.tobytes())
+            self.tile = [ImageFile._Tile("raw", (0, 0, *self.size), 0, self.mode)]
+        return super().load()
+
+
+def _metadata(im: Image.Image) -> dict[str, bytes]:
+    """EXIF / ICC / XMP from the save options, defaulting to the image's own ``info``."""
+    info = im.encoderinfo
+    exif = info.get("exif", im.info.get("exif", b""))
+    if isinstance(exif, Image.Exif):
+        exif = exif.tobytes()
+    xmp = info.get("xmp", im.info.get("xmp", b""))
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    icc = info.get("icc_profile", im.info.get("icc_profile")) or b""
+    return {"EXIF": bytes(exif or b""), "ICCP": bytes(icc), "XMP ": bytes(xmp or b"")}
+
+
+def _storable(im: Image.Image) -> Image.Image:
+    if im.mode in container.MODES:
+        return im
+    if im.mode in _CONVERT:
+        target = _CONVERT[im.mode] or ("RGBA" if im.has_transparency_data else "RGB")
+        return im.convert(target)
+    msg = (f"cannot write mode {im.mode} as CNNZ; convert the image to RGB, RGBA, L or LA "
+           f"first, e.g. im.convert('RGB')")
+    raise OSError(msg)
+
+
+def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    from . import codec
+    import numpy as np
+
+    quality = im.encoderinfo.get("quality", 4)
+    stored = _storable(im)
+    data = codec.encode(np.asarray(stored), stored.mode, quality,
+                        device=im.encoderinfo.get("device"), metadata=_metadata(im))
+    fp.write(data)
+
+
+def register() -> None:
+    """Register the format with Pillow (idempotent)."""
+    Image.register_open(FORMAT, CnnzImageFile, _accept)
+    Image.register_save(FORMAT, _save)
+    Image.register_extension(FORMAT, EXTENSION)
+    Image.register_mime(FORMAT, MIME)

@@ -1,0 +1,20 @@
+"""``python -m pillow_cnnz.train fit|export``: train the network, export shipped weights."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import export, loop
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pillow_cnnz.train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    loop.add_arguments(sub.add_parser("fit", help="train (or resume) a model"))
+    export.add_arguments(sub.add_parser("export", help="checkpoint -> weights file + model card"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

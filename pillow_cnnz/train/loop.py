@@ -1,0 +1,132 @@
+"""The training loop: rate + λ·distortion over random crops, one model for all qualities.
+
+Each sample of a batch draws a fractional quality in [1, 8]; its λ is interpolated
+geometrically between the levels' λ, so fractional qualities are trained, not guessed.
+Checkpoints are written atomically every ``--save-every`` steps and ``--resume``
+continues from the last one (optimizer and RNG state included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model import QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, lambda_for
+from .data import CropSampler, image_paths, load_rgb
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="../shared/data/train", help="folder of training images")
+    p.add_argument("--val", default="../shared/data/val", help="folder of validation images")
+    p.add_argument("--run", default="runs/main", help="folder for checkpoints and the log")
+    p.add_argument("--steps", type=int, default=100_000, help="stop at this total step count")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--crop", type=int, default=192)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--val-every", type=int, default=2000)
+    p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    p.add_argument("--init", help="start from this checkpoint's weights (fresh optimizer)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def pad64(x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    return torch.nn.functional.pad(x, (0, -w % 64, 0, -h % 64), mode="replicate")
+
+
+@torch.no_grad()
+def validate(net: CnnzNet, images: list[np.ndarray], device: str) -> dict[str, float]:
+    """Mean estimated bpp and PSNR at qualities 1, 4 and 8 (rounded latents, ideal rate)."""
+    net.eval()
+    result = {}
+    for q in (1.0, 4.0, 8.0):
+        bpp, psnr = [], []
+        for im in images:
+            x = torch.from_numpy(im.copy()).permute(2, 0, 1)[None].float().div(255).to(device)
+            h, w = x.shape[-2:]
+            out = net(pad64(x), torch.tensor([q], device=device))
+            x_hat = out["x_hat"][..., :h, :w].clamp(0, 1)
+            bpp.append(out["bits"].item() / (h * w))
+            mse = torch.mean((torch.round(x_hat * 255) - x * 255) ** 2).item()
+            psnr.append(10 * math.log10(255**2 / max(mse, 1e-10)))
+        result[f"q{q:g}"] = {"bpp": float(np.mean(bpp)), "psnr": float(np.mean(psnr))}
+    net.train()
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = Path(args.run)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "last.pt"
+    torch.manual_seed(args.seed)
+    net = CnnzNet(Config()).to(args.device)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    step, seconds = 0, 0.0
+    sampler = CropSampler(args.data, args.crop, seed=args.seed)
+    if args.resume and last.exists():
+        state = torch.load(last, map_location=args.device, weights_only=False)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, seconds = state["step"], state["seconds"]
+        sampler.rng.bit_generator.state = state["sampler_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed from {last} at step {step}", file=sys.stderr)
+    elif args.init:
+        net.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=False)["model"])
+    for group in opt.param_groups:
+        group["lr"] = args.lr
+    val_images = [load_rgb(p) for p in image_paths(args.val)]
+    log = open(run_dir / "log.jsonl", "a")
+    hist: list[tuple[float, float, float]] = []
+    start = time.time() - seconds
+    while step < args.steps:
+        x = torch.from_numpy(sampler.batch(args.batch)).to(args.device)
+        q = torch.empty(args.batch, device=args.device).uniform_(QUALITY_MIN, QUALITY_MAX)
+        out = net(x, q)
+        mse = ((out["x_hat"] - x) ** 2).mean((1, 2, 3))
+        bpp = out["bits"] / (args.crop**2)
+        loss = (bpp + lambda_for(q).to(args.device) * 255**2 * mse).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        step += 1
+        hist.append((loss.item(), bpp.mean().item(), (10 * torch.log10(1 / mse.detach())).mean().item()))
+        if step % 50 == 0:
+            l, b, p = np.mean(hist, axis=0)
+            hist.clear()
+            elapsed = time.time() - start
+            print(f"\rstep {step}/{args.steps} loss {l:.4f} bpp {b:.3f} psnr {p:.2f} "
+                  f"[{elapsed / 60:.1f} min, {elapsed / step:.2f} s/step]", end="", file=sys.stderr, flush=True)
+            log.write(json.dumps({"step": step, "loss": l, "bpp": b, "psnr": p, "seconds": elapsed}) + "\n")
+        if step % args.save_every == 0 or step == args.steps:
+            save_checkpoint(last, {
+                "model": net.state_dict(), "optimizer": opt.state_dict(), "config": net.config.to_dict(),
+                "step": step, "seconds": time.time() - start, "args": vars(args) | {"func": None},
+                "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            })
+        if step % args.val_every == 0 or step == args.steps:
+            v = validate(net, val_images, args.device)
+            print(f"\nval step {step}: {json.dumps(v)}", file=sys.stderr, flush=True)
+            log.write(json.dumps({"step": step, "val": v}) + "\n")
+        log.flush()
+    return 0

@@ -1,0 +1,136 @@
+"""Find, verify and load the shipped weights, once per process.
+
+The weights are an ``.npz`` read with ``allow_pickle=False`` (no code execution) and
+checked against the SHA-256 in ``manifest.json`` before use, so a corrupted or
+swapped file is reported instead of producing garbage. Torch is imported only when
+a network is first needed; the entropy tables and integer hyper network are numpy.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .entropy import Tables
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class WeightsError(RuntimeError):
+    """The weights are missing, corrupted, replaced, or not the ones a file needs."""
+
+
+def weights_dir() -> Path:
+    """``pillow_cnnz/weights`` inside a wheel, else ``weights/`` at the repository root."""
+    for candidate in (_PACKAGE_DIR / "weights", _PACKAGE_DIR.parent / "weights"):
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    msg = f"no weights found next to {_PACKAGE_DIR} (looked for weights/manifest.json)"
+    raise WeightsError(msg)
+
+
+def manifest() -> dict:
+    return json.loads((weights_dir() / "manifest.json").read_text())
+
+
+def default_model_id() -> bytes:
+    return bytes.fromhex(manifest()["default"])
+
+
+@dataclass
+class Model:
+    """Everything one weights file holds, with the torch networks built on demand."""
+
+    model_id: bytes
+    meta: dict
+    arrays: dict[str, np.ndarray]
+    z_tables: Tables
+    y_tables: Tables
+    hyper_layers: list[dict]
+    _nets: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def log2_gains(self, quality: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel log2 (gain, inverse gain) at a fractional quality (linear in log2)."""
+        out = []
+        for key in ("net/log2_gain", "net/log2_inv_gain"):
+            table = self.arrays[key].astype(np.float64)
+            t = min(max(quality - 1, 0.0), table.shape[0] - 1)
+            lo = min(int(t), table.shape[0] - 2)
+            w = t - lo
+            out.append(table[lo] * (1 - w) + table[lo + 1] * w)
+        return out[0], out[1]
+
+    def net(self, device: str):
+        """The float torch network on ``device`` (built once per device, thread-safe)."""
+        with self._lock:
+            if device not in self._nets:
+                import torch
+
+                from .model import CnnzNet, Config
+
+                cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in self.meta["config"].items()}
+                net = CnnzNet(Config(**cfg))
+                state = {k[4:]: torch.from_numpy(v) for k, v in self.arrays.items() if k.startswith("net/")}
+                missing, unexpected = net.load_state_dict(state, strict=False)
+                if unexpected or any(not k.startswith(("h_s.", "density_z.")) for k in missing):
+                    msg = f"weights file does not match the network: missing {missing}, unexpected {unexpected}"
+                    raise WeightsError(msg)
+                net.h_s = net.density_z = None  # the integer copy in hyper.py replaces them
+                self._nets[device] = net.eval().to(device)
+            return self._nets[device]
+
+
+_cache: dict[bytes, Model] = {}
+_cache_lock = threading.Lock()
+
+
+def _read(model_id: bytes) -> Model:
+    models = manifest()["models"]
+    entry = models.get(model_id.hex())
+    if entry is None:
+        msg = (f"this file needs CNNZ model {model_id.hex()}, which is not installed "
+               f"(installed: {', '.join(models) or 'none'}); upgrade pillow-cnnz")
+        raise WeightsError(msg)
+    path = weights_dir() / entry["file"]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        msg = f"cannot read weights file {path}: {e}"
+        raise WeightsError(msg) from e
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
+        msg = (f"weights file {path} is corrupted or was replaced: sha256 {digest}, "
+               f"expected {entry['sha256']}; reinstall pillow-cnnz")
+        raise WeightsError(msg)
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    layers = []
+    for i, layer in enumerate(meta["hyper"]):
+        if layer["kind"] == "conv":
+            layer = dict(layer, weight=arrays[f"hyper/{i}/weight"].astype(np.float64),
+                         bias=arrays[f"hyper/{i}/bias"].astype(np.float64))
+        layers.append(layer)
+
+    def tables(prefix: str) -> Tables:
+        return Tables(arrays[f"{prefix}/pmf"], arrays[f"{prefix}/lo"].astype(np.int64),
+                      arrays[f"{prefix}/length"].astype(np.int64))
+
+    return Model(model_id, meta, arrays, tables("z"), tables("y"), layers)
+
+
+def load(model_id: bytes | None = None) -> Model:
+    """The model with this id (default: the shipped default), loaded once per process."""
+    if model_id is None:
+        model_id = default_model_id()
+    with _cache_lock:
+        if model_id not in _cache:
+            _cache[model_id] = _read(model_id)
+        return _cache[model_id]
