@@ -57,6 +57,18 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
+def resolve_precision(precision: str | None = None) -> str:
+    """Float type of the synthesis: argument, else ``CNNZ_PRECISION``, else float32.
+
+    It changes pixels by rounding only: the latents never depend on it.
+    """
+    precision = precision or os.environ.get("CNNZ_PRECISION") or "float32"
+    if precision not in ("float32", "float64", "bfloat16"):
+        msg = f"unknown precision {precision!r}; use float32, float64 or bfloat16"
+        raise ValueError(msg)
+    return precision
+
+
 def _tiles(size: int) -> list[tuple[int, int]]:
     return [(start, min(start + TILE, size)) for start in range(0, size, TILE)]
 
@@ -90,50 +102,66 @@ def _hyper(model: Model, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, hyper.scale_index(out[m:], s["offset"], s["step"], s["count"])
 
 
-def encode_rgb(rgb: np.ndarray, quality: float, device: str | None = None) -> tuple[bytes, bytes, bytes]:
-    """(model id, LATZ payload, LATY payload) for an (H, W, 3) uint8 image."""
+def encode_latents(rgb: np.ndarray, quality: float, device: str | None = None) -> tuple[Model, np.ndarray, np.ndarray, np.ndarray]:
+    """(model, integer ẑ, integer latent symbols, their scale indexes) of an (H, W, 3) uint8 image."""
     torch = _torch()
     device = resolve_device(device)
     model = load()
     net = model.net(device)
-    h, w = rgb.shape[:2]
     x = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1)[None].float().div_(255)
-    ph, pw = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
-    x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+    h, w = rgb.shape[:2]
+    x = torch.nn.functional.pad(x, (0, -w % PAD_MULTIPLE, 0, -h % PAD_MULTIPLE), mode="replicate")
     gain, _ = model.log2_gains(quality)
     with torch.inference_mode():
         y = _tiled(lambda t: net.g_a(t.to(device)), x, LATENT_STRIDE, 1, net.config.M,
                    (x.shape[2] // LATENT_STRIDE, x.shape[3] // LATENT_STRIDE))
         y = y * torch.from_numpy(2**gain).float().view(1, -1, 1, 1)
         z = net.h_a(y.to(device)).float().cpu()
-    z_int = torch.round(z)[0].numpy().astype(np.int64)
-    z_index = np.broadcast_to(np.arange(z_int.shape[0], dtype=np.int32)[:, None, None], z_int.shape)
-    latz = entropy.encode(z_int, z_index, model.z_tables)
-    mu, idx = _hyper(model, z_int)
-    symbols = np.round(y[0].numpy() - mu).astype(np.int64)
+        z_int = torch.round(z)[0].numpy().astype(np.int64)
+        mu, idx = _hyper(model, z_int)
+        symbols = np.round(y[0].numpy() - mu).astype(np.int64)
+    return model, z_int, symbols, idx
+
+
+def _channel_index(shape: tuple[int, ...]) -> np.ndarray:
+    """Table index of each ẑ: its channel."""
+    return np.broadcast_to(np.arange(shape[0], dtype=np.int32)[:, None, None], shape)
+
+
+def encode_rgb(rgb: np.ndarray, quality: float, device: str | None = None) -> tuple[bytes, bytes, bytes]:
+    """(model id, LATZ payload, LATY payload) for an (H, W, 3) uint8 image."""
+    model, z_int, symbols, idx = encode_latents(rgb, quality, device)
+    latz = entropy.encode(z_int, _channel_index(z_int.shape), model.z_tables)
     laty = entropy.encode(symbols, idx, model.y_tables)
     return model.model_id, latz, laty
 
 
-def decode_rgb(header: container.Header, latz: bytes, laty: bytes, device: str | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 pixels of a file's latent sections."""
+def decode_latents(header: container.Header, latz: bytes, laty: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer ẑ, integer latent symbols and their float means: numpy only, exact."""
     model = load(header.model_id)
     zh, zw = -(-header.height // PAD_MULTIPLE), -(-header.width // PAD_MULTIPLE)
-    nz = model.meta["config"]["Nz"]
-    z_index = np.broadcast_to(np.arange(nz, dtype=np.int32)[:, None, None], (nz, zh, zw))
     try:
-        z_int = entropy.decode(latz, z_index, model.z_tables)
+        z_int = entropy.decode(latz, _channel_index((model.meta["config"]["Nz"], zh, zw)), model.z_tables)
         mu, idx = _hyper(model, z_int)
         symbols = entropy.decode(laty, idx, model.y_tables)
     except entropy.EntropyError as e:
         raise container.CorruptFileError(str(e)) from e
+    return z_int, symbols, mu
+
+
+def decode_rgb(header: container.Header, latz: bytes, laty: bytes, device: str | None = None,
+               precision: str | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of a file's latent sections."""
+    _, symbols, mu = decode_latents(header, latz, laty)
     torch = _torch()
     device = resolve_device(device)
-    net = model.net(device)
+    dtype = resolve_precision(precision)
+    model = load(header.model_id)
+    net = model.net(device, dtype)
     _, inv_gain = model.log2_gains(header.quality)
     y_hat = torch.from_numpy((symbols + mu) * (2**inv_gain)[:, None, None].astype(np.float32)).float()[None]
     with torch.inference_mode():
-        x = _tiled(lambda t: net.g_s(t.to(device)), y_hat, 1, LATENT_STRIDE, 3,
+        x = _tiled(lambda t: net.g_s(t.to(device, getattr(torch, dtype))), y_hat, 1, LATENT_STRIDE, 3,
                    (y_hat.shape[2] * LATENT_STRIDE, y_hat.shape[3] * LATENT_STRIDE))
         x = x[0, :, : header.height, : header.width].clamp_(0, 1).mul_(255).round_()
         return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()

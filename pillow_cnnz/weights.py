@@ -67,10 +67,10 @@ class Model:
             out.append(table[lo] * (1 - w) + table[lo + 1] * w)
         return out[0], out[1]
 
-    def net(self, device: str):
-        """The float torch network on ``device`` (built once per device, thread-safe)."""
+    def net(self, device: str, dtype: str = "float32"):
+        """The torch network on ``device`` in ``dtype`` (built once per pair, thread-safe)."""
         with self._lock:
-            if device not in self._nets:
+            if (device, dtype) not in self._nets:
                 import torch
 
                 from .model import CnnzNet, Config
@@ -83,8 +83,8 @@ class Model:
                     msg = f"weights file does not match the network: missing {missing}, unexpected {unexpected}"
                     raise WeightsError(msg)
                 net.h_s = net.density_z = None  # the integer copy in hyper.py replaces them
-                self._nets[device] = net.eval().to(device)
-            return self._nets[device]
+                self._nets[device, dtype] = net.eval().to(device, getattr(torch, dtype))
+            return self._nets[device, dtype]
 
 
 _cache: dict[bytes, Model] = {}

@@ -1,0 +1,71 @@
+"""The ``cnnz`` command: encode, decode and inspect ``.cnnz`` files."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from . import container, pil_plugin
+
+
+def _encode(args: argparse.Namespace) -> int:
+    with Image.open(args.input) as im:
+        im.save(args.output, format=pil_plugin.FORMAT, quality=args.quality, device=args.device)
+    return _info(argparse.Namespace(file=args.output))
+
+
+def _decode(args: argparse.Namespace) -> int:
+    with Image.open(args.input) as im:
+        if im.format != pil_plugin.FORMAT:
+            msg = f"{args.input} is a {im.format} file, not CNNZ"
+            raise ValueError(msg)
+        im.load()
+        im.save(args.output)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    with path.open("rb") as fp:
+        header, sections = container.read_directory(fp)
+        for section in sections:
+            container.read_payload(fp, section)  # verifies every checksum
+    size = path.stat().st_size
+    print(f"{path}: CNNZ version {header.version}")
+    print(f"  size      {header.width}x{header.height}, mode {header.mode}")
+    print(f"  quality   {header.quality:g}")
+    print(f"  bpp       {size * 8 / (header.width * header.height):.4f} ({size} bytes)")
+    print(f"  model id  {header.model_hex}")
+    for s in sections:
+        print(f"  section   {s.tag!r:8} {s.length:>10} bytes  crc32 {s.crc:08x}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cnnz", description="The CNNZ learned image codec.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("encode", help="any image Pillow reads -> .cnnz")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("-q", "--quality", type=float, default=4.0, help="1 (smallest) .. 8 (best), default 4")
+    p.add_argument("--device", help="cpu or cuda (default: CNNZ_DEVICE, else cuda when available)")
+    p.set_defaults(func=_encode)
+    p = sub.add_parser("decode", help=".cnnz -> any format Pillow writes (by extension)")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.set_defaults(func=_decode)
+    p = sub.add_parser("info", help="header, sections and bit rate of a .cnnz file")
+    p.add_argument("file")
+    p.set_defaults(func=_info)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (OSError, ValueError, SyntaxError) as e:
+        print(f"cnnz {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

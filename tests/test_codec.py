@@ -1,0 +1,180 @@
+"""The codec's exactness guarantees: integer entropy path, tiles, weights integrity."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pillow_cnnz import codec, container, entropy, hyper, weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth, photo-like RGB test image (gradients, discs, mild noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([120 + 90 * xx, 80 + 120 * yy, 160 - 60 * (xx + yy)], axis=-1)
+    for _ in range(4):
+        cy, cx, r = rng.random(3) * [h, w, min(h, w) / 3]
+        mask = (np.mgrid[0:h, 0:w][0] - cy) ** 2 + (np.mgrid[0:h, 0:w][1] - cx) ** 2 < r**2
+        img[mask] = rng.integers(0, 255, 3)
+    img += rng.normal(0, 3, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def run_py(code: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_decoded_latents_identical_across_processes_threads_and_precision(tmp_path):
+    # Encoder: one thread. Decoders: two threads, float32 and float64 synthesis.
+    np.save(tmp_path / "img.npy", photo(96, 160))
+    run_py(f"""
+        import numpy as np, torch
+        torch.set_num_threads(1)
+        from pillow_cnnz import codec
+        img = np.load({str(tmp_path / 'img.npy')!r})
+        _, z, sym, _ = codec.encode_latents(img, 3.3)
+        np.save({str(tmp_path / 'enc_z.npy')!r}, z); np.save({str(tmp_path / 'enc_y.npy')!r}, sym)
+        open({str(tmp_path / 'f.cnnz')!r}, 'wb').write(codec.encode(img, 'RGB', 3.3))
+    """)
+    decode = f"""
+        import numpy as np, torch, json
+        from pillow_cnnz import codec, container
+        h, p = container.parse(open({str(tmp_path / 'f.cnnz')!r}, 'rb').read())
+        z, sym, _ = codec.decode_latents(h, p['LATZ'], p['LATY'])
+        np.save({str(tmp_path)!r} + '/z_%s.npy' % torch.get_num_threads(), z)
+        np.save({str(tmp_path)!r} + '/y_%s_%s.npy' % (torch.get_num_threads(), codec.resolve_precision()), sym)
+        np.save({str(tmp_path)!r} + '/px_%s.npy' % codec.resolve_precision(), codec.decode_payloads(h, p))
+    """
+    run_py(decode, {"CNNZ_THREADS": "2", "CNNZ_PRECISION": "float64"})
+    run_py(decode, {"CNNZ_THREADS": "2", "CNNZ_PRECISION": "float32"})
+    enc_y = np.load(tmp_path / "enc_y.npy")
+    assert np.array_equal(np.load(tmp_path / "enc_z.npy"), np.load(tmp_path / "z_2.npy"))
+    assert np.array_equal(enc_y, np.load(tmp_path / "y_2_float64.npy"))
+    assert np.array_equal(enc_y, np.load(tmp_path / "y_2_float32.npy"))
+    # Pixels differ by float rounding of the synthesis only.
+    diff = np.abs(np.load(tmp_path / "px_float64.npy").astype(int) - np.load(tmp_path / "px_float32.npy"))
+    assert diff.max() <= 1
+
+
+def test_hyper_network_in_strips_equals_one_pass():
+    model = weights.load()
+    rng = np.random.default_rng(1)
+    z = rng.integers(-6, 7, size=(model.meta["config"]["Nz"], 13, 7))
+    whole = hyper.run_layers(model.hyper_layers, z)
+    assert np.array_equal(hyper.hyper_synthesis(model.hyper_layers, z, strip_rows=3), whole)
+    assert np.array_equal(whole, np.round(whole))  # integer-valued: exact in float64
+
+
+def test_hyper_network_is_exact_for_any_summation_order():
+    model = weights.load()
+    z = np.random.default_rng(2).integers(-4, 5, size=(model.meta["config"]["Nz"], 5, 6))
+    layer = next(l for l in model.hyper_layers if l["kind"] == "conv")
+    x = z.astype(np.float64) * 2.0**hyper.FRAC_BITS
+    ref = hyper.conv(x, layer["weight"], layer["bias"], layer["shift"])
+    # Reverse the input-channel order: a different summation order, same integers.
+    rev = hyper.conv(x[::-1].copy(), layer["weight"][:, ::-1].copy(), layer["bias"], layer["shift"])
+    assert np.array_equal(ref, rev)
+
+
+def test_entropy_roundtrip_with_escapes_is_exact():
+    tables = weights.load().y_tables
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, len(tables.lo), size=(8, 9, 10)).astype(np.int32)
+    values = np.round(rng.normal(0, 2, idx.shape)).astype(np.int64)
+    values[0, 0, :4] = [10_000, -10_000, int(tables.lo[idx[0, 0, 2]]), 2**21]
+    decoded = entropy.decode(entropy.encode(values, idx, tables), idx, tables)
+    values[0, 0, 3] = entropy.ESCAPE_LIMIT  # clipped on encode
+    assert np.array_equal(decoded, values)
+
+
+@pytest.mark.parametrize("cut", [0, 3, 7, 50])
+def test_entropy_payload_damage_is_a_clear_error(cut):
+    tables = weights.load().y_tables
+    idx = np.zeros((4, 5, 5), np.int32) + 20
+    values = np.arange(100).reshape(4, 5, 5) % 7 - 3
+    payload = entropy.encode(values, idx, tables)
+    damaged = payload[:cut] + payload[cut + 1 :] if cut < len(payload) else payload[:-1]
+    try:
+        out = entropy.decode(damaged, idx, tables)
+    except entropy.EntropyError:
+        return
+    assert not np.array_equal(out, values)  # ANS may decode other symbols, never crash
+
+
+def test_tiled_synthesis_matches_one_tile_within_one_level(monkeypatch):
+    img = photo(200, 264)
+    data = codec.encode(img, "RGB", 5.0)
+    monkeypatch.setattr(codec, "TILE", 5)  # many tiles with halos
+    tiled = codec.decode(data)
+    monkeypatch.setattr(codec, "TILE", 1000)
+    whole = codec.decode(data)
+    assert np.abs(tiled.astype(int) - whole).max() <= 1
+
+
+def test_tiled_analysis_gives_nearly_the_same_file(monkeypatch):
+    img = photo(200, 264)
+    monkeypatch.setattr(codec, "TILE", 5)
+    _, _, tiled, _ = codec.encode_latents(img, 5.0)
+    monkeypatch.setattr(codec, "TILE", 1000)
+    _, _, whole, _ = codec.encode_latents(img, 5.0)
+    assert np.mean(tiled != whole) < 0.01  # float rounding can flip a few roundings
+
+
+@pytest.fixture
+def weights_copy(tmp_path, monkeypatch):
+    src = weights.weights_dir()
+    dst = tmp_path / "weights"
+    shutil.copytree(src, dst)
+    monkeypatch.setattr(weights, "weights_dir", lambda: dst)
+    monkeypatch.setattr(weights, "_cache", {})
+    return dst
+
+
+def test_corrupted_weights_file_is_detected(weights_copy):
+    manifest = json.loads((weights_copy / "manifest.json").read_text())
+    path = weights_copy / manifest["models"][manifest["default"]]["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(weights.WeightsError, match="corrupted or was replaced"):
+        weights.load()
+
+
+def test_unknown_model_id_names_it(weights_copy):
+    with pytest.raises(weights.WeightsError, match="0123456789abcdef"):
+        weights.load(bytes.fromhex("0123456789abcdef"))
+
+
+def test_weights_load_without_pickle():
+    path = weights.weights_dir() / weights.manifest()["models"][weights.manifest()["default"]]["file"]
+    with np.load(path, allow_pickle=False) as npz:
+        assert all(npz[k].dtype != object for k in npz.files)
+
+
+def test_quality_is_stored_and_drives_rate():
+    img = photo(64, 96)
+    sizes = [len(codec.encode(img, "RGB", q)) for q in (1.0, 4.0, 8.0)]
+    assert sizes[0] < sizes[1] < sizes[2]
+    header, _ = container.parse(codec.encode(img, "RGB", 2.5))
+    assert header.quality == 2.5
+
+
+def test_device_override_is_validated(monkeypatch):
+    monkeypatch.setenv("CNNZ_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="tpu"):
+        codec.resolve_device()
+    monkeypatch.setenv("CNNZ_DEVICE", "cpu")
+    assert codec.resolve_device() == "cpu"
