@@ -5,15 +5,18 @@ first encode or decode.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from . import imageio_plugin, pil_plugin
 
 if TYPE_CHECKING:
     import numpy as np
+    from PIL import Image
 
-__all__ = ["register", "encode", "decode", "__version__"]
+__all__ = ["register", "encode", "decode", "encode_batch", "decode_batch", "__version__"]
 __version__ = "0.1.0"
+
+_MODES_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
 def register() -> None:
@@ -22,18 +25,47 @@ def register() -> None:
     imageio_plugin.register()
 
 
-def encode(pixels: "np.ndarray", mode: str = "RGB", quality: float = 4.0, *, device: str | None = None) -> bytes:
-    """A ``.cnnz`` file (bytes) of a uint8 array in mode L, LA, RGB or RGBA."""
-    from . import codec
+def _as_array(image: "np.ndarray | Image.Image") -> tuple["np.ndarray", str]:
+    import numpy as np
+    from PIL import Image
 
-    return codec.encode(pixels, mode, quality, device=device)
+    if isinstance(image, Image.Image):
+        image = pil_plugin._storable(image)
+        return np.asarray(image), image.mode
+    array = np.asarray(image)
+    channels = 1 if array.ndim == 2 else array.shape[-1]
+    if array.ndim not in (2, 3) or channels not in _MODES_BY_CHANNELS:
+        msg = f"cannot tell the mode of an array shaped {array.shape}; expected (H, W) or (H, W, 1-4)"
+        raise ValueError(msg)
+    if array.ndim == 3 and channels == 1:
+        array = array[..., 0]
+    return array, _MODES_BY_CHANNELS[channels]
+
+
+def encode(image: "np.ndarray | Image.Image", quality: float = 4.0, *, device: str | None = None) -> bytes:
+    """A ``.cnnz`` file (bytes) of a uint8 array (mode from its channels) or a PIL image."""
+    return encode_batch([image], quality, device=device)[0]
 
 
 def decode(data: bytes, *, device: str | None = None) -> "np.ndarray":
-    """The uint8 pixels of a ``.cnnz`` file."""
+    """The uint8 pixels of a ``.cnnz`` file: (H, W) for L, (H, W, C) otherwise."""
+    return decode_batch([data], device=device)[0]
+
+
+def encode_batch(images: Sequence["np.ndarray | Image.Image"], quality: float = 4.0, *,
+                 device: str | None = None, batch_size: int = 8) -> list[bytes]:
+    """Encode many images; same-size images go through the network together (fills a GPU)."""
     from . import codec
 
-    return codec.decode(data, device=device)
+    arrays, modes = zip(*map(_as_array, images)) if images else ((), ())
+    return codec.encode_batch(list(arrays), list(modes), quality, device=device, batch_size=batch_size)
+
+
+def decode_batch(files: Sequence[bytes], *, device: str | None = None, batch_size: int = 8) -> list["np.ndarray"]:
+    """Decode many ``.cnnz`` files; same-size files share one synthesis pass."""
+    from . import codec
+
+    return codec.decode_batch(list(files), device=device, batch_size=batch_size)
 
 
 register()

@@ -74,14 +74,14 @@ def _tiles(size: int) -> list[tuple[int, int]]:
 
 
 def _tiled(fn, x, in_scale: int, out_scale: int, out_channels: int, out_size: tuple[int, int]):
-    """Apply ``fn`` over overlapping tiles of ``x`` (1, C, H, W) on a latent grid.
+    """Apply ``fn`` over overlapping tiles of ``x`` (N, C, H, W) on a latent grid.
 
     ``in_scale``/``out_scale`` are pixels per latent on each side, so a tile of latents
     ``[a, b)`` reads input ``[a·in, b·in)`` plus the halo and keeps output ``[a·out, b·out)``.
     """
     torch = _torch()
     rows, cols = out_size[0] // out_scale, out_size[1] // out_scale
-    out = torch.empty((1, out_channels, *out_size), dtype=torch.float32)
+    out = torch.empty((x.shape[0], out_channels, *out_size), dtype=torch.float32)
     for r0, r1 in _tiles(rows):
         for c0, c1 in _tiles(cols):
             a0, a1 = max(r0 - HALO, 0), min(r1 + HALO, rows)
@@ -102,25 +102,35 @@ def _hyper(model: Model, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, hyper.scale_index(out[m:], s["offset"], s["step"], s["count"])
 
 
-def encode_latents(rgb: np.ndarray, quality: float, device: str | None = None) -> tuple[Model, np.ndarray, np.ndarray, np.ndarray]:
-    """(model, integer ẑ, integer latent symbols, their scale indexes) of an (H, W, 3) uint8 image."""
+def encode_latents_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | None = None
+                         ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(integer ẑ, integer latent symbols, scale indexes) of same-size (H, W, 3) uint8 images.
+
+    The transforms run on the whole batch at once (one pass per tile), which keeps a GPU busy.
+    """
     torch = _torch()
     device = resolve_device(device)
     model = load()
     net = model.net(device)
-    x = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1)[None].float().div_(255)
-    h, w = rgb.shape[:2]
+    h, w = rgbs[0].shape[:2]
+    x = torch.from_numpy(np.stack(rgbs)).permute(0, 3, 1, 2).float().div_(255)
     x = torch.nn.functional.pad(x, (0, -w % PAD_MULTIPLE, 0, -h % PAD_MULTIPLE), mode="replicate")
-    gain, _ = model.log2_gains(quality)
+    gains = torch.from_numpy(np.stack([2 ** model.log2_gains(q)[0] for q in qualities])).float()
     with torch.inference_mode():
         y = _tiled(lambda t: net.g_a(t.to(device)), x, LATENT_STRIDE, 1, net.config.M,
                    (x.shape[2] // LATENT_STRIDE, x.shape[3] // LATENT_STRIDE))
-        y = y * torch.from_numpy(2**gain).float().view(1, -1, 1, 1)
-        z = net.h_a(y.to(device)).float().cpu()
-        z_int = torch.round(z)[0].numpy().astype(np.int64)
-        mu, idx = _hyper(model, z_int)
-        symbols = np.round(y[0].numpy() - mu).astype(np.int64)
-    return model, z_int, symbols, idx
+        y = y * gains[:, :, None, None]
+        z = torch.round(net.h_a(y.to(device))).cpu().numpy().astype(np.int64)
+    out = []
+    for i in range(len(rgbs)):
+        mu, idx = _hyper(model, z[i])
+        out.append((z[i], np.round(y[i].numpy() - mu).astype(np.int64), idx))
+    return out
+
+
+def encode_latents(rgb: np.ndarray, quality: float, device: str | None = None) -> tuple[Model, np.ndarray, np.ndarray, np.ndarray]:
+    """(model, integer ẑ, integer latent symbols, their scale indexes) of an (H, W, 3) uint8 image."""
+    return load(), *encode_latents_batch([rgb], [quality], device)[0]
 
 
 def _channel_index(shape: tuple[int, ...]) -> np.ndarray:
@@ -149,22 +159,32 @@ def decode_latents(header: container.Header, latz: bytes, laty: bytes) -> tuple[
     return z_int, symbols, mu
 
 
+def synthesize_batch(headers: list[container.Header], latents: list[tuple[np.ndarray, np.ndarray]],
+                     device: str | None = None, precision: str | None = None) -> list[np.ndarray]:
+    """(H, W, 3) uint8 pixels from decoded (symbols, means) of same-size files, in one batch."""
+    torch = _torch()
+    device = resolve_device(device)
+    dtype = resolve_precision(precision)
+    model = load(headers[0].model_id)
+    net = model.net(device, dtype)
+    y_hat = torch.from_numpy(np.stack([
+        (symbols + mu) * (2 ** model.log2_gains(h.quality)[1])[:, None, None].astype(np.float32)
+        for h, (symbols, mu) in zip(headers, latents)
+    ])).float()
+    height, width = headers[0].height, headers[0].width
+    with torch.inference_mode():
+        x = _tiled(lambda t: net.g_s(t.to(device, getattr(torch, dtype))), y_hat, 1, LATENT_STRIDE, 3,
+                   (y_hat.shape[2] * LATENT_STRIDE, y_hat.shape[3] * LATENT_STRIDE))
+        x = x[:, :, :height, :width].clamp_(0, 1).mul_(255).round_()
+        x = x.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return list(x)
+
+
 def decode_rgb(header: container.Header, latz: bytes, laty: bytes, device: str | None = None,
                precision: str | None = None) -> np.ndarray:
     """(H, W, 3) uint8 pixels of a file's latent sections."""
     _, symbols, mu = decode_latents(header, latz, laty)
-    torch = _torch()
-    device = resolve_device(device)
-    dtype = resolve_precision(precision)
-    model = load(header.model_id)
-    net = model.net(device, dtype)
-    _, inv_gain = model.log2_gains(header.quality)
-    y_hat = torch.from_numpy((symbols + mu) * (2**inv_gain)[:, None, None].astype(np.float32)).float()[None]
-    with torch.inference_mode():
-        x = _tiled(lambda t: net.g_s(t.to(device, getattr(torch, dtype))), y_hat, 1, LATENT_STRIDE, 3,
-                   (y_hat.shape[2] * LATENT_STRIDE, y_hat.shape[3] * LATENT_STRIDE))
-        x = x[0, :, : header.height, : header.width].clamp_(0, 1).mul_(255).round_()
-        return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return synthesize_batch([header], [(symbols, mu)], device, precision)[0]
 
 
 def _split(pixels: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -190,17 +210,14 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
 
 
-def encode(pixels: np.ndarray, mode: str, quality: float = 4.0, *, device: str | None = None,
-           metadata: dict[str, bytes] | None = None) -> bytes:
-    """A complete ``.cnnz`` file for an (H, W[, C]) uint8 array in mode L, LA, RGB or RGBA.
-
-    ``metadata`` maps the container tags ``EXIF``, ``ICCP`` and ``XMP `` to raw bytes.
-    """
-    import zstandard
-
+def _check_quality(quality: float) -> float:
     if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not 1 <= quality <= 8:
         msg = f"quality must be a number from 1 (smallest) to 8 (best), got {quality!r}"
         raise ValueError(msg)
+    return round(quality * 1000) / 1000  # what the header holds, so decoding uses the same gains
+
+
+def _check_image(pixels: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
     if mode not in container.MODES:
         msg = f"cannot encode mode {mode!r}; supported modes are {', '.join(container.MODES)}"
         raise ValueError(msg)
@@ -208,33 +225,73 @@ def encode(pixels: np.ndarray, mode: str, quality: float = 4.0, *, device: str |
     if not (1 <= h <= container.MAX_SIDE and 1 <= w <= container.MAX_SIDE):
         msg = f"image size {w}x{h} is outside 1..{container.MAX_SIDE} on a side"
         raise ValueError(msg)
-    rgb, alpha = _split(pixels, mode)
-    quality = round(quality * 1000) / 1000  # what the header can hold, so decode uses the same gains
-    model_id, latz, laty = encode_rgb(rgb, quality, device)
-    sections = {k: v for k, v in (metadata or {}).items() if v}
-    if alpha is not None:
-        sections["ALPH"] = zstandard.ZstdCompressor(level=10).compress(np.ascontiguousarray(alpha).tobytes())
-    sections["LATZ"], sections["LATY"] = latz, laty
-    return container.serialize(w, h, mode, quality, model_id, sections)
+    return _split(pixels, mode)
 
 
-def decode_payloads(header: container.Header, payloads: dict[str, bytes], device: str | None = None) -> np.ndarray:
-    """Pixels of a parsed file: (H, W) for L, (H, W, C) otherwise."""
+def _groups(shapes: list[tuple], batch_size: int) -> list[list[int]]:
+    """Indexes of same-size items, in chunks of at most ``batch_size``."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, shape in enumerate(shapes):
+        by_shape.setdefault(shape, []).append(i)
+    return [ids[k : k + batch_size] for ids in by_shape.values() for k in range(0, len(ids), batch_size)]
+
+
+def encode_batch(images: list[np.ndarray], modes: list[str], quality: float = 4.0, *, device: str | None = None,
+                 metadata: list[dict[str, bytes] | None] | None = None, batch_size: int = 8) -> list[bytes]:
+    """``.cnnz`` files of many uint8 arrays; same-size images share one network pass.
+
+    ``metadata`` maps the container tags ``EXIF``, ``ICCP`` and ``XMP `` to raw bytes.
+    Everything is validated before any encoding starts.
+    """
     import zstandard
 
-    alpha = None
-    if "ALPH" in payloads:
-        size = header.width * header.height
-        try:
-            raw = zstandard.ZstdDecompressor().decompress(payloads["ALPH"], max_output_size=size)
-        except zstandard.ZstdError as e:
-            msg = f"section 'ALPH' does not decompress: {e}"
-            raise container.CorruptFileError(msg) from e
-        if len(raw) != size:
-            msg = f"section 'ALPH' holds {len(raw)} bytes, expected {size}"
-            raise container.CorruptFileError(msg)
-        alpha = np.frombuffer(raw, np.uint8).reshape(header.height, header.width)
-    rgb = decode_rgb(header, payloads["LATZ"], payloads["LATY"], device)
+    quality = _check_quality(quality)
+    if len(modes) != len(images):
+        msg = f"{len(images)} images but {len(modes)} modes"
+        raise ValueError(msg)
+    split = [_check_image(px, mode) for px, mode in zip(images, modes)]
+    metadata = metadata or [None] * len(images)
+    out: list[bytes] = [b""] * len(images)
+    for ids in _groups([px.shape[:2] for px in images], batch_size):
+        latents = encode_latents_batch([split[i][0] for i in ids], [quality] * len(ids), device)
+        model = load()
+        for i, (z_int, symbols, idx) in zip(ids, latents):
+            sections = {k: v for k, v in (metadata[i] or {}).items() if v}
+            alpha = split[i][1]
+            if alpha is not None:
+                sections["ALPH"] = zstandard.ZstdCompressor(level=10).compress(np.ascontiguousarray(alpha).tobytes())
+            sections["LATZ"] = entropy.encode(z_int, _channel_index(z_int.shape), model.z_tables)
+            sections["LATY"] = entropy.encode(symbols, idx, model.y_tables)
+            h, w = images[i].shape[:2]
+            out[i] = container.serialize(w, h, modes[i], quality, model.model_id, sections)
+    return out
+
+
+def encode(pixels: np.ndarray, mode: str, quality: float = 4.0, *, device: str | None = None,
+           metadata: dict[str, bytes] | None = None) -> bytes:
+    """A complete ``.cnnz`` file for an (H, W[, C]) uint8 array in mode L, LA, RGB or RGBA."""
+    return encode_batch([pixels], [mode], quality, device=device, metadata=[metadata])[0]
+
+
+def _alpha(header: container.Header, payloads: dict[str, bytes]) -> np.ndarray | None:
+    import zstandard
+
+    if "ALPH" not in payloads:
+        return None
+    size = header.width * header.height
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(payloads["ALPH"], max_output_size=size)
+    except zstandard.ZstdError as e:
+        msg = f"section 'ALPH' does not decompress: {e}"
+        raise container.CorruptFileError(msg) from e
+    if len(raw) != size:
+        msg = f"section 'ALPH' holds {len(raw)} bytes, expected {size}"
+        raise container.CorruptFileError(msg)
+    return np.frombuffer(raw, np.uint8).reshape(header.height, header.width)
+
+
+def _finish(header: container.Header, rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """Pixels in the file's mode: (H, W) for L, (H, W, C) otherwise."""
     if header.mode == "RGB":
         return rgb
     if header.mode == "RGBA":
@@ -243,7 +300,29 @@ def decode_payloads(header: container.Header, payloads: dict[str, bytes], device
     return luma if header.mode == "L" else np.dstack([luma, alpha])
 
 
+def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device: str | None = None,
+                  batch_size: int = 8) -> list[np.ndarray]:
+    """Pixels of parsed files; same-size files share one synthesis pass."""
+    out: list[np.ndarray] = [np.empty(0)] * len(files)
+    for ids in _groups([(f[0].height, f[0].width, f[0].model_id) for f in files], batch_size):
+        headers = [files[i][0] for i in ids]
+        alphas = [_alpha(*files[i]) for i in ids]
+        latents = [decode_latents(h, files[i][1]["LATZ"], files[i][1]["LATY"])[1:] for h, i in zip(headers, ids)]
+        for i, h, a, rgb in zip(ids, headers, alphas, synthesize_batch(headers, latents, device)):
+            out[i] = _finish(h, rgb, a)
+    return out
+
+
+def decode_payloads(header: container.Header, payloads: dict[str, bytes], device: str | None = None) -> np.ndarray:
+    """Pixels of one parsed file: (H, W) for L, (H, W, C) otherwise."""
+    return decode_parsed([(header, payloads)], device)[0]
+
+
+def decode_batch(files: list[bytes], device: str | None = None, batch_size: int = 8) -> list[np.ndarray]:
+    """Pixels of many complete ``.cnnz`` files (all validated before any decoding)."""
+    return decode_parsed([container.parse(data) for data in files], device, batch_size)
+
+
 def decode(data: bytes, device: str | None = None) -> np.ndarray:
     """Pixels of a complete ``.cnnz`` file (see :func:`decode_payloads`)."""
-    header, payloads = container.parse(data)
-    return decode_payloads(header, payloads, device)
+    return decode_batch([data], device)[0]

@@ -100,3 +100,39 @@ def test_exact_integral_matches_dense_sampling():
     grid = np.linspace(lo, hi, 200001)
     dense = (math.exp(np.mean(fb(grid) - fa(grid))) - 1) * 100
     assert bd_rate(RATES, PSNRS, rb, pb) == pytest.approx(dense, abs=1e-3)
+
+
+# --------------------------------------------------------------------------- benchmark helpers
+
+
+def _synthetic_pair():
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(123)
+    x = (gaussian_filter(rng.random((256, 320, 3)), (3, 3, 0)) * 1020 - 255).clip(0, 255).astype(np.uint8)
+    y = np.clip(x.astype(int) + rng.integers(-12, 13, x.shape), 0, 255).astype(np.uint8)
+    return x, y
+
+
+def test_ms_ssim_matches_reference_implementation():
+    from rd import MsSsim, ms_ssim, psnr
+
+    x, y = _synthetic_pair()
+    assert ms_ssim(x, x) == pytest.approx(1.0, abs=1e-12)
+    # value given by pytorch_msssim.ms_ssim(data_range=255) on the same arrays
+    assert ms_ssim(x, y) == pytest.approx(0.9751814, abs=1e-5)
+    assert MsSsim(x)(y) == ms_ssim(x, y)
+    assert ms_ssim(x, y) == pytest.approx(ms_ssim(y, x), abs=1e-12)
+    assert psnr(x, x) == 100.0
+    with pytest.raises(ValueError):
+        ms_ssim(x[:100], y[:100])  # too small for 5 scales
+
+
+def test_psnr_at_bpp_interpolates_without_extrapolating():
+    from rd import psnr_at_bpp
+
+    res = {"bpp": list(RATES), "psnr-rgb": list(PSNRS)}
+    assert psnr_at_bpp(res, 0.5) == pytest.approx(31.7)
+    assert PSNRS[3] < psnr_at_bpp(res, 0.6) < PSNRS[4]
+    assert psnr_at_bpp(res, 0.05) is None
+    assert psnr_at_bpp(res, 3.0) is None

@@ -178,3 +178,27 @@ def test_device_override_is_validated(monkeypatch):
         codec.resolve_device()
     monkeypatch.setenv("CNNZ_DEVICE", "cpu")
     assert codec.resolve_device() == "cpu"
+
+
+def test_batch_api_matches_one_at_a_time():
+    import pillow_cnnz
+
+    images = [photo(64, 96, seed=s) for s in range(3)] + [photo(80, 48, seed=9)]
+    batch = pillow_cnnz.encode_batch(images, 3.0)
+    single = [pillow_cnnz.encode(im, 3.0) for im in images]
+    assert [container.parse(b)[1]["LATZ"] for b in batch] == [container.parse(s)[1]["LATZ"] for s in single]
+    decoded = pillow_cnnz.decode_batch(batch)
+    for one, many in zip((pillow_cnnz.decode(b) for b in batch), decoded):
+        assert np.abs(one.astype(int) - many).max() <= 1
+
+
+def test_numpy_api_infers_mode_from_channels():
+    import pillow_cnnz
+
+    gray = photo(40, 56)[..., 0]
+    assert pillow_cnnz.decode(pillow_cnnz.encode(gray)).shape == gray.shape
+    rgba = np.dstack([photo(40, 56), np.full((40, 56), 7, np.uint8)])
+    out = pillow_cnnz.decode(pillow_cnnz.encode(rgba))
+    assert out.shape == rgba.shape and np.array_equal(out[..., 3], rgba[..., 3])
+    with pytest.raises(ValueError, match="shaped"):
+        pillow_cnnz.encode(np.zeros((4, 4, 5), np.uint8))

@@ -1,0 +1,279 @@
+"""Shared helpers of the benchmark scripts (``speed.py``, ``entropy_coding.py``).
+
+Importing this module puts the repository root on ``sys.path`` so that
+``import pillow_cnnz`` picks up the working tree without an install.
+Nothing here changes the package: the few hooks into it (recording what the codec
+hands the entropy coder, timing its stages) wrap module attributes for the
+duration of a ``with`` block and restore them afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+DEFAULT_KODAK = REPO_ROOT.parent / "shared" / "data" / "kodak"
+IMAGE_EXTENSIONS = {".png", ".ppm", ".bmp", ".tif", ".tiff"}
+
+# constriction's AnsCoder uses 24-bit fixed-point probabilities by default.
+ANS_PRECISION = 24
+
+
+# --------------------------------------------------------------------------- images
+
+
+def image_paths(data: Path, limit: int | None = None) -> list[Path]:
+    paths = sorted(p for p in Path(data).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise SystemExit(f"no images found in {data}")
+    return paths[:limit] if limit else paths
+
+
+def load_rgb(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+# --------------------------------------------------------------------------- statistics / output
+
+
+def median(values: Iterable[float]) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            if v != v:  # nan
+                return "–"
+            return f"{v:.3g}" if abs(v) < 10 else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.1f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o)}")
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def busy_processes() -> list[dict]:
+    """Other processes of this machine that are using CPU now (e.g. a training job)."""
+    me = os.getpid()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == me:
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat[0] == "R" and cmd and "python" in cmd:
+            found.append({"pid": int(proc.name), "cmd": cmd[:160]})
+    return found
+
+
+def environment() -> dict:
+    """Versions, CPU, load and concurrently running jobs: the conditions of a run."""
+    import numpy as np
+    import PIL
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_1_5_15": os.getloadavg(),
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "CNNZ_THREADS": os.environ.get("CNNZ_THREADS"),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=False)
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "pillow_cnnz"],
+                               capture_output=True, text=True, check=False)
+        info["git"] = out.stdout.strip() + (" (pillow_cnnz/ modified)" if dirty.stdout.strip() else "")
+    except OSError:
+        pass
+    others = busy_processes()
+    info["concurrent_cpu_jobs"] = others
+    train = [p for p in others if "pillow_cnnz.train" in p["cmd"]]
+    notes = []
+    if train:
+        notes.append(f"a training job (pid {train[0]['pid']}) ran in parallel on this "
+                     f"{os.cpu_count()}-core machine: about half of the CPU was available, "
+                     f"so absolute times are pessimistic and noisier than on an idle machine")
+    elif others:
+        notes.append(f"{len(others)} other CPU-busy python process(es) ran in parallel")
+    info["notes"] = notes
+    return info
+
+
+def model_info() -> dict:
+    from pillow_cnnz import weights
+
+    model = weights.load()
+    return {"model_id": model.model_id.hex(), "weights": str(weights.weights_dir()),
+            "training": model.meta.get("training")}
+
+
+# --------------------------------------------------------------------------- hooks into the package
+
+
+@contextlib.contextmanager
+def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+class StageTimer:
+    """Accumulates the wall time spent in some functions of the package.
+
+    ``StageTimer({"ans": (entropy, "decode"), ...})`` wraps each module attribute
+    for the duration of the ``with`` block. Times are inclusive: a stage called
+    from inside another counts in both.
+    """
+
+    def __init__(self, stages: dict[str, tuple[Any, str]]) -> None:
+        self.stages = {k: v for k, v in stages.items() if hasattr(v[0], v[1])}
+        self.seconds = dict.fromkeys(self.stages, 0.0)
+        self.calls = dict.fromkeys(self.stages, 0)
+        self._stack = contextlib.ExitStack()
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(self.stages, 0.0)
+        self.calls = dict.fromkeys(self.stages, 0)
+
+    def _wrap(self, key: str, fn: Callable) -> Callable:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[key] += time.perf_counter() - t0
+                self.calls[key] += 1
+
+        return wrapper
+
+    def __enter__(self) -> "StageTimer":
+        for key, (obj, name) in self.stages.items():
+            self._stack.enter_context(patched(obj, name, self._wrap(key, getattr(obj, name))))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+
+@contextlib.contextmanager
+def capture_entropy_calls() -> Iterator[list[dict]]:
+    """Record every ``pillow_cnnz.entropy.encode`` call the codec makes.
+
+    Each record holds the exact ``values``, ``index`` and ``tables`` the codec
+    passed, the payload it got back and the call's wall time, so the benchmark
+    sees the codec's real symbols without re-implementing ``codec.encode_rgb``.
+    """
+    from pillow_cnnz import entropy
+
+    calls: list[dict] = []
+    real = entropy.encode
+
+    def recording(values, index, tables):  # noqa: ANN001
+        t0 = time.perf_counter()
+        payload = real(values, index, tables)
+        calls.append({"values": values, "index": index, "tables": tables, "payload": payload,
+                      "seconds": time.perf_counter() - t0})
+        return payload
+
+    with patched(entropy, "encode", recording):
+        yield calls
+
+
+def quantized_weights(pmf) -> "Any":
+    """The integer weights (summing to 2**24) constriction gives a float table.
+
+    Mirrors ``Categorical(p, perfect=False)`` ("fast" quantization of constriction
+    0.4/0.5): left cumulative ``i`` is ``floor(cumsum_before_i * (2**24 - n) / sum) + i``
+    (sequential float64 sums), the last right cumulative is ``2**24``. Every symbol
+    keeps a weight of at least 1.
+    """
+    import numpy as np
+
+    p = np.asarray(pmf, dtype=np.float64)
+    n = p.size
+    cum = np.cumsum(p)  # sequential, as constriction's running sum
+    scale = float(2**ANS_PRECISION - n) / cum[-1]
+    before = np.concatenate([[0.0], cum[:-1]])
+    left = np.floor(before * scale).astype(np.int64) + np.arange(n)
+    right = np.append(left[1:], 2**ANS_PRECISION)
+    return right - left
+
+
+def run_python(code: str, env: dict | None = None, args: list[str] | None = None,
+               flags: list[str] | None = None, timeout: float = 3600) -> tuple[float, subprocess.CompletedProcess]:
+    """Run ``python [flags] -c code [args]`` from the repository root; (wall seconds, result)."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    cmd = [sys.executable, *(flags or []), "-c", code, *(args or [])]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise RuntimeError(f"subprocess failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return wall, res
+
+
+def last_json(stdout: str) -> dict:
+    """The JSON object a worker printed on its last non-empty line."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    return json.loads(lines[-1])

@@ -1,0 +1,593 @@
+#!/usr/bin/env python
+"""Speed of ``.cnnz`` next to the codecs Pillow ships, plus start-up, scaling and memory.
+
+Parts (all on by default; ``--parts`` picks a subset):
+
+``codecs``   encode / decode wall time of CNNZ and, in the same run on the same
+             images, JPEG q75 / q85, WebP q75 method 4, WebP with Pillow's defaults
+             (quality 80, method 4) and AVIF q60 speed 6, each used through Pillow
+             (``im.save(buf, format=...)``, ``Image.open(buf).load()``). Every codec is
+             warmed up first (for CNNZ: torch and the weights are loaded), images are
+             interleaved across codecs so a fluctuating background load hits all of them
+             alike; medians over images, and CNNZ's time / each peer's time.
+``stages``   where CNNZ's time goes, per stage (analysis / synthesis transforms, integer
+             hyper network, ANS, the rest), in a fresh process with the default
+             environment and again with ``OPENBLAS_NUM_THREADS=1``.
+``cold``     a new process that imports pillow_cnnz and ``Image.open(x.cnnz).load()``:
+             wall time from spawn to exit, with the first-use costs split out.
+``import``   ``import pillow_cnnz`` + ``Image.open(x.cnnz).size`` against
+             ``Image.open(x.png).size`` without pillow_cnnz (fresh processes, medians),
+             and one ``python -X importtime`` run listing what pillow_cnnz pulls in.
+``scaling``  ms per megapixel of encode and decode at ``--sizes`` megapixels (a Kodak
+             image resized with LANCZOS); each size and operation runs in its own fresh
+             process after a small warm-up, which also gives its peak RSS (VmHWM).
+             ``--skip-rss`` times the sizes in this process instead (faster, no memory).
+``tiling``   a ~4 MP image decoded with the default tiling and with one tile
+             (``pillow_cnnz.codec.TILE`` patched above the latent grid): pixel
+             differences; the same comparison of the latents the encoder produces.
+
+Threads: torch uses ``torch.get_num_threads()`` unless ``CNNZ_THREADS`` (or ``--threads``,
+which sets it for this run and its subprocesses) says otherwise; the codec applies it at
+first torch use. JPEG and WebP encode on one thread; AVIF uses Pillow's default
+``max_threads``.
+
+Example (from the repository root)::
+
+    python benchmarks/speed.py                                  # everything, ~15 min on 2 cores
+    python benchmarks/speed.py --limit 2 --sizes 0.4,3 --out /tmp/speed.json
+    python benchmarks/speed.py --parts codecs,stages --limit 4
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    DEFAULT_KODAK,
+    HERE,
+    StageTimer,
+    environment,
+    image_paths,
+    last_json,
+    md_table,
+    median,
+    model_info,
+    patched,
+    run_python,
+    write_json,
+)
+
+import pillow_cnnz  # noqa: E402,F401  (registers the format)
+from PIL import Image, features  # noqa: E402
+
+PARTS = ("codecs", "stages", "cold", "import", "scaling", "tiling")
+PEERS = {
+    "jpeg-q75": ("JPEG", {"quality": 75}),
+    "jpeg-q85": ("JPEG", {"quality": 85}),
+    "webp-q75-m4": ("WEBP", {"quality": 75, "method": 4}),
+    "webp-default": ("WEBP", {}),
+    "avif-q60-s6": ("AVIF", {"quality": 60, "speed": 6}),
+}
+FEATURE = {"JPEG": "jpg", "WEBP": "webp", "AVIF": "avif"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def encode(im: Image.Image, fmt: str, opts: dict) -> tuple[bytes, float]:
+    buf = io.BytesIO()
+    t0 = time.perf_counter()
+    im.save(buf, format=fmt, **opts)
+    return buf.getvalue(), time.perf_counter() - t0
+
+
+def decode(data: bytes) -> tuple[Image.Image, float]:
+    t0 = time.perf_counter()
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im, time.perf_counter() - t0
+
+
+def size_for(mp: float, aspect: float = 1.5) -> tuple[int, int]:
+    w = round(math.sqrt(mp * 1e6 * aspect))
+    return w, round(w / aspect)
+
+
+def scaled_image(base: Image.Image, mp: float) -> Image.Image:
+    """``base`` itself when it is within 5% of ``mp`` megapixels, else a LANCZOS resize."""
+    if abs(base.width * base.height / 1e6 - mp) <= 0.05 * mp:
+        return base
+    return base.resize(size_for(mp, base.width / base.height), Image.Resampling.LANCZOS)
+
+
+def rss_now() -> dict:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1]) / 1024  # MiB
+    return out
+
+
+# --------------------------------------------------------------------------- workers (run in subprocesses)
+
+# Each worker is run as ``python speed.py --worker NAME JSON-ARGS`` and prints one JSON line.
+
+
+def worker_stages(cfg: dict) -> dict:
+    """Per-stage times of encode and decode on a few images (fresh process)."""
+    import torch
+
+    from pillow_cnnz import codec, entropy, hyper
+
+    paths = [Path(p) for p in cfg["paths"]]
+    ims = [Image.open(p).convert("RGB") for p in paths]
+    data, _ = encode(ims[0], "CNNZ", {"quality": cfg["quality"]})  # warm-up
+    decode(data)
+    stages = {"transform": (codec, "_tiled"), "hyper": (hyper, "hyper_synthesis"),
+              "ans_encode": (entropy, "encode"), "ans_decode": (entropy, "decode")}
+    rows = {"encode": [], "decode": []}
+    with StageTimer(stages) as timer:
+        for im in ims:
+            timer.reset()
+            data, t = encode(im, "CNNZ", {"quality": cfg["quality"]})
+            rows["encode"].append({"total": t, **timer.seconds})
+            timer.reset()
+            _, t = decode(data)
+            rows["decode"].append({"total": t, **timer.seconds})
+    return {"rows": rows, "torch_threads": torch.get_num_threads(),
+            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
+
+
+def worker_scale(cfg: dict) -> dict:
+    """Encode (``op == "encode"``, from a .npy) or decode one big image after a warm-up."""
+    import resource
+
+    warm = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    decode(encode(warm, "CNNZ", {"quality": cfg["quality"]})[0])
+    if cfg["op"] == "encode":
+        arr = np.load(cfg["input"])
+        im = Image.fromarray(arr)
+        del arr
+        before = rss_now()
+        data, t = encode(im, "CNNZ", {"quality": cfg["quality"]})
+        Path(cfg["output"]).write_bytes(data)
+        extra = {"bytes": len(data)}
+    else:
+        before = rss_now()
+        t0 = time.perf_counter()
+        with Image.open(cfg["input"]) as im:
+            im.load()
+            extra = {"size": im.size}
+        t = time.perf_counter() - t0
+    after = rss_now()
+    return {"seconds": t, "rss_before_mib": before["VmRSS"], "hwm_before_mib": before["VmHWM"],
+            "peak_rss_mib": after["VmHWM"], "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **extra}
+
+
+WORKERS = {"stages": worker_stages, "scale": worker_scale}
+
+
+def run_worker(name: str, cfg: dict, env: dict | None = None) -> dict:
+    code = ("import runpy, sys; sys.argv = [sys.argv[0]] + sys.argv[1:]; "
+            f"runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__main__')")
+    _, res = run_python(code, env=env, args=["--worker", name, json.dumps(cfg)])
+    return last_json(res.stdout)
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def part_codecs(paths: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
+    codecs = {f"cnnz-q{args.quality:g}": ("CNNZ", {"quality": args.quality})}
+    skipped = []
+    for name, (fmt, opts) in PEERS.items():
+        if features.check(FEATURE[fmt]):
+            codecs[name] = (fmt, opts)
+        else:
+            skipped.append(name)
+    ims = [Image.open(p).convert("RGB") for p in paths]
+    for fmt, opts in codecs.values():  # warm-up
+        decode(encode(ims[0], fmt, opts)[0])
+    import torch
+
+    per: dict[str, dict[str, list]] = {n: {"enc": [], "dec": [], "bytes": [], "pixels": []} for n in codecs}
+    for i, im in enumerate(ims):
+        for name, (fmt, opts) in codecs.items():
+            reps = args.cnnz_repeat if fmt == "CNNZ" else args.repeat
+            enc, dec = [], []
+            for _ in range(reps):
+                data, t = encode(im, fmt, opts)
+                enc.append(t)
+                out, t = decode(data)
+                dec.append(t)
+                assert out.size == im.size
+            per[name]["enc"].append(median(enc))
+            per[name]["dec"].append(median(dec))
+            per[name]["bytes"].append(len(data))
+            per[name]["pixels"].append(im.width * im.height)
+            if fmt == "CNNZ" and i == 0:
+                (tmp / "kodak0.cnnz").write_bytes(data)
+        print(f"  codecs: {paths[i].name} done", file=sys.stderr)
+    summary = {}
+    for name, d in per.items():
+        summary[name] = {
+            "format": codecs[name][0], "options": codecs[name][1],
+            "encode_ms_median": 1e3 * median(d["enc"]), "decode_ms_median": 1e3 * median(d["dec"]),
+            "encode_mp_per_s": sum(d["pixels"]) / sum(d["enc"]) / 1e6,
+            "decode_mp_per_s": sum(d["pixels"]) / sum(d["dec"]) / 1e6,
+            "bpp_mean": float(np.mean([8 * b / p for b, p in zip(d["bytes"], d["pixels"])])),
+            "per_image_encode_ms": [1e3 * t for t in d["enc"]],
+            "per_image_decode_ms": [1e3 * t for t in d["dec"]],
+        }
+    cnnz = summary[next(iter(codecs))]
+    ratios = {name: {"encode": cnnz["encode_ms_median"] / s["encode_ms_median"],
+                     "decode": cnnz["decode_ms_median"] / s["decode_ms_median"]}
+              for name, s in summary.items() if s["format"] != "CNNZ"}
+    return {"images": [p.name for p in paths], "torch_threads": torch.get_num_threads(),
+            "repeat": args.repeat, "cnnz_repeat": args.cnnz_repeat, "skipped": skipped,
+            "codecs": summary, "cnnz_over_peer": ratios}
+
+
+def part_stages(paths: list[Path], args: argparse.Namespace) -> dict:
+    cfg = {"paths": [str(p) for p in paths[: args.stage_images]], "quality": args.quality}
+    variants = {"default": {}, "OPENBLAS_NUM_THREADS=1": {"OPENBLAS_NUM_THREADS": "1"}}
+    out = {}
+    for label, env in variants.items():
+        res = run_worker("stages", cfg, env)
+        summary = {}
+        for op, rows in res["rows"].items():
+            keys = ["total", "transform", "hyper", "ans_encode" if op == "encode" else "ans_decode"]
+            med = {k: 1e3 * median(r[k] for r in rows) for k in keys}
+            other = [r["total"] - sum(r[k] for k in keys[1:]) for r in rows]
+            med["other"] = 1e3 * median(other)
+            summary[op] = med
+        out[label] = {"ms_median": summary, "torch_threads": res["torch_threads"], "per_image_s": res["rows"]}
+        print(f"  stages ({label}) done", file=sys.stderr)
+    return {"images": [Path(p).name for p in cfg["paths"]], "variants": out,
+            "legend": {"transform": "codec._tiled: g_a (encode) or g_s (decode), tiled, torch",
+                       "hyper": "hyper.hyper_synthesis: integer hyper network, numpy float64 BLAS",
+                       "ans_encode/ans_decode": "entropy.encode/decode (both streams), constriction",
+                       "other": "the rest: h_a (encode), padding, conversions, container, Pillow"}}
+
+
+COLD_CODE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import pillow_cnnz
+from PIL import Image
+t1 = time.perf_counter()
+im = Image.open(sys.argv[1])
+t2 = time.perf_counter()
+from pillow_cnnz import codec, weights, entropy, hyper
+import _common
+stages = {"first torch use (import torch)": (codec, "_torch"), "weights read+verify": (weights, "_read"),
+          "network build": (weights.Model, "net"), "ans decode": (entropy, "decode"),
+          "hyper": (hyper, "hyper_synthesis"), "synthesis (tiled)": (codec, "_tiled")}
+with _common.StageTimer(stages) as timer:
+    im.load()
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "open_s": t2 - t1, "load_s": t3 - t2, "in_process_s": t3 - t0,
+                  "stages_s": timer.seconds}))
+"""
+
+
+def part_cold(cnnz_path: Path, args: argparse.Namespace) -> dict:
+    runs = []
+    env = {"PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}"}
+    for _ in range(args.cold_runs):
+        wall, res = run_python(COLD_CODE, env=env, args=[str(cnnz_path)])
+        runs.append({"wall_s": wall, **last_json(res.stdout)})
+    keys = ["wall_s", "import_s", "open_s", "load_s", "in_process_s"]
+    med = {k: median(r[k] for r in runs) for k in keys}
+    med["stages_s"] = {k: median(r["stages_s"][k] for r in runs) for k in runs[0]["stages_s"]}
+    return {"file": cnnz_path.name, "runs": runs, "median": med,
+            "note": "page cache warm (the file, torch and the weights were read before)"}
+
+
+IMPORT_CODE_CNNZ = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import pillow_cnnz
+from PIL import Image
+size = Image.open(sys.argv[1]).size
+print(json.dumps({"s": time.perf_counter() - t0, "size": size}))
+"""
+IMPORT_CODE_PNG = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from PIL import Image
+size = Image.open(sys.argv[1]).size
+print(json.dumps({"s": time.perf_counter() - t0, "size": size}))
+"""
+IMPORTTIME_CODE = "from PIL import Image; import pillow_cnnz; import sys; Image.open(sys.argv[1]).size"
+
+
+def parse_importtime(stderr: str) -> dict:
+    """Imports caused by ``import pillow_cnnz`` (after PIL.Image) and by opening the file."""
+    entries = []
+    for line in stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( +)(\S.*)$", line)
+        if m:
+            entries.append({"self_us": int(m[1]), "cum_us": int(m[2]), "level": (len(m[3]) - 1) // 2,
+                            "name": m[4].strip()})
+    top = next(i for i, e in enumerate(entries) if e["name"] == "pillow_cnnz" and e["level"] == 0)
+    start = top
+    while start > 0 and entries[start - 1]["level"] > 0:
+        start -= 1
+    subtree = entries[start:top]
+    after = entries[top + 1 :]
+    return {
+        "pillow_cnnz_cumulative_ms": entries[top]["cum_us"] / 1e3,
+        "direct_children_by_cumulative_ms": sorted(
+            [(e["name"], e["cum_us"] / 1e3) for e in subtree if e["level"] == 1], key=lambda x: -x[1])[:15],
+        "top_self_ms": sorted([(e["name"], e["self_us"] / 1e3) for e in subtree], key=lambda x: -x[1])[:15],
+        "modules_imported": len(subtree) + 1,
+        "after_import_during_open_ms": sorted(
+            [(e["name"], e["cum_us"] / 1e3) for e in after if e["level"] == 0], key=lambda x: -x[1])[:10],
+    }
+
+
+def part_import(cnnz_path: Path, png_path: Path, args: argparse.Namespace) -> dict:
+    rows = {"cnnz": [], "png": []}
+    for _ in range(args.import_runs):  # interleaved, so load changes hit both alike
+        for key, code, path in (("cnnz", IMPORT_CODE_CNNZ, cnnz_path), ("png", IMPORT_CODE_PNG, png_path)):
+            wall, res = run_python(code, args=[str(path)])
+            rows[key].append({"wall_s": wall, "in_process_s": last_json(res.stdout)["s"]})
+    med = {k: {m: 1e3 * median(r[m] for r in v) for m in ("wall_s", "in_process_s")} for k, v in rows.items()}
+    _, res = run_python(IMPORTTIME_CODE, flags=["-X", "importtime"], args=[str(cnnz_path)])
+    return {
+        "runs": args.import_runs,
+        "median_ms": med,
+        "difference_ms": {m: med["cnnz"][m] - med["png"][m] for m in ("wall_s", "in_process_s")},
+        "importtime": parse_importtime(res.stderr),
+    }
+
+
+def part_scaling(base: Image.Image, args: argparse.Namespace, tmp: Path) -> dict:
+    sizes = [float(s) for s in args.sizes.split(",") if s]
+    rows = []
+    for mp in sizes:
+        im = scaled_image(base, mp)
+        w, h = im.size
+        mpix = w * h / 1e6
+        row = {"target_mp": mp, "width": w, "height": h, "mp": mpix}
+        if args.skip_rss:
+            reps = 3 if mpix < 1 else 1
+            enc, dec = [], []
+            for _ in range(reps):
+                data, t = encode(im, "CNNZ", {"quality": args.quality})
+                enc.append(t)
+                dec.append(decode(data)[1])
+            row.update(encode_s=median(enc), decode_s=median(dec), bytes=len(data), where="in process")
+        else:
+            npy, out = tmp / f"scale_{mp:g}.npy", tmp / f"scale_{mp:g}.cnnz"
+            np.save(npy, np.asarray(im))
+            e = run_worker("scale", {"op": "encode", "input": str(npy), "output": str(out), "quality": args.quality})
+            npy.unlink()
+            d = run_worker("scale", {"op": "decode", "input": str(out), "quality": args.quality})
+            out.unlink()
+            row.update(encode_s=e["seconds"], decode_s=d["seconds"], bytes=e["bytes"],
+                       where="fresh process per size and operation, after a 64x64 warm-up",
+                       encode_rss=e, decode_rss=d)
+        row["encode_ms_per_mp"] = 1e3 * row["encode_s"] / mpix
+        row["decode_ms_per_mp"] = 1e3 * row["decode_s"] / mpix
+        rows.append(row)
+        print(f"  scaling: {w}x{h} encode {row['encode_s']:.1f} s, decode {row['decode_s']:.1f} s", file=sys.stderr)
+    return {"base_image": getattr(base, "filename", None) or "kodak", "resample": "LANCZOS", "rows": rows}
+
+
+def part_tiling(base: Image.Image, args: argparse.Namespace) -> dict:
+    from pillow_cnnz import codec
+
+    from _common import capture_entropy_calls
+
+    im = scaled_image(base, args.tiling_mp)
+    with capture_entropy_calls() as tiled_calls:
+        data, t_enc_tiled = encode(im, "CNNZ", {"quality": args.quality})
+    rows, cols = -(-im.height // 16), -(-im.width // 16)
+    one = max(rows, cols) + 1
+    with patched(codec, "TILE", one), capture_entropy_calls() as whole_calls:
+        data_whole, t_enc_whole = encode(im, "CNNZ", {"quality": args.quality})
+    out_tiled, t_tiled = decode(data)
+    with patched(codec, "TILE", one):
+        out_whole, t_whole = decode(data)
+    a = np.asarray(out_tiled).astype(np.int16)
+    b = np.asarray(out_whole).astype(np.int16)
+    diff = np.abs(a - b)
+    enc_cmp = {}
+    for i, stream in ((0, "z"), (1, "y")):
+        va, vb = tiled_calls[i]["values"], whole_calls[i]["values"]
+        enc_cmp[stream] = {"symbols": int(va.size), "differing": int(np.count_nonzero(va != vb)),
+                           "max_abs_diff": int(np.abs(va - vb).max())}
+    return {
+        "width": im.width, "height": im.height, "latent_grid": [rows, cols],
+        "default_tile": codec.TILE, "one_tile": one,
+        "decode": {"max_abs_diff": int(diff.max()), "mean_abs_diff": float(diff.mean()),
+                   "fraction_differing": float(np.count_nonzero(diff) / diff.size),
+                   "psnr_between_db": float(10 * np.log10(255**2 / max(np.mean(diff.astype(np.float64) ** 2), 1e-12))),
+                   "seconds_tiled": t_tiled, "seconds_one_tile": t_whole},
+        "encode": {"latents": enc_cmp, "bytes_tiled": len(data), "bytes_one_tile": len(data_whole),
+                   "seconds_tiled": t_enc_tiled, "seconds_one_tile": t_enc_whole},
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report(res: dict) -> str:
+    out = ["## CNNZ speed", ""]
+    env = res["environment"]
+    out.append(f"CPU: {env.get('cpu_model')} ({env['cpu_count']} cores), load average at start "
+               f"{env['loadavg_1_5_15'][0]:.1f}; torch threads {res.get('codecs', {}).get('torch_threads', '?')}, "
+               f"CNNZ_THREADS={env['CNNZ_THREADS']}, OPENBLAS_NUM_THREADS={env['OPENBLAS_NUM_THREADS']}.")
+    if "codecs" in res:
+        c = res["codecs"]
+        out += ["", f"### Encode / decode, median over {len(c['images'])} Kodak image(s) "
+                f"(CNNZ {c['cnnz_repeat']}×, peers {c['repeat']}× per image)", ""]
+        rows = []
+        for name, s in c["codecs"].items():
+            r = c["cnnz_over_peer"].get(name)
+            rows.append([name, f"{s['bpp_mean']:.3f}", f"{s['encode_ms_median']:.1f}", f"{s['decode_ms_median']:.1f}",
+                         f"{s['encode_mp_per_s']:.2f}", f"{s['decode_mp_per_s']:.2f}",
+                         f"{r['encode']:.0f}×" if r else "–", f"{r['decode']:.0f}×" if r else "–"])
+        out.append(md_table(["codec", "bpp", "encode ms", "decode ms", "enc MP/s", "dec MP/s",
+                             "CNNZ enc time / this", "CNNZ dec time / this"], rows))
+    if "stages" in res:
+        s = res["stages"]
+        out += ["", f"### Where CNNZ's time goes (median ms over {len(s['images'])} image(s), fresh process)", ""]
+        rows = []
+        for label, v in s["variants"].items():
+            for op in ("encode", "decode"):
+                m = v["ms_median"][op]
+                ans = m.get("ans_encode", m.get("ans_decode"))
+                rows.append([label, op, f"{m['total']:.0f}", f"{m['transform']:.0f}", f"{m['hyper']:.0f}",
+                             f"{ans:.0f}", f"{m['other']:.0f}"])
+        out.append(md_table(["environment", "op", "total", "g_a / g_s (torch)", "integer hyper (numpy)", "ANS",
+                             "other (h_a, glue)"], rows))
+    if "cold" in res:
+        m = res["cold"]["median"]
+        out += ["", f"### Cold start: new process, `import pillow_cnnz`, `Image.open(x.cnnz).load()` "
+                f"(median of {len(res['cold']['runs'])})", ""]
+        rows = [["process wall (spawn to exit)", f"{1e3 * m['wall_s']:.0f}"],
+                ["in process: import pillow_cnnz + PIL", f"{1e3 * m['import_s']:.0f}"],
+                ["in process: Image.open", f"{1e3 * m['open_s']:.1f}"],
+                ["in process: load() (first decode)", f"{1e3 * m['load_s']:.0f}"]]
+        rows += [[f"  of which {k}", f"{1e3 * v:.0f}"] for k, v in m["stages_s"].items()]
+        out.append(md_table(["step", "ms"], rows))
+    if "import" in res:
+        i = res["import"]
+        m, d = i["median_ms"], i["difference_ms"]
+        out += ["", f"### Import cost (median of {i['runs']} fresh processes each)", ""]
+        out.append(md_table(["", "process wall ms", "in-process ms"], [
+            ["import pillow_cnnz; Image.open(x.cnnz).size", f"{m['cnnz']['wall_s']:.0f}", f"{m['cnnz']['in_process_s']:.1f}"],
+            ["Image.open(x.png).size (no pillow_cnnz)", f"{m['png']['wall_s']:.0f}", f"{m['png']['in_process_s']:.1f}"],
+            ["difference", f"{d['wall_s']:+.0f}", f"{d['in_process_s']:+.1f}"]]))
+        it = i["importtime"]
+        out += ["", f"`python -X importtime`: pillow_cnnz (after PIL.Image) takes {it['pillow_cnnz_cumulative_ms']:.1f} ms "
+                f"cumulative, {it['modules_imported']} modules. Heaviest imports it causes (cumulative):", ""]
+        out.append(md_table(["module (direct child of pillow_cnnz)", "ms"],
+                            [[n, f"{t:.1f}"] for n, t in it["direct_children_by_cumulative_ms"][:8]]))
+        out += ["", "Largest self times inside it: " + ", ".join(f"{n} {t:.1f} ms" for n, t in it["top_self_ms"][:8])]
+        if it["after_import_during_open_ms"]:
+            out.append("Imported later, by `Image.open`: " + ", ".join(
+                f"{n} {t:.1f} ms" for n, t in it["after_import_during_open_ms"][:6]))
+    if "scaling" in res:
+        rows = []
+        for r in res["scaling"]["rows"]:
+            er, dr = r.get("encode_rss"), r.get("decode_rss")
+            rows.append([f"{r['width']}×{r['height']}", f"{r['mp']:.2f}", f"{r['encode_s']:.2f}", f"{r['decode_s']:.2f}",
+                         f"{r['encode_ms_per_mp']:.0f}", f"{r['decode_ms_per_mp']:.0f}",
+                         f"{er['peak_rss_mib']:.0f} ({er['peak_rss_mib'] - er['rss_before_mib']:+.0f})" if er else "–",
+                         f"{dr['peak_rss_mib']:.0f} ({dr['peak_rss_mib'] - dr['rss_before_mib']:+.0f})" if dr else "–"])
+        where = res["scaling"]["rows"][0]["where"] if res["scaling"]["rows"] else ""
+        out += ["", f"### Size scaling ({where})", ""]
+        out.append(md_table(["size", "MP", "encode s", "decode s", "encode ms/MP", "decode ms/MP",
+                             "encode peak RSS MiB (Δ over before)", "decode peak RSS MiB (Δ)"], rows))
+    if "tiling" in res:
+        t = res["tiling"]
+        d, e = t["decode"], t["encode"]
+        out += ["", f"### Tiling: {t['width']}×{t['height']}, latent grid {t['latent_grid'][0]}×{t['latent_grid'][1]}, "
+                f"TILE {t['default_tile']} vs one tile ({t['one_tile']})", ""]
+        out.append(md_table(["check", "result"], [
+            ["decode: max abs pixel diff", d["max_abs_diff"]],
+            ["decode: mean abs pixel diff", f"{d['mean_abs_diff']:.5f}"],
+            ["decode: fraction of values differing", f"{d['fraction_differing']:.5f}"],
+            ["decode: PSNR between the two (dB)", f"{d['psnr_between_db']:.1f}"],
+            ["decode time tiled / one tile (s)", f"{d['seconds_tiled']:.2f} / {d['seconds_one_tile']:.2f}"],
+            ["encode: y symbols differing", f"{e['latents']['y']['differing']} of {e['latents']['y']['symbols']} "
+                                            f"(max |Δ| {e['latents']['y']['max_abs_diff']})"],
+            ["encode: z symbols differing", f"{e['latents']['z']['differing']} of {e['latents']['z']['symbols']}"],
+            ["encode bytes tiled / one tile", f"{e['bytes_tiled']} / {e['bytes_one_tile']}"],
+            ["encode time tiled / one tile (s)", f"{e['seconds_tiled']:.2f} / {e['seconds_one_tile']:.2f}"]]))
+    out += ["", "Notes:"]
+    out += [f"- {n}" for n in env["notes"]]
+    out.append("- weights are an early checkpoint: the architecture (so the work per pixel) is final, rates are not")
+    out.append("- WebP 'default' = Pillow's defaults (quality 80, method 4); AVIF uses Pillow's default max_threads; "
+               "JPEG/WebP are single-threaded")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        print(json.dumps(WORKERS[argv[1]](json.loads(argv[2]))))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_KODAK, help="folder of images (default: Kodak)")
+    parser.add_argument("--limit", type=int, help="use only the first N images")
+    parser.add_argument("--quality", type=float, default=4.0, help="CNNZ quality (default 4)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--sizes", default="0.4,3,12,50", help="megapixels for the scaling part (default 0.4,3,12,50)")
+    parser.add_argument("--skip-rss", action="store_true",
+                        help="time the sizes in this process: no fresh process per size, no peak RSS")
+    parser.add_argument("--threads", type=int, help="set CNNZ_THREADS for this run and its subprocesses")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per image for the peers (default 3)")
+    parser.add_argument("--cnnz-repeat", type=int, default=1, help="timed runs per image for CNNZ (default 1)")
+    parser.add_argument("--stage-images", type=int, default=3, help="images for the stage split (default 3)")
+    parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument("--import-runs", type=int, default=10)
+    parser.add_argument("--tiling-mp", type=float, default=4.0)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "speed.json")
+    args = parser.parse_args(argv)
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    if args.threads:
+        os.environ["CNNZ_THREADS"] = str(args.threads)  # before the codec's first torch use
+
+    paths = image_paths(args.data, args.limit)
+    res: dict = {"benchmark": "speed", "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                 "environment": environment(), "model": model_info()}
+    t_start = time.perf_counter()
+    base = Image.open(paths[0]).convert("RGB")
+    base.filename = paths[0].name
+    with tempfile.TemporaryDirectory(prefix="cnnz-speed-") as tmpdir:
+        tmp = Path(tmpdir)
+        cnnz_path = tmp / "kodak0.cnnz"
+        if "codecs" in parts:
+            print("codecs ...", file=sys.stderr)
+            res["codecs"] = part_codecs(paths, args, tmp)
+        if not cnnz_path.exists():
+            cnnz_path.write_bytes(encode(base, "CNNZ", {"quality": args.quality})[0])
+        if "stages" in parts:
+            print("stages ...", file=sys.stderr)
+            res["stages"] = part_stages(paths, args)
+        if "cold" in parts:
+            print("cold start ...", file=sys.stderr)
+            res["cold"] = part_cold(cnnz_path, args)
+        if "import" in parts:
+            print("import cost ...", file=sys.stderr)
+            res["import"] = part_import(cnnz_path, paths[0], args)
+        if "scaling" in parts:
+            print("scaling ...", file=sys.stderr)
+            res["scaling"] = part_scaling(base, args, tmp)
+        if "tiling" in parts:
+            print("tiling ...", file=sys.stderr)
+            res["tiling"] = part_tiling(base, args)
+    res["environment"]["loadavg_1_5_15_end"] = os.getloadavg()
+    res["environment"]["elapsed_s"] = time.perf_counter() - t_start
+    text = report(res)
+    print(text)
+    write_json(args.out, res)
+    args.out.with_suffix(".md").write_text(text + "\n")
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Threads, forked workers and DataLoaders give the same pixels as one call at a time."""
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pillow_cnnz
+from pillow_cnnz import weights
+
+from .test_codec import photo
+
+
+@pytest.fixture(scope="module")
+def files():
+    images = [photo(48 + 16 * (i % 3), 64 + 8 * i, seed=i) for i in range(8)]
+    return images, [pillow_cnnz.encode(im, 2.0 + i / 2) for i, im in enumerate(images)]
+
+
+def test_eight_threads_encode_and_decode_like_one_at_a_time(files):
+    images, encoded = files
+    expected = [pillow_cnnz.decode(b) for b in encoded]
+
+    def work(i: int) -> tuple[bytes, np.ndarray]:
+        return pillow_cnnz.encode(images[i], 2.0 + i / 2), pillow_cnnz.decode(encoded[i])
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    for i, (data, pixels) in enumerate(results):
+        assert data == encoded[i]
+        assert np.array_equal(pixels, expected[i])
+
+
+def test_model_loads_once_under_concurrent_first_use(monkeypatch):
+    monkeypatch.setattr(weights, "_cache", {})
+    calls = []
+    real = weights._read
+    monkeypatch.setattr(weights, "_read", lambda mid: calls.append(mid) or real(mid))
+    barrier = threading.Barrier(8)
+
+    def first_use(_):
+        barrier.wait()
+        return weights.load()
+
+    with ThreadPoolExecutor(8) as pool:
+        models = list(pool.map(first_use, range(8)))
+    assert len(calls) == 1 and all(m is models[0] for m in models)
+
+
+def _decode_in_child(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_pool_after_parent_used_torch_does_not_hang(files):
+    images, encoded = files
+    pillow_cnnz.decode(encoded[0])  # the parent has run multi-threaded torch ops
+    expected = [_decode_in_child(b) for b in encoded[:4]]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(2) as pool:
+        result = pool.map_async(_decode_in_child, encoded[:4])
+        decoded = result.get(timeout=120)
+    for a, b in zip(decoded, expected):
+        assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_dataloader_workers_read_cnnz_folder(files, tmp_path):
+    torch = pytest.importorskip("torch")
+    _, encoded = files
+    for i, data in enumerate(encoded[:4]):
+        (tmp_path / f"{i}.cnnz").write_bytes(data)
+    paths = sorted(tmp_path.glob("*.cnnz"))
+
+    class Folder(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(paths)
+
+        def __getitem__(self, i):
+            with Image.open(paths[i]) as im:
+                return torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+
+    loader = torch.utils.data.DataLoader(Folder(), batch_size=None, num_workers=2, timeout=120)
+    got = list(loader)
+    for path, tensor in zip(paths, got):
+        ref = np.asarray(Image.open(path).convert("RGB"))
+        assert np.abs(tensor.numpy().astype(int) - ref).max() <= 1
