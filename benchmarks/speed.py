@@ -181,8 +181,7 @@ WORKERS = {"stages": worker_stages, "scale": worker_scale}
 
 
 def run_worker(name: str, cfg: dict, env: dict | None = None) -> dict:
-    code = ("import runpy, sys; sys.argv = [sys.argv[0]] + sys.argv[1:]; "
-            f"runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__main__')")
+    code = f"import runpy; runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__main__')"
     _, res = run_python(code, env=env, args=["--worker", name, json.dumps(cfg)])
     return last_json(res.stdout)
 
@@ -272,23 +271,34 @@ t1 = time.perf_counter()
 im = Image.open(sys.argv[1])
 t2 = time.perf_counter()
 from pillow_cnnz import codec, weights, entropy, hyper
-import _common
-stages = {"first torch use (import torch)": (codec, "_torch"), "weights read+verify": (weights, "_read"),
-          "network build": (weights.Model, "net"), "ans decode": (entropy, "decode"),
-          "hyper": (hyper, "hyper_synthesis"), "synthesis (tiled)": (codec, "_tiled")}
-with _common.StageTimer(stages) as timer:
-    im.load()
+seconds = {}
+def timed(obj, name, label):
+    fn = getattr(obj, name)
+    seconds[label] = 0.0
+    def wrapper(*a, **k):
+        s = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            seconds[label] += time.perf_counter() - s
+    setattr(obj, name, wrapper)
+timed(codec, "_torch", "first torch use (import torch)")
+timed(weights, "_read", "weights read+verify")
+timed(weights.Model, "net", "network build")
+timed(entropy, "decode", "ans decode")
+timed(hyper, "hyper_synthesis", "hyper")
+timed(codec, "_tiled", "synthesis (tiled)")
+im.load()
 t3 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "open_s": t2 - t1, "load_s": t3 - t2, "in_process_s": t3 - t0,
-                  "stages_s": timer.seconds}))
+                  "stages_s": seconds}))
 """
 
 
 def part_cold(cnnz_path: Path, args: argparse.Namespace) -> dict:
     runs = []
-    env = {"PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}"}
     for _ in range(args.cold_runs):
-        wall, res = run_python(COLD_CODE, env=env, args=[str(cnnz_path)])
+        wall, res = run_python(COLD_CODE, args=[str(cnnz_path)])
         runs.append({"wall_s": wall, **last_json(res.stdout)})
     keys = ["wall_s", "import_s", "open_s", "load_s", "in_process_s"]
     med = {k: median(r[k] for r in runs) for k in keys}
@@ -390,7 +400,7 @@ def part_scaling(base: Image.Image, args: argparse.Namespace, tmp: Path) -> dict
 
 
 def part_tiling(base: Image.Image, args: argparse.Namespace) -> dict:
-    from pillow_cnnz import codec
+    from pillow_cnnz import codec, weights
 
     from _common import capture_entropy_calls
 
@@ -407,9 +417,14 @@ def part_tiling(base: Image.Image, args: argparse.Namespace) -> dict:
     a = np.asarray(out_tiled).astype(np.int16)
     b = np.asarray(out_whole).astype(np.int16)
     diff = np.abs(a - b)
+    model = weights.load()
+
+    def stream_values(calls: list[dict], tables) -> np.ndarray:  # noqa: ANN001
+        return next(c["values"] for c in calls if c["tables"] is tables)
+
     enc_cmp = {}
-    for i, stream in ((0, "z"), (1, "y")):
-        va, vb = tiled_calls[i]["values"], whole_calls[i]["values"]
+    for stream, tables in (("z", model.z_tables), ("y", model.y_tables)):
+        va, vb = stream_values(tiled_calls, tables), stream_values(whole_calls, tables)
         enc_cmp[stream] = {"symbols": int(va.size), "differing": int(np.count_nonzero(va != vb)),
                            "max_abs_diff": int(np.abs(va - vb).max())}
     return {

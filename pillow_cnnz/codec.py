@@ -300,9 +300,22 @@ def _finish(header: container.Header, rgb: np.ndarray, alpha: np.ndarray | None)
     return luma if header.mode == "L" else np.dstack([luma, alpha])
 
 
+def _check_bomb(header: container.Header) -> None:
+    """Honour ``PIL.Image.MAX_IMAGE_PIXELS`` on the numpy path too, before any allocation."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and header.width * header.height > 2 * limit:
+        msg = (f"image size ({header.width * header.height} pixels) exceeds limit of {2 * limit} pixels, "
+               "could be decompression bomb DOS attack; raise PIL.Image.MAX_IMAGE_PIXELS to allow it")
+        raise Image.DecompressionBombError(msg)
+
+
 def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device: str | None = None,
                   batch_size: int = 8) -> list[np.ndarray]:
     """Pixels of parsed files; same-size files share one synthesis pass."""
+    for header, _ in files:
+        _check_bomb(header)
     out: list[np.ndarray] = [np.empty(0)] * len(files)
     for ids in _groups([(f[0].height, f[0].width, f[0].model_id) for f in files], batch_size):
         headers = [files[i][0] for i in ids]

@@ -296,28 +296,29 @@ def _save_bytesio(im, path):
     path.write_bytes(buf.getvalue())
 
 
+def _loaded(im: Image.Image) -> tuple:
+    im.load()
+    return im.format, im.size, im.mode, np.asarray(im)
+
+
 def _open_str(path):
     with Image.open(str(path)) as im:
-        im.load()
-        return im
+        return _loaded(im)
 
 
 def _open_pathlib(path):
     with Image.open(path) as im:
-        im.load()
-        return im
+        return _loaded(im)
 
 
 def _open_file_object(path):
     with open(path, "rb") as f, Image.open(f) as im:
-        im.load()
-        return im
+        return _loaded(im)
 
 
 def _open_bytesio(path):
     with Image.open(io.BytesIO(path.read_bytes())) as im:
-        im.load()
-        return im
+        return _loaded(im)
 
 
 @pytest.mark.parametrize(("save", "open_"), [
@@ -331,9 +332,9 @@ def test_paths_and_file_objects(tmp_path, make_photo, save, open_):
     path = tmp_path / "x.cnnz"
     save(original, path)
     assert path.read_bytes()[:8] == MAGIC
-    im = open_(path)
-    assert (im.format, im.size, im.mode) == ("CNNZ", (80, 48), "RGB")
-    assert np.array_equal(np.asarray(im), pillow_cnnz.decode(path.read_bytes()))
+    format_, size, mode, pixels = open_(path)
+    assert (format_, size, mode) == ("CNNZ", (80, 48), "RGB")
+    assert np.array_equal(pixels, pillow_cnnz.decode(path.read_bytes()))
 
 
 # --- modes ---------------------------------------------------------------------------
