@@ -94,21 +94,49 @@ def _json_default(o: Any) -> Any:
 # --------------------------------------------------------------------------- environment
 
 
-def busy_processes() -> list[dict]:
-    """Other processes of this machine that are using CPU now (e.g. a training job)."""
-    me = os.getpid()
-    found = []
+def _cpu_ticks() -> dict[int, tuple[int, str]]:
+    ticks = {}
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == me:
+        if not proc.name.isdigit():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        if stat[0] == "R" and cmd and "python" in cmd:
-            found.append({"pid": int(proc.name), "cmd": cmd[:160]})
-    return found
+        ticks[int(proc.name)] = (int(stat[11]) + int(stat[12]), cmd)
+    return ticks
+
+
+def busy_processes(interval: float = 1.0, min_cpu: float = 0.2) -> list[dict]:
+    """Other processes using at least ``min_cpu`` cores over ``interval`` seconds (e.g. a training job)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    before = _cpu_ticks()
+    time.sleep(interval)
+    after = _cpu_ticks()
+    me = os.getpid()
+    found = []
+    for pid, (t1, cmd) in after.items():
+        if pid == me or pid not in before or not cmd:
+            continue
+        cpu = (t1 - before[pid][0]) / hz / interval
+        if cpu >= min_cpu:
+            found.append({"pid": pid, "cpu_cores": round(cpu, 2), "cmd": cmd[:160]})
+    return sorted(found, key=lambda p: -p["cpu_cores"])
+
+
+def load_note(others: list[dict]) -> list[str]:
+    notes = []
+    train = [p for p in others if "pillow_cnnz.train" in p["cmd"]]
+    if train:
+        notes.append(f"a training job (pid {train[0]['pid']}, using ~{train[0]['cpu_cores']:.1f} cores when sampled) "
+                     f"ran in parallel on this {os.cpu_count()}-core machine: about half of the CPU was available, "
+                     f"so absolute times are pessimistic and noisier than on an idle machine")
+    rest = [p for p in others if p not in train]
+    if rest:
+        notes.append(f"{len(rest)} other CPU-busy process(es) also ran when sampled: "
+                     + "; ".join(f"{p['cmd'][:70]} (~{p['cpu_cores']:.1f} cores)" for p in rest[:3]))
+    return notes
 
 
 def environment() -> dict:
@@ -143,16 +171,21 @@ def environment() -> dict:
         pass
     others = busy_processes()
     info["concurrent_cpu_jobs"] = others
-    train = [p for p in others if "pillow_cnnz.train" in p["cmd"]]
-    notes = []
-    if train:
-        notes.append(f"a training job (pid {train[0]['pid']}) ran in parallel on this "
-                     f"{os.cpu_count()}-core machine: about half of the CPU was available, "
-                     f"so absolute times are pessimistic and noisier than on an idle machine")
-    elif others:
-        notes.append(f"{len(others)} other CPU-busy python process(es) ran in parallel")
-    info["notes"] = notes
+    info["notes"] = load_note(others)
     return info
+
+
+def finish_environment(info: dict) -> None:
+    """Add the end-of-run load, and note jobs that were busy at the end but not at the start."""
+    info["loadavg_1_5_15_end"] = os.getloadavg()
+    others = busy_processes()
+    info["concurrent_cpu_jobs_end"] = others
+    seen = {p["pid"] for p in info["concurrent_cpu_jobs"]}
+    new = [p for p in others if p["pid"] not in seen]
+    if new:
+        info["notes"] += [n.replace("ran in parallel", "was running at the end of the run")
+                          .replace("also ran when sampled", "were running at the end of the run")
+                          for n in load_note(new)]
 
 
 def model_info() -> dict:
@@ -258,12 +291,26 @@ def quantized_weights(pmf) -> "Any":
     return right - left
 
 
+def bytecode_env(cache_dir: Path) -> dict:
+    """Environment that lets Python cache bytecode (in ``cache_dir``, not in the repository).
+
+    This sandbox sets PYTHONDONTWRITEBYTECODE=1, so without this the package's own
+    modules would be compiled from source on every import, which an installed wheel
+    does not do; run once to fill the cache before timing.
+    """
+    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(cache_dir)}
+
+
 def run_python(code: str, env: dict | None = None, args: list[str] | None = None,
                flags: list[str] | None = None, timeout: float = 3600) -> tuple[float, subprocess.CompletedProcess]:
     """Run ``python [flags] -c code [args]`` from the repository root; (wall seconds, result)."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env.update(env or {})
+    for key, value in (env or {}).items():
+        if value == "":
+            full_env.pop(key, None)  # "" removes a variable (PYTHONDONTWRITEBYTECODE is set by any value)
+        else:
+            full_env[key] = value
     cmd = [sys.executable, *(flags or []), "-c", code, *(args or [])]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)

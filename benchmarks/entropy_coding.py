@@ -48,6 +48,7 @@ from _common import (  # noqa: E402
     HERE,
     capture_entropy_calls,
     environment,
+    finish_environment,
     image_paths,
     load_rgb,
     md_table,
@@ -150,9 +151,9 @@ def measure(path: Path, quality: float, lengths: dict[str, CodeLengths], model: 
         decoded = entropy.decode(payload, index, tables)
         if not np.array_equal(decoded, np.clip(values, -entropy.ESCAPE_LIMIT, entropy.ESCAPE_LIMIT)):
             raise RuntimeError(f"{path.name}: ANS round trip of {stream} failed")
-        enc_s = [call["seconds"]]
-        if repeat > 1:
-            enc_s.append(time_calls(lambda: entropy.encode(values, index, tables), repeat - 1))
+        enc_s = [call["seconds"]]  # the codec's own call, then repeat - 1 more
+        for _ in range(repeat - 1):
+            enc_s.append(time_calls(lambda: entropy.encode(values, index, tables), 1))
         rec[stream] = {
             "symbols": int(np.asarray(values).size),
             "shape": list(np.asarray(values).shape),
@@ -167,7 +168,7 @@ def measure(path: Path, quality: float, lengths: dict[str, CodeLengths], model: 
             "zstd_dtype": dtype,
             "zstd_bytes": len(compressor.compress(raw)),
             "zstd_sorted_bytes": len(compressor.compress(raw_sorted)),
-            "ans_encode_s": min(enc_s) if repeat > 1 else enc_s[0],
+            "ans_encode_s": median(enc_s),
             "ans_decode_s": time_calls(lambda: entropy.decode(payload, index, tables), repeat),
         }
     return rec
@@ -232,6 +233,8 @@ def report(summary: list[dict], env: dict) -> str:
     lines.append(md_table(headers, rows))
     lines += ["", "Notes:"]
     lines += [f"- {n}" for n in env["notes"]]
+    lines.append(f"- load average {env['loadavg_1_5_15'][0]:.1f} at the start, "
+                 f"{env['loadavg_1_5_15_end'][0]:.1f} at the end; run took {env['elapsed_s'] / 60:.1f} min")
     lines.append("- weights are an early checkpoint: rates (and so the byte counts) are not final; "
                  "the coder's overhead relative to its own model is what this measures")
     return "\n".join(lines)
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"q{q:g} {path.name}: y ANS {rec['y']['ans_bytes']} B (ideal {rec['y']['ideal_bits'] / 8:.0f}), "
                   f"z ANS {rec['z']['ans_bytes']} B (ideal {rec['z']['ideal_bits'] / 8:.0f})", file=sys.stderr)
     summary = [aggregate(records, q) for q in qualities]
-    env["loadavg_1_5_15_end"] = __import__("os").getloadavg()
+    finish_environment(env)
     env["elapsed_s"] = time.perf_counter() - t_start
     text = report(summary, env)
     print(text)

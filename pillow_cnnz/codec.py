@@ -7,6 +7,7 @@ integer arithmetic in numpy, so a file decodes to the same latents everywhere.
 """
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 from typing import Any
@@ -211,10 +212,10 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 
 def _check_quality(quality: float) -> float:
-    if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not 1 <= quality <= 8:
+    if isinstance(quality, bool) or not isinstance(quality, numbers.Real) or not 1 <= quality <= 8:
         msg = f"quality must be a number from 1 (smallest) to 8 (best), got {quality!r}"
         raise ValueError(msg)
-    return round(quality * 1000) / 1000  # what the header holds, so decoding uses the same gains
+    return round(float(quality) * 1000) / 1000  # what the header holds, so decoding uses the same gains
 
 
 def _check_image(pixels: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None]:

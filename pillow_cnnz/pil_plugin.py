@@ -6,7 +6,6 @@ container alone, so listing or filtering thousands of files stays cheap.
 """
 from __future__ import annotations
 
-from io import BytesIO
 from typing import IO
 
 from PIL import Image, ImageFile
@@ -61,8 +60,12 @@ class CnnzImageFile(ImageFile.ImageFile):
             self._decoded = True
             if self._exclusive_fp:
                 self.fp.close()
-            self.fp = BytesIO(pixels.tobytes())
-            self.tile = [ImageFile._Tile("raw", (0, 0, *self.size), 0, self.mode)]
+            # Hand Pillow the pixels directly: a "raw" tile would let ImageFile.load()
+            # memory-map the .cnnz file itself when it is opened by name.
+            self.fp = None
+            self.tile = []
+            self.load_prepare()
+            self.frombytes(pixels.tobytes())
         return super().load()
 
 

@@ -22,8 +22,11 @@ from .entropy import Tables
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-class WeightsError(RuntimeError):
-    """The weights are missing, corrupted, replaced, or not the ones a file needs."""
+class WeightsError(OSError):
+    """The weights are missing, corrupted, replaced, or not the ones a file needs.
+
+    An ``OSError`` so Pillow callers that catch bad-file errors on ``load()`` catch it too.
+    """
 
 
 def weights_dir() -> Path:

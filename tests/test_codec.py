@@ -14,20 +14,9 @@ import pytest
 
 from pillow_cnnz import codec, container, entropy, hyper, weights
 
+from .conftest import _photo as photo
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A smooth, photo-like RGB test image (gradients, discs, mild noise)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    img = np.stack([120 + 90 * xx, 80 + 120 * yy, 160 - 60 * (xx + yy)], axis=-1)
-    for _ in range(4):
-        cy, cx, r = rng.random(3) * [h, w, min(h, w) / 3]
-        mask = (np.mgrid[0:h, 0:w][0] - cy) ** 2 + (np.mgrid[0:h, 0:w][1] - cx) ** 2 < r**2
-        img[mask] = rng.integers(0, 255, 3)
-    img += rng.normal(0, 3, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def run_py(code: str, env: dict[str, str] | None = None) -> str:

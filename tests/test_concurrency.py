@@ -14,7 +14,7 @@ from PIL import Image
 import pillow_cnnz
 from pillow_cnnz import weights
 
-from .test_codec import photo
+from .conftest import _photo as photo
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import platform
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="training checkpoint (RUN/last.pt)")
     p.add_argument("--out", default="weights", help="folder of the weights file, manifest and model card")
     p.add_argument("--name", default="cnnz-v1", help="weights file stem")
-    p.add_argument("--hardware", default=platform.processor() or platform.machine())
+    p.add_argument("--hardware", default=f"{platform.machine()} CPU, 2 threads")
+    p.add_argument("--results", default="benchmarks/results", help="where benchmarks/rd.py wrote its summaries")
     p.set_defaults(func=run)
 
 
@@ -61,6 +63,17 @@ def integer_layers(h_s: torch.nn.Sequential) -> list[dict]:
         if isinstance(module, SubPixelConv):
             layers.append({"kind": "shuffle"})
     return layers
+
+
+def deterministic_npz(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` whose bytes depend on the arrays only (fixed zip timestamps), so the
+    same checkpoint always exports to the same file and model id."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+    return buf.getvalue()
 
 
 def std_normal_cdf(x: float) -> float:
@@ -132,14 +145,15 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str) -> dict:
         "lambdas": list(LAMBDAS),
         "training": {
             "step": state["step"], "seconds": round(state["seconds"]), "hardware": hardware,
+            "history": state.get("history") or [{"from_step": 0, "lr": state["args"]["lr"],
+                                                  "batch": state["args"]["batch"], "crop": state["args"]["crop"],
+                                                  "device": state["args"]["device"]}],
             "args": {k: v for k, v in state["args"].items() if k != "func"},
         },
         "parameters": params, "decoder_parameters": decoder_params,
     }
     arrays["meta"] = np.array(json.dumps(meta))
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    data = buf.getvalue()
+    data = deterministic_npz(arrays)
     sha = hashlib.sha256(data).hexdigest()
     model_id = sha[:16]
     out.mkdir(parents=True, exist_ok=True)
@@ -150,10 +164,68 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str) -> dict:
     manifest["models"][model_id] = {"file": f"{name}.npz", "sha256": sha}
     manifest["default"] = model_id
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return {"model_id": model_id, "sha256": sha, "bytes": len(data), "meta": meta}
+    return {"model_id": model_id, "sha256": sha, "bytes": len(data), "meta": meta, "file": f"{name}.npz"}
 
 
 def run(args: argparse.Namespace) -> int:
     info = export(Path(args.checkpoint), Path(args.out), args.name, args.hardware)
+    (Path(args.out) / "README.md").write_text(model_card(info, Path(args.results)))
     print(json.dumps({k: v for k, v in info.items() if k != "meta"}, indent=2))
     return 0
+
+
+def _rd_table(results: Path) -> str:
+    """Markdown rows from benchmarks/rd.py summaries, when they exist."""
+    rows = []
+    for name in ("kodak", "val"):
+        summary = results / name / "summary.json"
+        if summary.exists():
+            rows.append(f"\n**{name}** (from `{summary.as_posix()}`):\n")
+            md = results / name / "summary.md"
+            rows.append(md.read_text() if md.exists() else "```\n" + summary.read_text() + "\n```\n")
+    return "".join(rows) or "\n(no `benchmarks/results/*/summary.json` yet: run `benchmarks/rd.py`)\n"
+
+
+def model_card(info: dict, results: Path) -> str:
+    meta = info["meta"]
+    cfg = meta["config"]
+    train = meta["training"]
+    args = train["args"]
+    history = "\n".join(
+        f"| {h['from_step']} | {h['lr']:g} | {h['batch']} | {h['crop']} | {h['device']} |" for h in train["history"]
+    )
+    return f"""# CNNZ weights `{info['file']}` (model id `{info['model_id']}`)
+
+sha256 `{info['sha256']}` ({info['bytes'] / 1e6:.1f} MB, `.npz` read with `allow_pickle=False`).
+
+## Architecture
+Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for quality 1..8):
+- analysis: 4 × (5×5 conv, stride 2) with simplified GDN, N={cfg['N']}, M={cfg['M']} latent channels;
+- synthesis: 4 sub-pixel 3×3 convolutions with inverse simplified GDN, widths {cfg['dec']} → 3,
+  about 15k multiply-adds per pixel;
+- hyper-analysis 3 convs to Nz={cfg['Nz']} channels; hyper-synthesis (conv, 2 sub-pixel convs, 1×1) exported
+  as a fixed-point integer network (`pillow_cnnz/hyper.py`), 64 Gaussian scale tables, factorized prior
+  tables for ẑ.
+- parameters: {meta['parameters']:,} in training, of which synthesis {meta['decoder_parameters']:,}.
+
+## Training
+- data: `{args['data']}` (594 photos: BSDS500 + USC-SIPI/Waterloo/Wikipedia, see `shared/data/SOURCES.md`);
+  validation `{args['val']}`; Kodak never used for training or selection.
+- loss: bpp + λ(q)·255²·MSE, λ interpolated geometrically between CompressAI's {len(meta['lambdas'])} levels
+  {meta['lambdas']}, q drawn uniformly in [1, 8] per crop; Adam, gradient norm clipped at 1.
+- steps: {train['step']:,}; wall time {train['seconds'] / 3600:.2f} h; hardware: {train['hardware']}.
+
+| from step | lr | batch | crop | device |
+|---|---|---|---|---|
+{history}
+
+Reproduce (each row above is one `fit` call with `--resume`, `--lr` and `--steps` set to the next row's step):
+
+```sh
+python -m pillow_cnnz.train fit --run runs/main --steps {train['step']} --threads 2   # add --resume --lr X per row
+python -m pillow_cnnz.train export runs/main/last.pt --out weights
+```
+
+## Rate-distortion (real files through `img.save(..., quality=q)`, `benchmarks/rd.py`)
+{_rd_table(results)}
+"""

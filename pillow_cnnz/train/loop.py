@@ -80,13 +80,16 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     net = CnnzNet(Config()).to(args.device)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    step, seconds = 0, 0.0
+    step, seconds, history = 0, 0.0, []
     sampler = CropSampler(args.data, args.crop, seed=args.seed)
     if args.resume and last.exists():
         state = torch.load(last, map_location=args.device, weights_only=False)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, seconds = state["step"], state["seconds"]
+        a = state["args"]
+        history = state.get("history") or [{"from_step": 0, "lr": a["lr"], "batch": a["batch"], "crop": a["crop"],
+                                            "device": a["device"], "init": a.get("init")}]
         sampler.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed from {last} at step {step}", file=sys.stderr)
@@ -94,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         net.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=False)["model"])
     for group in opt.param_groups:
         group["lr"] = args.lr
+    history.append({"from_step": step, "lr": args.lr, "batch": args.batch, "crop": args.crop,
+                    "device": args.device, "init": args.init})
     val_images = [load_rgb(p) for p in image_paths(args.val)]
     log = open(run_dir / "log.jsonl", "a")
     hist: list[tuple[float, float, float]] = []
@@ -122,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             save_checkpoint(last, {
                 "model": net.state_dict(), "optimizer": opt.state_dict(), "config": net.config.to_dict(),
                 "step": step, "seconds": time.time() - start, "args": vars(args) | {"func": None},
-                "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "history": history, "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             })
         if step % args.val_every == 0 or step == args.steps:
             v = validate(net, val_images, args.device)
