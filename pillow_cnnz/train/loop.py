@@ -29,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=100_000, help="stop at this total step count")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--crop", type=int, default=192)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--density-lr", type=float, default=3e-3,
+                   help="learning rate of the hyper-latent density (it must narrow fast, or ẑ collapses)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--save-every", type=int, default=500)
@@ -71,6 +73,33 @@ def validate(net: CnnzNet, images: list[np.ndarray], device: str) -> dict[str, f
     return result
 
 
+def param_groups(net: CnnzNet) -> list[dict]:
+    """Transforms and the hyper-latent density; the density gets its own (higher) rate."""
+    density = {id(p) for p in net.density_z.parameters()}
+    return [{"params": [p for p in net.parameters() if id(p) not in density]},
+            {"params": list(net.density_z.parameters())}]
+
+
+def two_groups(opt_state: dict, net: CnnzNet) -> dict:
+    """Optimizer state of a one-group checkpoint, renumbered for :func:`param_groups`."""
+    if len(opt_state["param_groups"]) == 2:
+        return opt_state
+    order = {id(p): i for i, p in enumerate(net.parameters())}
+    groups = param_groups(net)
+    new_index, k = {}, 0
+    for group in groups:
+        for p in group["params"]:
+            new_index[order[id(p)]] = k
+            k += 1
+    base = {key: v for key, v in opt_state["param_groups"][0].items() if key != "params"}
+    sizes = [len(g["params"]) for g in groups]
+    starts = [0, sizes[0]]
+    return {
+        "state": {new_index[i]: v for i, v in opt_state["state"].items()},
+        "param_groups": [dict(base, params=list(range(st, st + n))) for st, n in zip(starts, sizes)],
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,13 +108,13 @@ def run(args: argparse.Namespace) -> int:
     last = run_dir / "last.pt"
     torch.manual_seed(args.seed)
     net = CnnzNet(Config()).to(args.device)
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    opt = torch.optim.Adam(param_groups(net), lr=args.lr)
     step, seconds, history = 0, 0.0, []
     sampler = CropSampler(args.data, args.crop, seed=args.seed)
     if args.resume and last.exists():
         state = torch.load(last, map_location=args.device, weights_only=False)
         net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(two_groups(state["optimizer"], net))
         step, seconds = state["step"], state["seconds"]
         a = state["args"]
         history = state.get("history") or [{"from_step": 0, "lr": a["lr"], "batch": a["batch"], "crop": a["crop"],
@@ -95,9 +124,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"resumed from {last} at step {step}", file=sys.stderr)
     elif args.init:
         net.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=False)["model"])
-    for group in opt.param_groups:
-        group["lr"] = args.lr
-    history.append({"from_step": step, "lr": args.lr, "batch": args.batch, "crop": args.crop,
+    opt.param_groups[0]["lr"], opt.param_groups[1]["lr"] = args.lr, args.density_lr
+    history.append({"from_step": step, "lr": args.lr, "density_lr": args.density_lr, "batch": args.batch, "crop": args.crop,
                     "device": args.device, "init": args.init})
     val_images = [load_rgb(p) for p in image_paths(args.val)]
     log = open(run_dir / "log.jsonl", "a")
