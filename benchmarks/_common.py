@@ -182,10 +182,13 @@ def finish_environment(info: dict) -> None:
     info["concurrent_cpu_jobs_end"] = others
     seen = {p["pid"] for p in info["concurrent_cpu_jobs"]}
     new = [p for p in others if p["pid"] not in seen]
-    if new:
-        info["notes"] += [n.replace("ran in parallel", "was running at the end of the run")
-                          .replace("also ran when sampled", "were running at the end of the run")
-                          for n in load_note(new)]
+    was_training = any("pillow_cnnz.train" in p["cmd"] for p in info["concurrent_cpu_jobs"])
+    for p in new:
+        if "pillow_cnnz.train" in p["cmd"]:
+            info["notes"].append(f"the training job was {'restarted' if was_training else 'started'} during the run "
+                                 f"(pid {p['pid']} at the end, ~{p['cpu_cores']:.1f} cores)")
+        else:
+            info["notes"].append(f"also busy at the end of the run: {p['cmd'][:70]} (~{p['cpu_cores']:.1f} cores)")
 
 
 def model_info() -> dict:

@@ -12,7 +12,9 @@ Parts (all on by default; ``--parts`` picks a subset):
              alike; medians over images, and CNNZ's time / each peer's time.
 ``stages``   where CNNZ's time goes, per stage (analysis / synthesis transforms, integer
              hyper network, ANS, the rest), in a fresh process with the default
-             environment and again with ``OPENBLAS_NUM_THREADS=1``.
+             environment, then with one thread for numpy's BLAS (``OPENBLAS_NUM_THREADS=1``),
+             for torch (``CNNZ_THREADS=1``) and for both: the two thread pools and any
+             background job share the cores.
 ``cold``     a new process that imports pillow_cnnz and ``Image.open(x.cnnz).load()``:
              wall time from spawn to exit, with the first-use costs split out.
 ``import``   ``import pillow_cnnz`` + ``Image.open(x.cnnz).size`` against
@@ -244,7 +246,9 @@ def part_codecs(paths: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
 
 def part_stages(paths: list[Path], args: argparse.Namespace) -> dict:
     cfg = {"paths": [str(p) for p in paths[: args.stage_images]], "quality": args.quality}
-    variants = {"default": {}, "OPENBLAS_NUM_THREADS=1": {"OPENBLAS_NUM_THREADS": "1"}}
+    variants = {"default": {}, "OPENBLAS_NUM_THREADS=1": {"OPENBLAS_NUM_THREADS": "1"},
+                "CNNZ_THREADS=1": {"CNNZ_THREADS": "1"},
+                "CNNZ_THREADS=1 OPENBLAS_NUM_THREADS=1": {"CNNZ_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}}
     out = {}
     for label, env in variants.items():
         res = run_worker("stages", cfg, env)
@@ -485,6 +489,8 @@ def report(res: dict) -> str:
                              f"{ans:.0f}", f"{m['other']:.0f}"])
         out.append(md_table(["environment", "op", "total", "g_a / g_s (torch)", "integer hyper (numpy)", "ANS",
                              "other (h_a, glue)"], rows))
+        out.append("")
+        out.append("torch threads per variant: " + ", ".join(f"{k}: {v['torch_threads']}" for k, v in s["variants"].items()))
     if "cold" in res:
         m = res["cold"]["median"]
         out += ["", f"### Cold start: new process, `import pillow_cnnz`, `Image.open(x.cnnz).load()` "

@@ -35,14 +35,18 @@ class GDN(nn.Module):
 
     ``y = x / (beta + gamma @ |x|)``, or ``x * (...)`` when ``inverse``. The L1
     form needs no square root, which keeps it cheap on the decoder side.
-    ``beta`` and ``gamma`` are stored as square roots so they stay non-negative.
+    ``beta`` and ``gamma`` are stored as square roots so they stay non-negative; the
+    off-diagonal roots start small but non-zero, since a root at exactly 0 gets no gradient.
     """
+
+    OFF_DIAGONAL_ROOT = 0.01
 
     def __init__(self, channels: int, inverse: bool = False) -> None:
         super().__init__()
         self.inverse = inverse
         self.beta_sqrt = nn.Parameter(torch.ones(channels))
-        self.gamma_sqrt = nn.Parameter(torch.eye(channels) * 0.1**0.5)
+        off = torch.full((channels, channels), self.OFF_DIAGONAL_ROOT)
+        self.gamma_sqrt = nn.Parameter(torch.where(torch.eye(channels, dtype=torch.bool), 0.1**0.5, off))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]

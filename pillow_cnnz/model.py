@@ -94,14 +94,28 @@ class CnnzNet(nn.Module):
         ig = 2 ** interp_log2(self.log2_inv_gain, quality)
         return g[..., None, None], ig[..., None, None]
 
-    def forward(self, x: torch.Tensor, quality: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training/eval pass with the noise proxy for the rate: returns x̂ and bits per sample."""
+    def forward(self, x: torch.Tensor, quality: torch.Tensor, bf16: bool = False) -> dict[str, torch.Tensor]:
+        """Training/eval pass with the noise proxy for the rate: returns x̂ and bits per sample.
+
+        ``bf16`` runs the four transforms under bfloat16 autocast (about 3x faster training
+        on CPUs with AMX); rates and likelihoods are always computed in float32.
+        """
+
+        def amp():
+            return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)
+
         gain, inv_gain = self.gains(quality)
-        y = self.g_a(x) * gain
-        z = self.h_a(y)
+        with amp():
+            y = self.g_a(x)
+        y = y.float() * gain
+        with amp():
+            z = self.h_a(y)
+        z = z.float()
         z_tilde = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else torch.round(z)
         bits_z = -torch.log2(self.density_z.likelihood(z_tilde).clamp_min(1e-9)).sum((1, 2, 3))
-        mu, log2_scale = self.h_s(z_tilde).chunk(2, dim=1)
+        with amp():
+            hyper = self.h_s(z_tilde)
+        mu, log2_scale = hyper.float().chunk(2, dim=1)
         scale = (2**log2_scale).clamp_min(SCALE_MIN)
         if self.training:
             y_rate = y + torch.empty_like(y).uniform_(-0.5, 0.5)
@@ -109,7 +123,9 @@ class CnnzNet(nn.Module):
             y_rate = torch.round(y - mu) + mu
         bits_y = -torch.log2(gaussian_likelihood(y_rate - mu, scale)).sum((1, 2, 3))
         y_hat = y - mu + (torch.round(y - mu) - (y - mu)).detach() + mu
-        x_hat = self.g_s(y_hat * inv_gain)
+        with amp():
+            x_hat = self.g_s(y_hat * inv_gain)
+        x_hat = x_hat.float()
         return {"x_hat": x_hat, "bits": bits_y + bits_z, "bits_z": bits_z}
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..layers import GDN
 from ..model import QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, lambda_for
 from .data import CropSampler, image_paths, load_rgb
 
@@ -34,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="learning rate of the hyper-latent density (it must narrow fast, or ẑ collapses)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="bfloat16 autocast for the transforms (default on; off for exact float32)")
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--val-every", type=int, default=2000)
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
@@ -73,6 +76,20 @@ def validate(net: CnnzNet, images: list[np.ndarray], device: str) -> dict[str, f
     return result
 
 
+@torch.no_grad()
+def seed_gdn_off_diagonals(net: CnnzNet) -> int:
+    """Give GDN layers whose off-diagonal roots are all exactly 0 (checkpoints made before
+    ``GDN.OFF_DIAGONAL_ROOT``) that small start, so they can learn. Returns layers changed."""
+    changed = 0
+    for m in net.modules():
+        if isinstance(m, GDN):
+            off = ~torch.eye(m.gamma_sqrt.shape[0], dtype=torch.bool)
+            if torch.all(m.gamma_sqrt[off] == 0):
+                m.gamma_sqrt[off] = GDN.OFF_DIAGONAL_ROOT
+                changed += 1
+    return changed
+
+
 def param_groups(net: CnnzNet) -> list[dict]:
     """Transforms and the hyper-latent density; the density gets its own (higher) rate."""
     density = {id(p) for p in net.density_z.parameters()}
@@ -107,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "last.pt"
     torch.manual_seed(args.seed)
-    net = CnnzNet(Config()).to(args.device)
+    net = CnnzNet(Config()).to(args.device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(param_groups(net), lr=args.lr)
     step, seconds, history = 0, 0.0, []
     sampler = CropSampler(args.data, args.crop, seed=args.seed)
@@ -125,16 +142,18 @@ def run(args: argparse.Namespace) -> int:
     elif args.init:
         net.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=False)["model"])
     opt.param_groups[0]["lr"], opt.param_groups[1]["lr"] = args.lr, args.density_lr
-    history.append({"from_step": step, "lr": args.lr, "density_lr": args.density_lr, "batch": args.batch, "crop": args.crop,
-                    "device": args.device, "init": args.init})
+    seeded = seed_gdn_off_diagonals(net)
+    history.append({"from_step": step, "lr": args.lr, "density_lr": args.density_lr, "batch": args.batch,
+                    "crop": args.crop, "device": args.device, "init": args.init, "bf16": args.bf16,
+                    "threads": torch.get_num_threads(), "seeded_gdn": seeded})
     val_images = [load_rgb(p) for p in image_paths(args.val)]
     log = open(run_dir / "log.jsonl", "a")
     hist: list[tuple[float, float, float]] = []
     start = time.time() - seconds
     while step < args.steps:
-        x = torch.from_numpy(sampler.batch(args.batch)).to(args.device)
+        x = torch.from_numpy(sampler.batch(args.batch)).to(args.device, memory_format=torch.channels_last)
         q = torch.empty(args.batch, device=args.device).uniform_(QUALITY_MIN, QUALITY_MAX)
-        out = net(x, q)
+        out = net(x, q, bf16=args.bf16)
         mse = ((out["x_hat"] - x) ** 2).mean((1, 2, 3))
         bpp = out["bits"] / (args.crop**2)
         loss = (bpp + lambda_for(q).to(args.device) * 255**2 * mse).mean()
