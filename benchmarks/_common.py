@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 if str(REPO_ROOT) not in sys.path:
@@ -252,25 +254,42 @@ class StageTimer:
 
 @contextlib.contextmanager
 def capture_entropy_calls() -> Iterator[list[dict]]:
-    """Record every ``pillow_cnnz.entropy.encode`` call the codec makes.
+    """Record every ANS stream the codec writes (``pillow_cnnz.entropy.Encoder``).
 
     Each record holds the exact ``values``, ``index`` and ``tables`` the codec
-    passed, the payload it got back and the call's wall time, so the benchmark
-    sees the codec's real symbols without re-implementing ``codec.encode_rgb``.
+    pushed (bands joined along the row axis, top to bottom), the number of bands,
+    the payload it got back and the wall time of pushing and finishing, so the
+    benchmark sees the codec's real symbols without re-implementing the codec.
     """
     from pillow_cnnz import entropy
 
     calls: list[dict] = []
-    real = entropy.encode
+    real = entropy.Encoder
 
-    def recording(values, index, tables):  # noqa: ANN001
-        t0 = time.perf_counter()
-        payload = real(values, index, tables)
-        calls.append({"values": values, "index": index, "tables": tables, "payload": payload,
-                      "seconds": time.perf_counter() - t0})
-        return payload
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def __init__(self, tables):  # noqa: ANN001
+            t0 = time.perf_counter()
+            super().__init__(tables)
+            self._bands: list = []
+            self._seconds = time.perf_counter() - t0
 
-    with patched(entropy, "encode", recording):
+        def push(self, values, index):  # noqa: ANN001
+            t0 = time.perf_counter()
+            super().push(values, index)
+            self._seconds += time.perf_counter() - t0
+            self._bands.insert(0, (values, index))  # pushed last band first
+
+        def finish(self):
+            t0 = time.perf_counter()
+            payload = super().finish()
+            axis = 1 if self._bands[0][0].ndim == 3 else 0
+            calls.append({"values": np.concatenate([v for v, _ in self._bands], axis=axis),
+                          "index": np.concatenate([i for _, i in self._bands], axis=axis),
+                          "bands": len(self._bands), "tables": self.tables, "payload": payload,
+                          "seconds": self._seconds + time.perf_counter() - t0})
+            return payload
+
+    with patched(entropy, "Encoder", Recording):
         yield calls
 
 

@@ -132,6 +132,8 @@ def measure(path: Path, quality: float, lengths: dict[str, CodeLengths], model: 
         stream = "z" if call["tables"] is model.z_tables else "y" if call["tables"] is model.y_tables else None
         if stream is None or stream in by_stream:
             raise RuntimeError("unexpected entropy.encode call: the codec changed, update this benchmark")
+        if call["bands"] != 1:
+            raise RuntimeError(f"{path.name} was coded in {call['bands']} bands; this benchmark handles one")
         by_stream[stream] = call
     if set(by_stream) != set(STREAMS):
         raise RuntimeError(f"expected one y and one z entropy.encode call, got {sorted(by_stream)}")

@@ -139,17 +139,22 @@ def worker_stages(cfg: dict) -> dict:
     ims = [Image.open(p).convert("RGB") for p in paths]
     data, _ = encode(ims[0], "CNNZ", {"quality": cfg["quality"]})  # warm-up
     decode(data)
-    stages = {"transform": (codec, "_tiled"), "hyper": (hyper, "hyper_synthesis"),
-              "ans_encode": (entropy, "encode"), "ans_decode": (entropy, "decode")}
+    stages = {"analysis": (codec, "_analysis"), "synthesis": (codec, "_synthesis"), "hyper": (hyper, "hyper_band"),
+              "ans_push": (entropy.Encoder, "push"), "ans_finish": (entropy.Encoder, "finish"),
+              "ans_pull": (entropy.Decoder, "pull"), "ans_check": (entropy.Decoder, "finish")}
     rows = {"encode": [], "decode": []}
     with StageTimer(stages) as timer:
         for im in ims:
             timer.reset()
             data, t = encode(im, "CNNZ", {"quality": cfg["quality"]})
-            rows["encode"].append({"total": t, **timer.seconds})
+            sec = timer.seconds
+            rows["encode"].append({"total": t, "transform": sec["analysis"], "hyper": sec["hyper"],
+                                   "ans_encode": sec["ans_push"] + sec["ans_finish"]})
             timer.reset()
             _, t = decode(data)
-            rows["decode"].append({"total": t, **timer.seconds})
+            sec = timer.seconds
+            rows["decode"].append({"total": t, "transform": sec["synthesis"], "hyper": sec["hyper"],
+                                   "ans_decode": sec["ans_pull"] + sec["ans_check"]})
     return {"rows": rows, "torch_threads": torch.get_num_threads(),
             "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
 
@@ -262,9 +267,9 @@ def part_stages(paths: list[Path], args: argparse.Namespace) -> dict:
         out[label] = {"ms_median": summary, "torch_threads": res["torch_threads"], "per_image_s": res["rows"]}
         print(f"  stages ({label}) done", file=sys.stderr)
     return {"images": [Path(p).name for p in cfg["paths"]], "variants": out,
-            "legend": {"transform": "codec._tiled: g_a (encode) or g_s (decode), tiled, torch",
-                       "hyper": "hyper.hyper_synthesis: integer hyper network, numpy float64 BLAS",
-                       "ans_encode/ans_decode": "entropy.encode/decode (both streams), constriction",
+            "legend": {"transform": "codec._analysis / codec._synthesis: g_a (encode) or g_s (decode), tiled",
+                       "hyper": "hyper.hyper_band: integer hyper network, numpy float64 BLAS",
+                       "ans_encode/ans_decode": "entropy.Encoder.push+finish / Decoder.pull+finish (both streams), constriction",
                        "other": "the rest: h_a (encode), padding, conversions, container, Pillow"}}
 
 
@@ -292,8 +297,8 @@ timed(codec, "_torch", "first torch use (import torch)")
 timed(weights, "_read", "weights read+verify")
 timed(weights.Model, "net", "network build")
 timed(entropy, "decode", "ans decode")
-timed(hyper, "hyper_synthesis", "hyper")
-timed(codec, "_tiled", "synthesis (tiled)")
+timed(hyper, "hyper_band", "hyper")
+timed(codec, "_synthesis", "synthesis (tiled)")
 im.load()
 t3 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "open_s": t2 - t1, "load_s": t3 - t2, "in_process_s": t3 - t0,
