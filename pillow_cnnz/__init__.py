@@ -5,7 +5,8 @@ first encode or decode.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import os
+from typing import TYPE_CHECKING, Any, Sequence
 
 from . import imageio_plugin, pil_plugin
 
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-__all__ = ["register", "encode", "decode", "encode_batch", "decode_batch", "__version__"]
+__all__ = ["register", "save", "encode", "decode", "encode_batch", "decode_batch", "__version__"]
 __version__ = "0.1.0"
 
 _MODES_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -23,6 +24,22 @@ def register() -> None:
     """Register ``.cnnz`` with Pillow and imageio (done on import; safe to repeat)."""
     pil_plugin.register()
     imageio_plugin.register()
+
+
+def save(image: "Image.Image", path: str | os.PathLike[str], quality: float = 4.0, **params: Any) -> None:
+    """``image.save(path, quality=...)`` that never leaves a partial file nor damages an existing one.
+
+    Pillow truncates the target before encoding starts; this encodes in memory and
+    renames a complete file into place. ``params`` are the usual save options
+    (``exif``, ``icc_profile``, ``xmp``, ``device``).
+    """
+    import io
+
+    from . import atomic
+
+    buf = io.BytesIO()
+    image.save(buf, format=pil_plugin.FORMAT, quality=quality, **params)
+    atomic.write_bytes(path, buf.getvalue())
 
 
 def _as_array(image: "np.ndarray | Image.Image") -> tuple["np.ndarray", str]:

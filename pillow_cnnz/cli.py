@@ -7,12 +7,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import container, pil_plugin
+from . import atomic, container, pil_plugin, save
 
 
 def _encode(args: argparse.Namespace) -> int:
     with Image.open(args.input) as im:
-        im.save(args.output, format=pil_plugin.FORMAT, quality=args.quality, device=args.device)
+        save(im, args.output, quality=args.quality, device=args.device)
     return _info(argparse.Namespace(file=args.output))
 
 
@@ -22,7 +22,8 @@ def _decode(args: argparse.Namespace) -> int:
             msg = f"{args.input} is a {im.format} file, not CNNZ"
             raise ValueError(msg)
         im.load()
-        im.save(args.output)
+        with atomic.replacing(args.output) as tmp:
+            im.save(tmp)
     return 0
 
 
