@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="training checkpoint (RUN/last.pt)")
     p.add_argument("--out", default="weights", help="folder of the weights file, manifest and model card")
     p.add_argument("--name", default="cnnz-v1", help="weights file stem")
-    p.add_argument("--hardware", default=f"{platform.machine()} CPU, 2 threads")
+    p.add_argument("--hardware", default=f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), 2 cores")
     p.add_argument("--results", default="benchmarks/results", help="where benchmarks/rd.py wrote its summaries")
     p.set_defaults(func=run)
 
@@ -191,9 +191,21 @@ def model_card(info: dict, results: Path) -> str:
     cfg = meta["config"]
     train = meta["training"]
     args = train["args"]
-    history = "\n".join(
-        f"| {h['from_step']} | {h['lr']:g} | {h['batch']} | {h['crop']} | {h['device']} |" for h in train["history"]
-    )
+    rows, commands = [], []
+    hist = train["history"]
+    for i, h in enumerate(hist):
+        until = hist[i + 1]["from_step"] if i + 1 < len(hist) else train["step"]
+        dlr = h.get("density_lr", h["lr"])
+        bf16 = h.get("bf16", False)
+        threads = h.get("threads", "?")
+        rows.append(f"| {h['from_step']} | {until} | {h['lr']:g} | {dlr:g} | {h['batch']} | {h['crop']} | "
+                    f"{'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} |")
+        commands.append(f"python -m pillow_cnnz.train fit --run runs/main --steps {until} --lr {h['lr']:g} "
+                        f"--density-lr {dlr:g} --batch {h['batch']} --crop {h['crop']} "
+                        f"--threads {threads if threads != '?' else 0} {'--bf16' if bf16 else '--no-bf16'}"
+                        + (" --resume" if i else ""))
+    history = "\n".join(rows)
+    reproduce = "\n".join(commands)
     return f"""# CNNZ weights `{info['file']}` (model id `{info['model_id']}`)
 
 sha256 `{info['sha256']}` ({info['bytes'] / 1e6:.1f} MB, `.npz` read with `allow_pickle=False`).
@@ -215,14 +227,17 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
   {meta['lambdas']}, q drawn uniformly in [1, 8] per crop; Adam, gradient norm clipped at 1.
 - steps: {train['step']:,}; wall time {train['seconds'] / 3600:.2f} h; hardware: {train['hardware']}.
 
-| from step | lr | batch | crop | device |
-|---|---|---|---|---|
+| from step | to step | lr | density lr | batch | crop | transforms | threads | device |
+|---|---|---|---|---|---|---|---|---|
 {history}
 
-Reproduce (each row above is one `fit` call with `--resume`, `--lr` and `--steps` set to the next row's step):
+Reproduce: one `fit` call per row (each resumes from `runs/main/last.pt`), then the export.
+Crops are seeded, but bfloat16 training on CPU threads is not bit-reproducible: a rerun
+follows the same recipe and lands within noise of these figures. The resumable checkpoint itself is
+committed as `checkpoints/last.pt`: `fit --run checkpoints-copy --resume` continues from it.
 
 ```sh
-python -m pillow_cnnz.train fit --run runs/main --steps {train['step']} --threads 2   # add --resume --lr X per row
+{reproduce}
 python -m pillow_cnnz.train export runs/main/last.pt --out weights
 ```
 
