@@ -342,20 +342,38 @@ def encode(pixels: np.ndarray, mode: str, quality: float = 4.0, *, device: str |
 
 
 def _alpha(header: container.Header, payloads: dict[str, bytes]) -> np.ndarray | None:
+    """The alpha plane, decompressed to at most its known size.
+
+    zstd frames may state a content size, and the one-shot decompressor allocates what
+    it states: a damaged header would ask for any amount. So the stated size is checked
+    first and the data is read through a stream, never more than ``width * height + 1`` bytes.
+    """
     import zstandard
 
     if "ALPH" not in payloads:
         return None
     size = header.width * header.height
+    data = payloads["ALPH"]
     try:
-        raw = zstandard.ZstdDecompressor().decompress(payloads["ALPH"], max_output_size=size)
+        stated = zstandard.frame_content_size(data)
+        if stated >= 0 and stated != size:  # negative: not stated
+            msg = f"section 'ALPH' states {stated} bytes, expected {size}"
+            raise container.CorruptFileError(msg)
+        chunks, got = [], 0
+        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+            while got <= size:
+                chunk = reader.read(size + 1 - got)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
     except zstandard.ZstdError as e:
         msg = f"section 'ALPH' does not decompress: {e}"
         raise container.CorruptFileError(msg) from e
-    if len(raw) != size:
-        msg = f"section 'ALPH' holds {len(raw)} bytes, expected {size}"
+    if got != size:
+        msg = f"section 'ALPH' holds {'more than ' if got > size else ''}{got} bytes, expected {size}"
         raise container.CorruptFileError(msg)
-    return np.frombuffer(raw, np.uint8).reshape(header.height, header.width)
+    return np.frombuffer(b"".join(chunks), np.uint8).reshape(header.height, header.width)
 
 
 def _finish(header: container.Header, rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:

@@ -51,3 +51,45 @@ def test_numpy_api_honours_max_image_pixels(corpus, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(Image.DecompressionBombError):
         pillow_cnnz.decode(corpus[0])
+
+
+def _with_alpha_payload(payload: bytes) -> bytes:
+    """A valid RGBA file whose ALPH section is replaced (checksums recomputed)."""
+    from pillow_cnnz import codec
+
+    pixels = np.zeros((16, 24, 4), np.uint8)
+    header, sections = container.parse(codec.encode(pixels, "RGBA", 2.0))
+    sections["ALPH"] = payload
+    return container.serialize(header.width, header.height, header.mode, header.quality, header.model_id, sections)
+
+
+@pytest.mark.parametrize("stated", [2**62, 16 * 24 + 1])
+def test_alpha_frame_stating_a_wrong_size_is_refused_before_allocating(stated):
+    import zstandard
+
+    frame = bytearray(zstandard.ZstdCompressor().compress(bytes(16 * 24)))
+    # Re-state the content size: an 8-byte Frame_Content_Size field after the descriptor.
+    descriptor = frame[4]
+    assert zstandard.frame_content_size(bytes(frame)) == 16 * 24
+    header = bytes(frame[:4]) + bytes([(descriptor & 0x3F) | 0xC0 | 0x20])  # FCS 8 bytes, single segment
+    body = bytes(frame[5 + _fcs_offset(descriptor):])
+    forged = header + int(stated).to_bytes(8, "little") + body
+    assert zstandard.frame_content_size(forged) == stated
+    with pytest.raises(container.CorruptFileError, match="ALPH"):
+        fuzzing.decode_via_pillow(_with_alpha_payload(forged))
+
+
+def _fcs_offset(descriptor: int) -> int:
+    """Bytes between the frame descriptor and the blocks: window, dictionary id, content size."""
+    single = bool(descriptor & 0x20)
+    fcs = {0: 1 if single else 0, 1: 2, 2: 4, 3: 8}[descriptor >> 6]
+    dict_id = {0: 0, 1: 1, 2: 2, 3: 4}[descriptor & 0x3]
+    return (0 if single else 1) + dict_id + fcs
+
+
+def test_alpha_that_inflates_beyond_the_image_is_refused():
+    import zstandard
+
+    bomb = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(10**7))
+    with pytest.raises(container.CorruptFileError, match="more than"):
+        fuzzing.decode_via_pillow(_with_alpha_payload(bomb))
