@@ -391,7 +391,22 @@ def summarize(all_results: dict[str, dict], meta: dict, skipped: dict[str, str])
                 entry[f"bd_rate_{key}_vs_{ref}"] = _safe(bd_rate, ra, qa, rb, qb)
                 entry[f"bd_{key}_db_vs_{ref}"] = _safe(bd_psnr, ra, qa, rb, qb)
         summary["codecs"][name] = entry
+    if "cnnz" in all_results:
+        res = all_results["cnnz"]["results"]
+        order = np.argsort(res["quality"])
+        bpp, ps = np.asarray(res["bpp"])[order], np.asarray(res["psnr-rgb"])[order]
+        summary["cnnz_monotone"] = bool(np.all(np.diff(bpp) > 0) and np.all(np.diff(ps) > 0))
     return summary
+
+
+def cnnz_table(doc: dict) -> str:
+    """One row per CNNZ quality: mean bpp, PSNR, MS-SSIM and times per image."""
+    res = doc["results"]
+    lines = ["| quality | bpp | PSNR-RGB dB | MS-SSIM | encode s | decode s |", "|---|---|---|---|---|---|"]
+    for i in np.argsort(res["quality"]):
+        lines.append(f"| {res['quality'][i]:g} | {res['bpp'][i]:.3f} | {res['psnr-rgb'][i]:.2f} | "
+                     f"{res['ms-ssim-rgb'][i]:.4f} | {res['encoding_time'][i]:.3f} | {res['decoding_time'][i]:.3f} |")
+    return "\n".join(lines)
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -590,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "summary.md").write_text(
         f"{len(images)} images from `{data}`; BD-rate: PCHIP Bjøntegaard delta, "
         "negative = fewer bits than the reference; MS-SSIM BD-rate on -10 log10(1 - MS-SSIM).\n\n" + table + "\n"
+        + (f"\nCNNZ per quality (means over the images; quality monotone in bytes and PSNR: "
+           f"{'yes' if summary['cnnz_monotone'] else 'NO'}):\n\n{cnnz_table(all_results['cnnz'])}\n"
+           if "cnnz" in all_results else "")
     )
     plot(all_results, out / "rd.png", f"{data.name}, {len(images)} images")
     print()
