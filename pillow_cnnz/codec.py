@@ -58,17 +58,22 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
-def resolve_precision(precision: str | None = None, device: str = "cpu") -> str:
+def resolve_precision(precision: str | None = None, device: str = "cpu", analysis: bool = False) -> str:
     """Float type of the transforms: argument, else ``CNNZ_PRECISION``, else ``auto``.
 
     ``auto`` is bfloat16 where the hardware runs it natively (CUDA, CPUs with AVX512-BF16
     or AMX: about 3x faster, within 2 levels of float32) and float32 elsewhere. It changes
-    pixels by rounding only: the decoded latents never depend on it.
+    pixels by rounding only: the decoded latents never depend on it. The encoder's
+    ``analysis`` stays float32 on a CPU under ``auto``: bfloat16 CPU kernels were seen to
+    round a latent differently from one call to the next, and the same image should give
+    the same bytes.
     """
     precision = precision or os.environ.get("CNNZ_PRECISION") or "auto"
     if precision not in ("auto", "float32", "float64", "bfloat16"):
         msg = f"unknown precision {precision!r}; use auto, float32, float64 or bfloat16"
         raise ValueError(msg)
+    if precision == "auto" and analysis and not device.startswith("cuda"):
+        return "float32"
     if precision == "auto":
         torch = _torch()
         if device.startswith("cuda"):
@@ -164,7 +169,7 @@ def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | 
     """
     torch = _torch()
     device = resolve_device(device)
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(precision, device, analysis=True)
     model = load()
     net = model.net(device, "float64" if precision == "float64" else "float32")
     gains = np.stack([2 ** model.log2_gains(q)[0] for q in qualities]).astype(np.float32)
@@ -187,12 +192,20 @@ def code_latents(model: Model, z: np.ndarray, y: np.ndarray) -> tuple[bytes, byt
     return latz, enc.finish()
 
 
-def encode_latents(rgb: np.ndarray, quality: float, device: str | None = None) -> tuple[Model, np.ndarray, np.ndarray, np.ndarray]:
-    """(model, integer ẑ, integer latent symbols, their scale indexes) of an (H, W, 3) uint8 image."""
+def encode_latents(rgb: np.ndarray, quality: float, device: str | None = None) -> tuple[Model, np.ndarray, np.ndarray, np.ndarray, bytes]:
+    """(model, integer ẑ, integer latent symbols, their scale indexes, the RGB ``.cnnz`` file)
+    of an (H, W, 3) uint8 image, all from one analysis.
+
+    One analysis matters for comparisons: two float analyses of the same pixels may round a
+    latent differently on some CPUs (bfloat16 kernels); the file is what the symbols code.
+    """
     model = load()
     ((z, y),) = analyse_batch([rgb], [quality], device)
     mu, idx = _hyper(model, z, 0, z.shape[1])
-    return model, z, np.round(y - mu).astype(np.int64), idx
+    latz, laty = code_latents(model, z, y)
+    data = container.serialize(rgb.shape[1], rgb.shape[0], "RGB", _check_quality(quality), model.model_id,
+                               {"LATZ": latz, "LATY": laty})
+    return model, z, np.round(y - mu).astype(np.int64), idx, data
 
 
 def _channel_index(shape: tuple[int, ...]) -> np.ndarray:

@@ -34,9 +34,9 @@ def test_decoded_latents_identical_across_processes_threads_and_precision(tmp_pa
         torch.set_num_threads(1)
         from pillow_cnnz import codec
         img = np.load({str(tmp_path / 'img.npy')!r})
-        _, z, sym, _ = codec.encode_latents(img, 3.3)
+        _, z, sym, _, data = codec.encode_latents(img, 3.3)
         np.save({str(tmp_path / 'enc_z.npy')!r}, z); np.save({str(tmp_path / 'enc_y.npy')!r}, sym)
-        open({str(tmp_path / 'f.cnnz')!r}, 'wb').write(codec.encode(img, 'RGB', 3.3))
+        open({str(tmp_path / 'f.cnnz')!r}, 'wb').write(data)
     """)
     decode = f"""
         import numpy as np, torch, json
@@ -134,8 +134,8 @@ def test_entropy_decoder_reports_unused_symbols_as_damage():
 
 def test_image_of_several_bands_decodes_to_the_encoded_latents():
     img = photo(2 * 64 * hyper.BAND_ROWS + 70, 48)  # three bands of ẑ rows
-    _, z, sym, _ = codec.encode_latents(img, 4.0)
-    h, p = container.parse(codec.encode(img, "RGB", 4.0))
+    _, z, sym, _, data = codec.encode_latents(img, 4.0)
+    h, p = container.parse(data)
     z_dec, sym_dec, _ = codec.decode_latents(h, p["LATZ"], p["LATY"])
     assert len(hyper.bands(z.shape[1])) == 3
     assert np.array_equal(z, z_dec) and np.array_equal(sym, sym_dec)
@@ -152,6 +152,7 @@ def test_bfloat16_transforms_change_pixels_by_at_most_a_few_levels():
 
 def test_auto_precision_is_a_real_float_type():
     assert codec.resolve_precision("auto", "cpu") in ("float32", "bfloat16")
+    assert codec.resolve_precision("auto", "cpu", analysis=True) == "float32"  # same image, same bytes
     with pytest.raises(ValueError, match="unknown precision"):
         codec.resolve_precision("float16")
 
@@ -169,9 +170,9 @@ def test_tiled_synthesis_matches_one_tile_within_one_level(monkeypatch):
 def test_tiled_analysis_gives_nearly_the_same_file(monkeypatch):
     img = photo(200, 264)
     monkeypatch.setattr(codec, "TILE", 5)
-    _, _, tiled, _ = codec.encode_latents(img, 5.0)
+    _, _, tiled, _, _ = codec.encode_latents(img, 5.0)
     monkeypatch.setattr(codec, "TILE", 1000)
-    _, _, whole, _ = codec.encode_latents(img, 5.0)
+    _, _, whole, _, _ = codec.encode_latents(img, 5.0)
     assert np.mean(tiled != whole) < 0.01  # float rounding can flip a few roundings
 
 

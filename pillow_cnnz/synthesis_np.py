@@ -1,0 +1,196 @@
+"""The synthesis transform ``g_s`` in plain numpy, so that decoding on a CPU never imports torch.
+
+Importing torch alone takes 1.2-1.7 s, most of the cold-start budget for "new process,
+open a file, decode one image". This module computes the same function as
+``model.CnnzNet.g_s`` (sub-pixel 3x3 convolutions and inverse simplified GDN, see
+``layers.py``) in float32 from the weights' numpy arrays; results differ from torch's
+float32 only by rounding.
+
+How it stays fast with numpy's BLAS:
+
+* activations are channels-last ``(rows, cols, C)`` with a one-pixel zero border, so a
+  3x3 convolution is one sgemm of an im2col matrix ``(pixels, 9·C)`` with the weights
+  ``(9·C, 4·C_out)``, and GDN is one ``(pixels, C) @ (C, C)`` sgemm plus in-place ops;
+* each layer runs in bands of rows: the im2col matrix and the GDN temporaries are small
+  buffers reused from band to band, so they stay in cache and fault in no fresh pages;
+* the convolution's output channels are reordered to (sub-row, sub-column, channel):
+  GDN, a per-pixel operation, runs before the pixel shuffle, and the shuffle is the copy
+  that writes each band into the next layer's padded input;
+* the last layer (48 -> 12 channels) is cheaper the other way round: the products of
+  all nine taps ``(9·12, C) @ (C, pixels)`` in one sgemm, then nine shifted adds.
+
+Threads: every sgemm uses numpy's BLAS thread pool; nothing here sets it. Many small
+sgemms make several BLAS threads slow wherever a core is busy (see the benchmark at the
+bottom: ``python -m pillow_cnnz.synthesis_np``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .weights import Model
+
+BAND_BYTES = 1 << 21  # target size of a band's im2col (or tap product) matrix
+
+
+def _split(a: np.ndarray, axis: int) -> np.ndarray:
+    """View of ``a`` with the even-length ``axis`` split into (length/2, 2); never a copy."""
+    shape = a.shape[:axis] + (a.shape[axis] // 2, 2) + a.shape[axis + 1 :]
+    strides = a.strides[:axis] + (2 * a.strides[axis], a.strides[axis]) + a.strides[axis + 1 :]
+    return as_strided(a, shape, strides)
+
+
+def _bands(rows: int, per_band: int) -> list[tuple[int, int]]:
+    return [(r, min(r + per_band, rows)) for r in range(0, rows, per_band)]
+
+
+class _Upsample:
+    """A ``SubPixelConv`` (3x3 conv to 4·C channels, pixel shuffle by 2) and the inverse GDN after it."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, beta_sqrt: np.ndarray, gamma_sqrt: np.ndarray) -> None:
+        cout4, cin = weight.shape[:2]
+        c = cout4 // 4
+        # torch's conv channel 4·c + 2·i + j becomes column (2·i + j)·C + c; im2col columns are (dy, dx, cin).
+        w = weight.reshape(c, 2, 2, cin, 3, 3).transpose(4, 5, 3, 1, 2, 0)
+        self.weight = np.ascontiguousarray(w.reshape(9 * cin, cout4), np.float32)
+        self.bias = np.ascontiguousarray(bias.reshape(c, 4).T.reshape(cout4), np.float32)
+        # layers.GDN(inverse=True) in float32: y = x * (beta + gamma @ |x|).
+        self.gamma_t = np.ascontiguousarray(np.square(gamma_sqrt, dtype=np.float32).T)
+        self.beta = np.square(beta_sqrt, dtype=np.float32) + np.float32(1e-6)
+
+    def __call__(self, xp: np.ndarray) -> np.ndarray:
+        """Padded (H+2, W+2, Cin) -> padded (2H+2, 2W+2, C), both with zero borders."""
+        h, w, cin = xp.shape[0] - 2, xp.shape[1] - 2, xp.shape[2]
+        c = self.beta.shape[0]
+        rows = max(1, BAND_BYTES // (9 * 4 * cin * w))
+        out = np.zeros((2 * h + 2, 2 * w + 2, c), np.float32)
+        cols = np.empty((rows * w, 9 * cin), np.float32)
+        y = np.empty((rows * w, 4 * c), np.float32)
+        absx = np.empty((4 * rows * w, c), np.float32)
+        norm = np.empty_like(absx)
+        for r0, r1 in _bands(h, rows):
+            n = (r1 - r0) * w
+            # im2col: for each dy, the taps dx = 0, 1, 2 are 3·Cin contiguous floats of xp.
+            col = cols[:n].reshape(r1 - r0, w, 3, 3 * cin)
+            for dy in range(3):
+                col[:, :, dy] = as_strided(xp[r0 + dy :], (r1 - r0, w, 3 * cin), xp.strides)
+            yb = np.matmul(cols[:n], self.weight, out=y[:n])
+            yb += self.bias
+            x = yb.reshape(4 * n, c)  # one row per output pixel
+            g = np.matmul(np.abs(x, out=absx[: 4 * n]), self.gamma_t, out=norm[: 4 * n])
+            g += self.beta
+            x *= g
+            dst = _split(_split(out[1 + 2 * r0 : 1 + 2 * r1, 1:-1], 1), 0)  # (R, 2, W, 2, C)
+            dst[...] = yb.reshape(r1 - r0, w, 2, 2, c).transpose(0, 2, 1, 3, 4)
+        return out
+
+
+class _Last:
+    """The final ``SubPixelConv`` to RGB, written channels-first into the output image."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        self.cout4, cin = weight.shape[:2]
+        # Row (3·dy + dx)·cout4 + o holds tap (dy, dx) of torch's output channel o.
+        self.weight = np.ascontiguousarray(weight.transpose(2, 3, 0, 1).reshape(9 * self.cout4, cin), np.float32)
+        self.bias = np.asarray(bias, np.float32)[:, None]
+
+    def __call__(self, xp: np.ndarray, image: np.ndarray) -> None:
+        """Padded (H+2, W+2, C) -> ``image`` (cout4/4, 2H, 2W), in place."""
+        h, w, cin = xp.shape[0] - 2, xp.shape[1] - 2, xp.shape[2]
+        k, pw = self.cout4, w + 2
+        rows = max(1, BAND_BYTES // (9 * 4 * k * pw))
+        flat = xp.reshape(-1, cin)  # padded pixels in raster order; tap (dy, dx) is an offset dy·pw + dx
+        prod = np.empty((9 * k, (rows + 2) * pw), np.float32)
+        acc = np.empty((k, rows * pw), np.float32)
+        for r0, r1 in _bands(h, rows):
+            # Output on the band's padded grid (pw columns a row, the last two unused), whose
+            # final two positions would read past the band's input: leave them out.
+            m = (r1 - r0) * pw - 2
+            p = np.matmul(self.weight, flat[r0 * pw : (r1 + 2) * pw].T, out=prod[:, : (r1 - r0 + 2) * pw])
+            np.add(p[:k, :m], self.bias, out=acc[:, :m])
+            for t in range(1, 9):
+                off = (t // 3) * pw + t % 3
+                acc[:, :m] += p[t * k : (t + 1) * k, off : off + m]
+            src = acc[:, : (r1 - r0) * pw].reshape(k // 4, 2, 2, r1 - r0, pw)[..., :w]
+            dst = _split(_split(image[:, 2 * r0 : 2 * r1], 2), 1)  # (C, R, 2, W, 2)
+            dst[...] = src.transpose(0, 3, 1, 4, 2)
+
+
+class NumpySynthesis:
+    """``model.CnnzNet.g_s`` in numpy float32, built once from a loaded ``weights.Model``.
+
+    Thread-safe: a call allocates its own buffers and changes nothing shared.
+    """
+
+    def __init__(self, model: Model) -> None:
+        arrays = model.arrays
+        self.layers: list[_Upsample] = []
+        i = 0
+        while f"net/g_s.{i + 1}.beta_sqrt" in arrays:
+            conv, gdn = f"net/g_s.{i}.conv.", f"net/g_s.{i + 1}."
+            self.layers.append(_Upsample(arrays[conv + "weight"], arrays[conv + "bias"],
+                                         arrays[gdn + "beta_sqrt"], arrays[gdn + "gamma_sqrt"]))
+            i += 2
+        self.last = _Last(arrays[f"net/g_s.{i}.conv.weight"], arrays[f"net/g_s.{i}.conv.bias"])
+        self.channels = arrays["net/g_s.0.conv.weight"].shape[1]
+        self.scale = 2 ** (len(self.layers) + 1)
+
+    def __call__(self, y_hat: np.ndarray) -> np.ndarray:
+        """(N, 3, 16·h, 16·w) float32 pixels (1.0 = 255, not clamped) of (N, M, h, w) latents."""
+        if y_hat.ndim != 4 or y_hat.shape[1] != self.channels:
+            msg = f"expected latents shaped (N, {self.channels}, h, w), got {y_hat.shape}"
+            raise ValueError(msg)
+        n, m, h, w = y_hat.shape
+        out = np.empty((n, self.last.cout4 // 4, self.scale * h, self.scale * w), np.float32)
+        for i in range(n):
+            xp = np.zeros((h + 2, w + 2, m), np.float32)
+            xp[1:-1, 1:-1] = y_hat[i].transpose(1, 2, 0)
+            for layer in self.layers:
+                xp = layer(xp)
+            self.last(xp, out[i])
+        return out
+
+
+if __name__ == "__main__":
+    # Benchmark on a Kodak-sized latent (512x768 pixels): numpy vs torch float32 vs torch
+    # bfloat16 autocast (last layer in float32, as codec._synthesis runs it), 1 and 2 threads.
+    import statistics
+    import time
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from . import weights
+
+    def median_ms(fn, runs: int = 5) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(times)
+
+    model = weights.load()
+    net = model.net("cpu", "float32")  # channels_last already
+    synth = NumpySynthesis(model)
+    y = 2 * np.random.default_rng(0).standard_normal((1, synth.channels, 32, 48), dtype=np.float32)
+    x = torch.from_numpy(y).contiguous(memory_format=torch.channels_last)
+
+    def torch_bf16() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            body = net.g_s[:-1](x)
+        return net.g_s[-1](body.float())
+
+    with torch.inference_mode():
+        ref = net.g_s(x).numpy()
+        print(f"max |numpy - torch float32| = {np.abs(synth(y) - ref).max():.2e}, "
+              f"max |torch bf16 - float32| = {np.abs(torch_bf16().numpy() - ref).max():.2e}")
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with threadpool_limits(threads, user_api="blas"):
+                t_np = median_ms(lambda: synth(y))
+            t_fp32 = median_ms(lambda: net.g_s(x))
+            t_bf16 = median_ms(torch_bf16)
+            print(f"{threads} thread(s): numpy {t_np:.0f} ms, torch float32 {t_fp32:.0f} ms, "
+                  f"torch bfloat16 {t_bf16:.0f} ms")
