@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 import threading
 from typing import Any
 
 import numpy as np
 
-from . import container, entropy, hyper
+from . import blas, container, entropy, hyper
 from .weights import Model, load
 
 LATENT_STRIDE = 16  # pixels per latent
@@ -43,19 +44,44 @@ def _torch() -> Any:
     return torch
 
 
+def _cuda_possible() -> bool:
+    """Whether CUDA could be available, answered without importing torch where possible.
+
+    Importing torch costs 1-2 s, most of a cold start. With no NVIDIA driver on the
+    machine, ``torch.cuda.is_available()`` is False anyway, so it need not be asked.
+    """
+    if "torch" in sys.modules:
+        return sys.modules["torch"].cuda.is_available()
+    if sys.platform.startswith("linux") and not any(os.path.exists(p) for p in _NVIDIA_PATHS):
+        return False
+    return _torch().cuda.is_available()
+
+
+_NVIDIA_PATHS = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg")
+
+
 def resolve_device(device: str | None = None) -> str:
     """Explicit argument, else ``CNNZ_DEVICE``, else CUDA when available, else CPU."""
     device = device or os.environ.get("CNNZ_DEVICE")
-    torch = _torch()
     if not device:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        msg = f"device {device!r} was asked for but CUDA is not available"
-        raise ValueError(msg)
+        return "cuda" if _cuda_possible() else "cpu"
     if not device.startswith(("cpu", "cuda")):
         msg = f"unknown device {device!r}; use 'cpu' or 'cuda'"
         raise ValueError(msg)
+    if device.startswith("cuda") and not _torch().cuda.is_available():
+        msg = f"device {device!r} was asked for but CUDA is not available"
+        raise ValueError(msg)
     return device
+
+
+def _cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX on this CPU: read from /proc/cpuinfo on Linux (no torch), else asked of torch."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return bool(getattr(_torch().cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(precision: str | None = None, device: str = "cpu", analysis: bool = False) -> str:
@@ -72,14 +98,11 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
     if precision not in ("auto", "float32", "float64", "bfloat16"):
         msg = f"unknown precision {precision!r}; use auto, float32, float64 or bfloat16"
         raise ValueError(msg)
-    if precision == "auto" and analysis and not device.startswith("cuda"):
-        return "float32"
     if precision == "auto":
-        torch = _torch()
         if device.startswith("cuda"):
-            fast = torch.cuda.is_bf16_supported()
+            fast = _torch().cuda.is_bf16_supported()
         else:
-            fast = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+            fast = not analysis and _cpu_has_bf16()
         precision = "bfloat16" if fast else "float32"
     return precision
 
@@ -120,25 +143,48 @@ def _analysis(net: Any, rgb: np.ndarray, device: str, precision: str) -> np.ndar
     return y
 
 
-def _synthesis(net: Any, y_hat: np.ndarray, height: int, width: int, device: str, precision: str) -> np.ndarray:
+def _synthesis(run: Any, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:
     """(N, height, width, 3) uint8 pixels of (N, M, h, w) float32 latents, tile by tile.
 
-    Only tiles inside the image are synthesized (the padding latents serve as context);
-    the last, cheap layer runs in float32 so bfloat16 does not round the output pixels.
+    ``run`` maps a window of latents to its (N, 16h, 16w, 3) uint8 pixels. Only tiles
+    inside the image are synthesized (the padding latents serve as context).
     """
-    torch = _torch()
     s = LATENT_STRIDE
     out = np.empty((y_hat.shape[0], height, width, 3), np.uint8)
+    for (r0, r1, c0, c1), (a0, a1, b0, b1) in _windows(-(-height // s), -(-width // s), y_hat.shape[2:]):
+        x = run(y_hat[:, :, a0:a1, b0:b1])
+        rows, cols = min(r1 * s, height) - r0 * s, min(c1 * s, width) - c0 * s
+        out[:, r0 * s : r0 * s + rows, c0 * s : c0 * s + cols] = x[:, (r0 - a0) * s :, (c0 - b0) * s :][:, :rows, :cols]
+    return out
+
+
+def _torch_synthesis(net: Any, device: str, precision: str) -> Any:
+    """Tile synthesis in torch; the last, cheap layer runs in float32 so bfloat16 does not
+    round the output pixels."""
+    torch = _torch()
     body, last = net.g_s[:-1], net.g_s[-1]
     wide = torch.float64 if precision == "float64" else torch.float32
-    for (r0, r1, c0, c1), (a0, a1, b0, b1) in _windows(-(-height // s), -(-width // s), y_hat.shape[2:]):
-        t = torch.from_numpy(y_hat[:, :, a0:a1, b0:b1]).to(device).contiguous(memory_format=torch.channels_last)
+
+    def run(y: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(y)).to(device).contiguous(memory_format=torch.channels_last)
         x = last(_run(torch, body, t, precision).to(wide))
-        rows, cols = min(r1 * s, height) - r0 * s, min(c1 * s, width) - c0 * s
-        x = x[:, :, (r0 - a0) * s :, (c0 - b0) * s :][:, :, :rows, :cols]
-        x = x.clamp(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        out[:, r0 * s : r0 * s + rows, c0 * s : c0 * s + cols] = x
-    return out
+        return x.clamp(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    return run
+
+
+def _numpy_synthesis(model: Model) -> Any:
+    """Tile synthesis in numpy float32 (``synthesis_np``): a CPU decode never imports torch."""
+    synth = model.numpy_synthesis()
+
+    def run(y: np.ndarray) -> np.ndarray:
+        with blas.threads():
+            x = synth(y)
+        np.clip(x, 0, 1, out=x)
+        x *= 255
+        return np.rint(x, out=x).astype(np.uint8).transpose(0, 2, 3, 1)
+
+    return run
 
 
 def _hyper(model: Model, z: np.ndarray, top: int, bottom: int) -> tuple[np.ndarray, np.ndarray]:
@@ -253,14 +299,21 @@ def decode_y_hat(header: container.Header, latz: bytes, laty: bytes) -> np.ndarr
 
 def synthesize_batch(headers: list[container.Header], y_hats: list[np.ndarray],
                      device: str | None = None, precision: str | None = None) -> list[np.ndarray]:
-    """(H, W, 3) uint8 pixels of same-size files from their decoded ŷ, in one batch."""
-    torch = _torch()
+    """(H, W, 3) uint8 pixels of same-size files from their decoded ŷ, in one batch.
+
+    On a CPU in float32 the synthesis runs in numpy (same pixels within float rounding, as
+    fast as torch's, and no 1-2 s torch import); bfloat16, float64 and CUDA run in torch.
+    """
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
-    net = load(headers[0].model_id).net(device, "float64" if precision == "float64" else "float32")
+    model = load(headers[0].model_id)
+    y = y_hats[0][None] if len(y_hats) == 1 else np.stack(y_hats)
+    if device == "cpu" and precision == "float32":
+        return list(_synthesis(_numpy_synthesis(model), y, headers[0].height, headers[0].width))
+    torch = _torch()
+    net = model.net(device, "float64" if precision == "float64" else "float32")
     with torch.inference_mode():
-        y = y_hats[0][None] if len(y_hats) == 1 else np.stack(y_hats)
-        return list(_synthesis(net, y, headers[0].height, headers[0].width, device, precision))
+        return list(_synthesis(_torch_synthesis(net, device, precision), y, headers[0].height, headers[0].width))
 
 
 def decode_rgb(header: container.Header, latz: bytes, laty: bytes, device: str | None = None,

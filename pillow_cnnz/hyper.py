@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import blas
+
 FRAC_BITS = 8  # activations are value * 2**FRAC_BITS
 ACT_LIMIT = 2.0**20  # |activation| bound that keeps every sum below 2**53
 Z_LIMIT = 2**11  # |ẑ| fed to the network; larger values are clipped (they carry no more information)
@@ -85,7 +87,9 @@ def hyper_band(layers: list[dict], z: np.ndarray, top: int, bottom: int) -> np.n
     """
     f = upsampling(layers)
     lo, hi = max(top - HALO, 0), min(bottom + HALO, z.shape[1])
-    with _one_blas_thread():
+    # One BLAS thread: its spinning workers otherwise fight torch's for the cores
+    # (measured: hyper network 245 ms -> 25 ms per Kodak image on 2 cores).
+    with blas.threads(1):
         out = run_layers(layers, z[:, lo:hi])
     return out[:, (top - lo) * f : (bottom - lo) * f]
 
@@ -93,20 +97,6 @@ def hyper_band(layers: list[dict], z: np.ndarray, top: int, bottom: int) -> np.n
 def hyper_synthesis(layers: list[dict], z: np.ndarray, strip_rows: int = BAND_ROWS) -> np.ndarray:
     """Integer output (2M, H·f, W·f) of the hyper network for integer ``z`` (C, H, W), band by band."""
     return np.concatenate([hyper_band(layers, z, a, b) for a, b in bands(z.shape[1], strip_rows)], axis=1)
-
-
-_blas = None
-
-
-def _one_blas_thread():
-    """Numpy's BLAS at one thread: its spinning workers otherwise fight torch's for the cores
-    (measured: hyper network 245 ms -> 25 ms per Kodak image on 2 cores)."""
-    global _blas
-    if _blas is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
 
 
 def scale_index(log2_scale: np.ndarray, offset: int, step: int, count: int) -> np.ndarray:

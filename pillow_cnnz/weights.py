@@ -70,6 +70,15 @@ class Model:
             out.append(table[lo] * (1 - w) + table[lo + 1] * w)
         return out[0], out[1]
 
+    def numpy_synthesis(self):
+        """The synthesis transform in numpy (``synthesis_np``), built once, thread-safe."""
+        with self._lock:
+            if "numpy" not in self._nets:
+                from .synthesis_np import NumpySynthesis
+
+                self._nets["numpy"] = NumpySynthesis(self)
+            return self._nets["numpy"]
+
     def net(self, device: str, dtype: str = "float32"):
         """The torch network on ``device`` in ``dtype`` (built once per pair, thread-safe)."""
         with self._lock:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import struct
 import subprocess
@@ -221,6 +222,26 @@ def test_open_does_not_import_torch(tmp_path, full_file):
                             text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["CNNZ (130, 70) RGBA 4.0 6", "[]"]
+
+
+@pytest.mark.skipif(codec._cuda_possible(), reason="an NVIDIA driver is present: decoding goes to torch")
+def test_load_on_a_cpu_decodes_without_importing_torch(tmp_path, rgb_file):
+    path = tmp_path / "x.cnnz"
+    path.write_bytes(rgb_file)
+    code = f"""
+        import sys
+        import numpy as np
+        import pillow_cnnz
+        from PIL import Image
+        with Image.open({str(path)!r}) as im:
+            im.load()
+            print(im.size, float(np.asarray(im).std()) > 1, "torch" in sys.modules)
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNZ_")}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == "(130, 70) True False"
 
 
 def test_load_decodes_pixels_similar_to_the_original(photo_image):
