@@ -16,7 +16,7 @@ from PIL import Image
 import pillow_cnnz  # noqa: F401  (registers .cnnz with Pillow and imageio)
 
 HERE = Path(__file__).resolve().parent
-DEFAULT = HERE.parent.parent / "shared" / "data" / "kodak" / "kodim23.png"
+DEFAULT = HERE / "kodim23.png"  # Kodak PhotoCD image 23 (released for unrestricted use)
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
