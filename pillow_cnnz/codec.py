@@ -128,15 +128,21 @@ def _run(torch: Any, layers: Any, x: Any, precision: str) -> Any:
     return layers(x.to(getattr(torch, precision)))
 
 
-def _analysis(net: Any, rgb: np.ndarray, device: str, precision: str) -> np.ndarray:
-    """Latents y (N, M, H/16, W/16) float32 of padded (N, H, W, 3) uint8 images, tile by tile."""
+def _analysis(net: Any, rgbs: list[np.ndarray], device: str, precision: str) -> np.ndarray:
+    """Latents y (N, M, H/16, W/16) float32 of same-size (H, W, 3) uint8 images, tile by tile.
+
+    The images are taken as edge-padded to a multiple of 64; each tile pads its own
+    window, so no padded copy of a whole (possibly 50-megapixel) image is made.
+    """
     torch = _torch()
-    n, h, w = rgb.shape[:3]
-    grid = (h // LATENT_STRIDE, w // LATENT_STRIDE)
-    y = np.empty((n, net.config.M, *grid), np.float32)
+    h, w = rgbs[0].shape[:2]
+    grid = (-(-h // PAD_MULTIPLE) * PAD_MULTIPLE // LATENT_STRIDE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE // LATENT_STRIDE)
+    y = np.empty((len(rgbs), net.config.M, *grid), np.float32)
     s = LATENT_STRIDE
     for (r0, r1, c0, c1), (a0, a1, b0, b1) in _windows(*grid, grid):
-        x = torch.from_numpy(rgb[:, a0 * s : a1 * s, b0 * s : b1 * s]).to(device).permute(0, 3, 1, 2)
+        window = np.ix_(np.minimum(np.arange(a0 * s, a1 * s), h - 1), np.minimum(np.arange(b0 * s, b1 * s), w - 1))
+        tile = np.stack([im[window] for im in rgbs])
+        x = torch.from_numpy(tile).to(device).permute(0, 3, 1, 2)
         x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
         out = _run(torch, net.g_a, x, precision)
         y[:, :, r0:r1, c0:c1] = out[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0].float().cpu().numpy()
@@ -196,17 +202,6 @@ def _hyper(model: Model, z: np.ndarray, top: int, bottom: int) -> tuple[np.ndarr
     return mu, hyper.scale_index(out[m:], s["offset"], s["step"], s["count"]).astype(np.uint8)
 
 
-def _pad(rgbs: list[np.ndarray]) -> np.ndarray:
-    """Same-size (H, W, 3) uint8 images stacked and edge-padded to a multiple of 64."""
-    h, w = rgbs[0].shape[:2]
-    out = np.empty((len(rgbs), h + -h % PAD_MULTIPLE, w + -w % PAD_MULTIPLE, 3), np.uint8)
-    for i, rgb in enumerate(rgbs):
-        out[i, :h, :w] = rgb
-    out[:, h:, :w] = out[:, h - 1 : h, :w]
-    out[:, :, w:] = out[:, :, w - 1 : w]
-    return out
-
-
 def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | None = None,
                   precision: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(integer ẑ, gained latents y) of same-size (H, W, 3) uint8 images.
@@ -220,7 +215,7 @@ def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | 
     net = model.net(device, "float64" if precision == "float64" else "float32")
     gains = np.stack([2 ** model.log2_gains(q)[0] for q in qualities]).astype(np.float32)
     with torch.inference_mode():
-        y = _analysis(net, _pad(rgbs), device, precision)
+        y = _analysis(net, rgbs, device, precision)
         y *= gains[:, :, None, None]
         z = _run(torch, net.h_a, torch.from_numpy(y).to(device), precision)
         z = torch.round(z.float()).cpu().numpy().astype(np.int64)

@@ -64,6 +64,8 @@ def test_hyper_network_in_strips_equals_one_pass():
     z = rng.integers(-6, 7, size=(model.meta["config"]["Nz"], 13, 7))
     whole = hyper.run_layers(model.hyper_layers, z)
     assert np.array_equal(hyper.hyper_synthesis(model.hyper_layers, z, strip_rows=3), whole)
+    for cols in (1, 2, 5):
+        assert np.array_equal(hyper.hyper_band(model.hyper_layers, z, 3, 9, cols=cols), whole[:, 3 * 4 : 9 * 4])
     assert np.array_equal(whole, np.round(whole))  # integer-valued: exact in float64
 
 
