@@ -232,7 +232,7 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
 {history}
 
 Reproduce: one `fit` call per row (each resumes from `runs/main/last.pt`), then the export.
-Crops are seeded, but bfloat16 training on CPU threads is not bit-reproducible: a rerun
+Crops are seeded, but multi-threaded CPU training (float32 or bfloat16) is not bit-reproducible: a rerun
 follows the same recipe and lands within noise of these figures. The resumable checkpoint itself is
 committed as `checkpoints/last.pt` (model and optimizer state): to continue training,
 `mkdir -p runs/main && cp checkpoints/last.pt runs/main/ && python -m pillow_cnnz.train fit --run runs/main --resume ...`.
