@@ -1,9 +1,11 @@
 """The README's set-up commands, CI and the quickstart example stay in step."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from PIL import Image
@@ -45,3 +47,26 @@ def test_quickstart_saves_opens_and_compares_with_jpeg(tmp_path):
     assert re.match(r"CNNZ .* bpp +PSNR \d+\.\d+ dB", lines[1])
     assert re.match(r"JPEG .* bpp +PSNR \d+\.\d+ dB", lines[2])
     assert out.stat().st_size > 0
+
+
+def test_wheel_ships_the_weights_inside_the_package_and_the_cli(tmp_path):
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", str(ROOT), "--no-deps", "-w", str(wheels)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = wheels.glob("pillow_cnnz-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        zf.extractall(site)
+    assert "pillow_cnnz/weights/manifest.json" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "cnnz = pillow_cnnz.cli:main" in (site / entry_points).read_text()
+    # From the unpacked wheel alone (not the checkout), the weights are found and hash-checked.
+    code = "from pillow_cnnz import weights; m = weights.load(); print(weights.weights_dir(), m.model_id.hex())"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    found, model_id = run.stdout.split()
+    assert Path(found) == site / "pillow_cnnz" / "weights"
+    assert model_id == json.loads((ROOT / "weights" / "manifest.json").read_text())["default"]
