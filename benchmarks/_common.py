@@ -346,3 +346,13 @@ def last_json(stdout: str) -> dict:
     """The JSON object a worker printed on its last non-empty line."""
     lines = [line for line in stdout.splitlines() if line.strip()]
     return json.loads(lines[-1])
+
+
+def weights_note() -> str:
+    """One line naming the weights measured: model id and how long they were trained."""
+    from pillow_cnnz import weights
+
+    model = weights.load()
+    t = model.meta.get("training", {})
+    return (f"weights: model {model.model_id.hex()}, {t.get('step', '?'):,} training steps "
+            f"({t.get('seconds', 0) / 3600:.1f} h on {t.get('hardware', '?')}); see weights/README.md")

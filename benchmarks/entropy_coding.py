@@ -56,6 +56,7 @@ from _common import (  # noqa: E402
     model_info,
     quantized_weights,
     write_json,
+    weights_note,
 )
 
 import pillow_cnnz  # noqa: E402,F401  (registers the format)
@@ -237,8 +238,7 @@ def report(summary: list[dict], env: dict) -> str:
     lines += [f"- {n}" for n in env["notes"]]
     lines.append(f"- load average {env['loadavg_1_5_15'][0]:.1f} at the start, "
                  f"{env['loadavg_1_5_15_end'][0]:.1f} at the end; run took {env['elapsed_s'] / 60:.1f} min")
-    lines.append("- weights are an early checkpoint: rates (and so the byte counts) are not final; "
-                 "the coder's overhead relative to its own model is what this measures")
+    lines.append(f"- {weights_note()}")
     return "\n".join(lines)
 
 

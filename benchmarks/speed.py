@@ -70,6 +70,7 @@ from _common import (  # noqa: E402
     patched,
     run_python,
     write_json,
+    weights_note,
 )
 
 import pillow_cnnz  # noqa: E402,F401  (registers the format)
@@ -556,7 +557,7 @@ def report(res: dict) -> str:
     out += [f"- {n}" for n in env["notes"]]
     out.append(f"- load average {env['loadavg_1_5_15'][0]:.1f} at the start, {env['loadavg_1_5_15_end'][0]:.1f} at the end; "
                f"run took {env['elapsed_s'] / 60:.1f} min")
-    out.append("- weights are an early checkpoint: the architecture (so the work per pixel) is final, rates are not")
+    out.append(f"- {weights_note()}")
     out.append("- WebP 'default' = Pillow's defaults (quality 80, method 4); AVIF uses Pillow's default max_threads; "
                "JPEG/WebP are single-threaded")
     return "\n".join(out)
