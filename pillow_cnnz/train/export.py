@@ -72,7 +72,7 @@ def deterministic_npz(arrays: dict[str, np.ndarray]) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for key in sorted(arrays):
             with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+                np.lib.format.write_array(f, np.asarray(arrays[key]), allow_pickle=False)  # keeps 0-d meta 0-d
     return buf.getvalue()
 
 
