@@ -7,6 +7,7 @@ integer arithmetic in numpy, so a file decodes to the same latents everywhere.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 import sys
@@ -74,8 +75,11 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
+@functools.cache
 def _cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX on this CPU: read from /proc/cpuinfo on Linux (no torch), else asked of torch."""
+    """AVX512-BF16 or AMX on this CPU: read from /proc/cpuinfo on Linux (no torch), else asked of torch.
+
+    Cached: every decode resolves its precision, and the CPU does not change under a process."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
