@@ -132,6 +132,11 @@ def _run(torch: Any, layers: Any, x: Any, precision: str) -> Any:
     return layers(x.to(getattr(torch, precision)))
 
 
+def _hyper_grid(height: int, width: int) -> tuple[int, int]:
+    """Hyper-latent rows and columns of an image: one per started 64x64 block."""
+    return -(-height // PAD_MULTIPLE), -(-width // PAD_MULTIPLE)
+
+
 def _analysis(net: Any, rgbs: list[np.ndarray], device: str, precision: str) -> np.ndarray:
     """Latents y (N, M, H/16, W/16) float32 of same-size (H, W, 3) uint8 images, tile by tile.
 
@@ -140,7 +145,8 @@ def _analysis(net: Any, rgbs: list[np.ndarray], device: str, precision: str) -> 
     """
     torch = _torch()
     h, w = rgbs[0].shape[:2]
-    grid = (-(-h // PAD_MULTIPLE) * PAD_MULTIPLE // LATENT_STRIDE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE // LATENT_STRIDE)
+    zh, zw = _hyper_grid(h, w)
+    grid = (zh * PAD_MULTIPLE // LATENT_STRIDE, zw * PAD_MULTIPLE // LATENT_STRIDE)
     y = np.empty((len(rgbs), net.config.M, *grid), np.float32)
     s = LATENT_STRIDE
     for (r0, r1, c0, c1), (a0, a1, b0, b1) in _windows(*grid, grid):
@@ -261,7 +267,7 @@ def _channel_index(shape: tuple[int, ...]) -> np.ndarray:
 def _latent_bands(header: container.Header, latz: bytes, laty: bytes):
     """(model, ẑ, then per band: latent rows, symbols, means): numpy only, exact."""
     model = load(header.model_id)
-    zh, zw = -(-header.height // PAD_MULTIPLE), -(-header.width // PAD_MULTIPLE)
+    zh, zw = _hyper_grid(header.height, header.width)
     f = hyper.upsampling(model.hyper_layers)
     m = model.meta["config"]["M"]
     try:

@@ -29,3 +29,30 @@ def test_exported_checkpoint_loads_and_round_trips_an_image(tmp_path, monkeypatc
     assert model.meta["training"]["step"] == 3 and model.meta["training"]["hardware"] == "test hardware"
     data = codec.encode(photo(64, 80), "RGB", 4.0)
     assert codec.decode(data).shape == (64, 80, 3)
+
+
+def test_slim_checkpoint_drops_the_optimizer_and_still_resumes(tmp_path):
+    torch = pytest.importorskip("torch")
+    from PIL import Image
+
+    from pillow_cnnz.train import __main__ as train_cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(photo(72, 80, seed=i)).save(data / f"{i}.png")
+    common = ["--data", str(data), "--val", str(data), "--batch", "1", "--crop", "64",
+              "--threads", "1", "--no-bf16", "--device", "cpu"]
+    assert train_cli.main(["fit", "--run", str(tmp_path / "a"), "--steps", "1", *common]) == 0
+    full = tmp_path / "a" / "last.pt"
+    (tmp_path / "b").mkdir()
+    slim = tmp_path / "b" / "last.pt"
+    assert train_cli.main(["slim", str(full), str(slim)]) == 0
+    state = torch.load(slim, weights_only=False)
+    assert "optimizer" not in state and state["step"] == 1
+    assert slim.stat().st_size < 0.5 * full.stat().st_size
+
+    assert train_cli.main(["fit", "--run", str(tmp_path / "b"), "--steps", "2", "--resume", *common]) == 0
+    resumed = torch.load(slim, weights_only=False)
+    assert resumed["step"] == 2 and "optimizer" in resumed
+    assert resumed["history"][-1]["fresh_optimizer"] is True and resumed["history"][-1]["from_step"] == 1

@@ -1,4 +1,4 @@
-"""``python -m pillow_cnnz.train fit|export``: train the network, export shipped weights."""
+"""``python -m pillow_cnnz.train fit|slim|export``: train the network, export shipped weights."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pillow_cnnz.train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     loop.add_arguments(sub.add_parser("fit", help="train (or resume) a model"))
+    loop.add_slim_arguments(sub.add_parser("slim", help="checkpoint without optimizer state (to commit)"))
     export.add_arguments(sub.add_parser("export", help="checkpoint -> weights file + model card"))
     args = parser.parse_args(argv)
     return args.func(args)

@@ -3,7 +3,9 @@
 Each sample of a batch draws a fractional quality in [1, 8]; its λ is interpolated
 geometrically between the levels' λ, so fractional qualities are trained, not guessed.
 Checkpoints are written atomically every ``--save-every`` steps and ``--resume``
-continues from the last one (optimizer and RNG state included).
+continues from the last one (optimizer and RNG state included). ``slim`` drops the
+optimizer state (two thirds of the bytes) for the copy committed to the repo; resuming
+from a slim checkpoint starts a fresh Adam and keeps the step, history and RNG state.
 """
 from __future__ import annotations
 
@@ -126,12 +128,16 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     net = CnnzNet(Config()).to(args.device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(param_groups(net), lr=args.lr)
-    step, seconds, history = 0, 0.0, []
+    step, seconds, history, fresh_adam = 0, 0.0, [], False
     sampler = CropSampler(args.data, args.crop, seed=args.seed)
     if args.resume and last.exists():
         state = torch.load(last, map_location=args.device, weights_only=False)
         net.load_state_dict(state["model"])
-        opt.load_state_dict(two_groups(state["optimizer"], net))
+        if "optimizer" in state:
+            opt.load_state_dict(two_groups(state["optimizer"], net))
+        else:
+            fresh_adam = True
+            print("checkpoint has no optimizer state (slim): Adam starts afresh", file=sys.stderr)
         step, seconds = state["step"], state["seconds"]
         a = state["args"]
         history = state.get("history") or [{"from_step": 0, "lr": a["lr"], "batch": a["batch"], "crop": a["crop"],
@@ -145,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     seeded = seed_gdn_off_diagonals(net)
     history.append({"from_step": step, "lr": args.lr, "density_lr": args.density_lr, "batch": args.batch,
                     "crop": args.crop, "device": args.device, "init": args.init, "bf16": args.bf16,
-                    "threads": torch.get_num_threads(), "seeded_gdn": seeded})
+                    "threads": torch.get_num_threads(), "seeded_gdn": seeded}
+                   | ({"fresh_optimizer": True} if fresh_adam else {}))
     val_images = [load_rgb(p) for p in image_paths(args.val)]
     log = open(run_dir / "log.jsonl", "a")
     hist: list[tuple[float, float, float]] = []
@@ -181,4 +188,25 @@ def run(args: argparse.Namespace) -> int:
             print(f"\nval step {step}: {json.dumps(v)}", file=sys.stderr, flush=True)
             log.write(json.dumps({"step": step, "val": v}) + "\n")
         log.flush()
+    return 0
+
+
+def add_slim_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="training checkpoint (RUN/last.pt)")
+    p.add_argument("out", help="where to write the checkpoint without optimizer state")
+    p.set_defaults(func=run_slim)
+
+
+def slim(checkpoint: Path, out: Path) -> dict:
+    """Copy ``checkpoint`` without its optimizer state; ``fit --resume`` accepts the result."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state.pop("optimizer", None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, state)
+    return state
+
+
+def run_slim(args: argparse.Namespace) -> int:
+    state = slim(Path(args.checkpoint), Path(args.out))
+    print(f"{args.out}: step {state['step']}, {Path(args.out).stat().st_size / 1e6:.1f} MB", file=sys.stderr)
     return 0
