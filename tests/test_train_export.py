@@ -56,3 +56,22 @@ def test_slim_checkpoint_drops_the_optimizer_and_still_resumes(tmp_path):
     resumed = torch.load(slim, weights_only=False)
     assert resumed["step"] == 2 and "optimizer" in resumed
     assert resumed["history"][-1]["fresh_optimizer"] is True and resumed["history"][-1]["from_step"] == 1
+
+
+def test_optimizer_state_of_an_older_grouping_follows_each_parameter():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.model import CnnzNet, Config
+    from pillow_cnnz.train.loop import group_members, param_groups, regroup
+
+    torch.manual_seed(0)
+    net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8)))
+    for count in (1, 2):
+        old = torch.optim.Adam([{"params": g} for g in group_members(net, count)], lr=1e-3)
+        for p in net.parameters():
+            p.grad = torch.randn_like(p)
+        old.step()
+        new = torch.optim.Adam(param_groups(net), lr=1e-3)
+        new.load_state_dict(regroup(old.state_dict(), net))
+        assert [len(g["params"]) for g in new.param_groups] == [len(g) for g in group_members(net)]
+        for p in net.parameters():
+            assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])

@@ -196,12 +196,13 @@ def model_card(info: dict, results: Path) -> str:
     for i, h in enumerate(hist):
         until = hist[i + 1]["from_step"] if i + 1 < len(hist) else train["step"]
         dlr = h.get("density_lr", h["lr"])
+        glr = h.get("gain_lr", h["lr"])
         bf16 = h.get("bf16", False)
         threads = h.get("threads", "?")
-        rows.append(f"| {h['from_step']} | {until} | {h['lr']:g} | {dlr:g} | {h['batch']} | {h['crop']} | "
+        rows.append(f"| {h['from_step']} | {until} | {h['lr']:g} | {dlr:g} | {glr:g} | {h['batch']} | {h['crop']} | "
                     f"{'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} |")
         commands.append(f"python -m pillow_cnnz.train fit --run runs/main --steps {until} --lr {h['lr']:g} "
-                        f"--density-lr {dlr:g} --batch {h['batch']} --crop {h['crop']} "
+                        f"--density-lr {dlr:g} --gain-lr {glr:g} --batch {h['batch']} --crop {h['crop']} "
                         f"--threads {threads if threads != '?' else 0} {'--bf16' if bf16 else '--no-bf16'}"
                         + (" --resume" if i else ""))
     history = "\n".join(rows)
@@ -227,8 +228,8 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
   {meta['lambdas']}, q drawn uniformly in [1, 8] per crop; Adam, gradient norm clipped at 1.
 - steps: {train['step']:,}; wall time {train['seconds'] / 3600:.2f} h; hardware: {train['hardware']}.
 
-| from step | to step | lr | density lr | batch | crop | transforms | threads | device |
-|---|---|---|---|---|---|---|---|---|
+| from step | to step | lr | density lr | gain lr | batch | crop | transforms | threads | device |
+|---|---|---|---|---|---|---|---|---|---|
 {history}
 
 Reproduce: one `fit` call per row (each resumes from `runs/main/last.pt`), then the export.

@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--density-lr", type=float, default=3e-3,
                    help="learning rate of the hyper-latent density (it must narrow fast, or ẑ collapses)")
+    p.add_argument("--gain-lr", type=float, default=1e-3,
+                   help="learning rate of the per-quality gain vectors (rate control per channel)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
@@ -92,30 +94,38 @@ def seed_gdn_off_diagonals(net: CnnzNet) -> int:
     return changed
 
 
-def param_groups(net: CnnzNet) -> list[dict]:
-    """Transforms and the hyper-latent density; the density gets its own (higher) rate."""
+def group_members(net: CnnzNet, count: int = 3) -> list[list[torch.nn.Parameter]]:
+    """Parameters per optimizer group: transforms, hyper-latent density, per-quality gains.
+
+    ``count`` < 3 gives the groupings of older checkpoints (1: all together; 2: the
+    gains still with the transforms), so their optimizer state can be renumbered.
+    """
     density = {id(p) for p in net.density_z.parameters()}
-    return [{"params": [p for p in net.parameters() if id(p) not in density]},
-            {"params": list(net.density_z.parameters())}]
+    gains = {id(net.log2_gain), id(net.log2_inv_gain)} if count >= 3 else set()
+    rest = [p for p in net.parameters() if id(p) not in density and id(p) not in gains]
+    groups = [[p for p in net.parameters() if id(p) in density], [p for p in net.parameters() if id(p) in gains]]
+    return [list(net.parameters())] if count == 1 else [rest, *groups[: count - 1]]
 
 
-def two_groups(opt_state: dict, net: CnnzNet) -> dict:
-    """Optimizer state of a one-group checkpoint, renumbered for :func:`param_groups`."""
-    if len(opt_state["param_groups"]) == 2:
+def param_groups(net: CnnzNet) -> list[dict]:
+    """The density and the gains get their own (higher) rates: both must move far, and
+    at the transforms' rate a gain changes by at most ~1e-4 (in log2) per step."""
+    return [{"params": members} for members in group_members(net)]
+
+
+def regroup(opt_state: dict, net: CnnzNet) -> dict:
+    """Optimizer state of a checkpoint with an older grouping, renumbered for :func:`param_groups`."""
+    old_count = len(opt_state["param_groups"])
+    if old_count == 3:
         return opt_state
-    order = {id(p): i for i, p in enumerate(net.parameters())}
-    groups = param_groups(net)
-    new_index, k = {}, 0
-    for group in groups:
-        for p in group["params"]:
-            new_index[order[id(p)]] = k
-            k += 1
+    ids = {id(p): i for i, p in enumerate(p for g in group_members(net, old_count) for p in g)}
+    new = group_members(net)
+    new_index = {ids[id(p)]: k for k, p in enumerate(p for g in new for p in g)}
     base = {key: v for key, v in opt_state["param_groups"][0].items() if key != "params"}
-    sizes = [len(g["params"]) for g in groups]
-    starts = [0, sizes[0]]
+    starts = np.cumsum([0] + [len(g) for g in new])
     return {
         "state": {new_index[i]: v for i, v in opt_state["state"].items()},
-        "param_groups": [dict(base, params=list(range(st, st + n))) for st, n in zip(starts, sizes)],
+        "param_groups": [dict(base, params=list(range(int(a), int(b)))) for a, b in zip(starts[:-1], starts[1:])],
     }
 
 
@@ -134,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         state = torch.load(last, map_location=args.device, weights_only=False)
         net.load_state_dict(state["model"])
         if "optimizer" in state:
-            opt.load_state_dict(two_groups(state["optimizer"], net))
+            opt.load_state_dict(regroup(state["optimizer"], net))
         else:
             fresh_adam = True
             print("checkpoint has no optimizer state (slim): Adam starts afresh", file=sys.stderr)
@@ -147,9 +157,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"resumed from {last} at step {step}", file=sys.stderr)
     elif args.init:
         net.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=False)["model"])
-    opt.param_groups[0]["lr"], opt.param_groups[1]["lr"] = args.lr, args.density_lr
+    for group, lr in zip(opt.param_groups, (args.lr, args.density_lr, args.gain_lr)):
+        group["lr"] = lr
     seeded = seed_gdn_off_diagonals(net)
-    history.append({"from_step": step, "lr": args.lr, "density_lr": args.density_lr, "batch": args.batch,
+    history.append({"from_step": step, "lr": args.lr, "density_lr": args.density_lr,
+                    "gain_lr": args.gain_lr, "batch": args.batch,
                     "crop": args.crop, "device": args.device, "init": args.init, "bf16": args.bf16,
                     "threads": torch.get_num_threads(), "seeded_gdn": seeded}
                    | ({"fresh_optimizer": True} if fresh_adam else {}))
