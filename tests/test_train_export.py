@@ -17,10 +17,13 @@ def test_exported_checkpoint_loads_and_round_trips_an_image(tmp_path, monkeypatc
     net = CnnzNet(Config())
     ckpt = tmp_path / "last.pt"
     torch.save({"model": net.state_dict(), "config": net.config.to_dict(), "step": 3, "seconds": 1.0,
-                "args": {"lr": 1e-4, "batch": 1, "crop": 64, "device": "cpu"}}, ckpt)
+                "args": {"lr": 1e-4, "batch": 1, "crop": 64, "device": "cpu", "data": "d", "val": "v"},
+                "validation": [{"step": 3, **{q: {"bpp": 0.5, "psnr": 25.0} for q in ("q1", "q4", "q8")}}]}, ckpt)
     info = export.export(ckpt, tmp_path / "w", "test", "test hardware")
     again = export.export(ckpt, tmp_path / "w2", "test", "test hardware")
     assert again["sha256"] == info["sha256"]  # same checkpoint, same bytes, same model id
+    card = export.model_card(info, tmp_path)
+    assert info["model_id"] in card and "| 3 | 0.500 / 25.00 | 0.500 / 25.00 | 0.500 / 25.00 |" in card
 
     monkeypatch.setattr(weights, "weights_dir", lambda: tmp_path / "w")
     monkeypatch.setattr(weights, "_cache", {})
@@ -50,12 +53,27 @@ def test_slim_checkpoint_drops_the_optimizer_and_still_resumes(tmp_path):
     assert train_cli.main(["slim", str(full), str(slim)]) == 0
     state = torch.load(slim, weights_only=False)
     assert "optimizer" not in state and state["step"] == 1
+    assert [v["step"] for v in state["validation"]] == [1]  # the last step is validated before saving
     assert slim.stat().st_size < 0.5 * full.stat().st_size
 
     assert train_cli.main(["fit", "--run", str(tmp_path / "b"), "--steps", "2", "--resume", *common]) == 0
     resumed = torch.load(slim, weights_only=False)
     assert resumed["step"] == 2 and "optimizer" in resumed
     assert resumed["history"][-1]["fresh_optimizer"] is True and resumed["history"][-1]["from_step"] == 1
+    assert [v["step"] for v in resumed["validation"]] == [1, 2]
+
+
+def test_validation_of_older_checkpoints_is_recovered_from_the_run_log(tmp_path):
+    pytest.importorskip("torch")
+    import json
+
+    from pillow_cnnz.train.loop import logged_validation
+
+    val = {q: {"bpp": 1.0, "psnr": 30.0} for q in ("q1", "q4", "q8")}
+    lines = [{"step": 2, "loss": 1.0}, {"step": 2, "val": val}, {"step": 5, "val": val}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert logged_validation(tmp_path / "log.jsonl", 4) == [{"step": 2, **val}]
+    assert logged_validation(tmp_path / "missing.jsonl", 4) == []
 
 
 def test_optimizer_state_of_an_older_grouping_follows_each_parameter():

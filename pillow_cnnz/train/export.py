@@ -149,6 +149,7 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str) -> dict:
                                                   "batch": state["args"]["batch"], "crop": state["args"]["crop"],
                                                   "device": state["args"]["device"]}],
             "args": {k: v for k, v in state["args"].items() if k != "func"},
+            "validation": state.get("validation", []),
         },
         "parameters": params, "decoder_parameters": decoder_params,
     }
@@ -201,11 +202,16 @@ def model_card(info: dict, results: Path) -> str:
         threads = h.get("threads", "?")
         rows.append(f"| {h['from_step']} | {until} | {h['lr']:g} | {dlr:g} | {glr:g} | {h['batch']} | {h['crop']} | "
                     f"{'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} |")
+        if h.get("fresh_optimizer"):  # this phase resumed from a slim checkpoint
+            commands.append("python -m pillow_cnnz.train slim runs/main/last.pt runs/main/last.pt")
         commands.append(f"python -m pillow_cnnz.train fit --run runs/main --steps {until} --lr {h['lr']:g} "
                         f"--density-lr {dlr:g} --gain-lr {glr:g} --batch {h['batch']} --crop {h['crop']} "
                         f"--threads {threads if threads != '?' else 0} {'--bf16' if bf16 else '--no-bf16'}"
                         + (" --resume" if i else ""))
     history = "\n".join(rows)
+    curve = "\n".join(
+        f"| {v['step']:,} | " + " | ".join(f"{v[q]['bpp']:.3f} / {v[q]['psnr']:.2f}" for q in ("q1", "q4", "q8")) + " |"
+        for v in train.get("validation", []))
     reproduce = "\n".join(commands)
     return f"""# CNNZ weights `{info['file']}` (model id `{info['model_id']}`)
 
@@ -235,13 +241,21 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
 Reproduce: one `fit` call per row (each resumes from `runs/main/last.pt`), then the export.
 Crops are seeded, but multi-threaded CPU training (float32 or bfloat16) is not bit-reproducible: a rerun
 follows the same recipe and lands within noise of these figures. The resumable checkpoint itself is
-committed as `checkpoints/last.pt` (model and optimizer state): to continue training,
+committed as `checkpoints/last.pt` (model, step, phase history and RNG state; no optimizer state, which
+would triple its size, so a resume from it starts a fresh Adam): to continue training,
 `mkdir -p runs/main && cp checkpoints/last.pt runs/main/ && python -m pillow_cnnz.train fit --run runs/main --resume ...`.
 
 ```sh
 {reproduce}
 python -m pillow_cnnz.train export runs/main/last.pt --out weights
 ```
+
+Training-loop validation on `{args['val']}` (bpp / PSNR dB at quality 1, 4 and 8; rounded latents and
+the model's own rate estimate, not real files):
+
+| step | q1 | q4 | q8 |
+|---|---|---|---|
+{curve or "| (none recorded) | | | |"}
 
 ## Rate-distortion (real files through `img.save(..., quality=q)`, `benchmarks/rd.py`)
 {_rd_table(results)}

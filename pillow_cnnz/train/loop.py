@@ -94,6 +94,19 @@ def seed_gdn_off_diagonals(net: CnnzNet) -> int:
     return changed
 
 
+def logged_validation(log: Path, until: int) -> list[dict]:
+    """Validation entries of a run's ``log.jsonl`` up to step ``until`` (for checkpoints made
+    before the validation history was kept in the checkpoint itself)."""
+    if not log.exists():
+        return []
+    entries = {}
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        if "val" in entry and entry["step"] <= until:
+            entries[entry["step"]] = {"step": entry["step"], **entry["val"]}
+    return [entries[k] for k in sorted(entries)]
+
+
 def group_members(net: CnnzNet, count: int = 3) -> list[list[torch.nn.Parameter]]:
     """Parameters per optimizer group: transforms, hyper-latent density, per-quality gains.
 
@@ -138,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     net = CnnzNet(Config()).to(args.device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(param_groups(net), lr=args.lr)
-    step, seconds, history, fresh_adam = 0, 0.0, [], False
+    step, seconds, history, fresh_adam, validation = 0, 0.0, [], False, []
     sampler = CropSampler(args.data, args.crop, seed=args.seed)
     if args.resume and last.exists():
         state = torch.load(last, map_location=args.device, weights_only=False)
@@ -152,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         a = state["args"]
         history = state.get("history") or [{"from_step": 0, "lr": a["lr"], "batch": a["batch"], "crop": a["crop"],
                                             "device": a["device"], "init": a.get("init")}]
+        validation = state.get("validation") or logged_validation(run_dir / "log.jsonl", step)
         sampler.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed from {last} at step {step}", file=sys.stderr)
@@ -189,16 +203,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"\rstep {step}/{args.steps} loss {l:.4f} bpp {b:.3f} psnr {p:.2f} "
                   f"[{elapsed / 60:.1f} min, {elapsed / step:.2f} s/step]", end="", file=sys.stderr, flush=True)
             log.write(json.dumps({"step": step, "loss": l, "bpp": b, "psnr": p, "seconds": elapsed}) + "\n")
+        if step % args.val_every == 0 or step == args.steps:
+            v = validate(net, val_images, args.device)
+            validation.append({"step": step, **v})
+            print(f"\nval step {step}: {json.dumps(v)}", file=sys.stderr, flush=True)
+            log.write(json.dumps({"step": step, "val": v}) + "\n")
         if step % args.save_every == 0 or step == args.steps:
             save_checkpoint(last, {
                 "model": net.state_dict(), "optimizer": opt.state_dict(), "config": net.config.to_dict(),
                 "step": step, "seconds": time.time() - start, "args": vars(args) | {"func": None},
-                "history": history, "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "history": history, "validation": validation,
+                "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             })
-        if step % args.val_every == 0 or step == args.steps:
-            v = validate(net, val_images, args.device)
-            print(f"\nval step {step}: {json.dumps(v)}", file=sys.stderr, flush=True)
-            log.write(json.dumps({"step": step, "val": v}) + "\n")
         log.flush()
     return 0
 
