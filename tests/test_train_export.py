@@ -93,3 +93,11 @@ def test_optimizer_state_of_an_older_grouping_follows_each_parameter():
         assert [len(g["params"]) for g in new.param_groups] == [len(g) for g in group_members(net)]
         for p in net.parameters():
             assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])
+
+
+def test_model_card_merges_resumes_that_changed_no_setting():
+    from pillow_cnnz.train.export import phases
+
+    a = {"lr": 1e-4, "batch": 8}
+    history = [{"from_step": 0, **a}, {"from_step": 5, **a}, {"from_step": 9, **a, "lr": 3e-5}, {"from_step": 12, **a}]
+    assert [h["from_step"] for h in phases(history)] == [0, 9, 12]

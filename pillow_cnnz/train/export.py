@@ -187,13 +187,25 @@ def _rd_table(results: Path) -> str:
     return "".join(rows) or "\n(no `benchmarks/results/*/summary.json` yet: run `benchmarks/rd.py`)\n"
 
 
+def phases(history: list[dict]) -> list[dict]:
+    """The history with each resume that changed no setting merged into the phase before it."""
+    def setting(h: dict) -> dict:
+        return {k: v for k, v in h.items() if k not in ("from_step", "seeded_gdn")}
+
+    merged: list[dict] = []
+    for h in history:
+        if not merged or setting(h) != setting(merged[-1]):
+            merged.append(h)
+    return merged
+
+
 def model_card(info: dict, results: Path) -> str:
     meta = info["meta"]
     cfg = meta["config"]
     train = meta["training"]
     args = train["args"]
     rows, commands = [], []
-    hist = train["history"]
+    hist = phases(train["history"])
     for i, h in enumerate(hist):
         until = hist[i + 1]["from_step"] if i + 1 < len(hist) else train["step"]
         dlr = h.get("density_lr", h["lr"])
