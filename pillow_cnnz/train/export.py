@@ -25,6 +25,7 @@ import torch
 from .. import hyper
 from ..layers import SubPixelConv
 from ..model import LAMBDAS, SCALE_MIN, CnnzNet, Config
+from . import calibrate
 
 WEIGHTS_FORMAT = "cnnz-weights-1"
 SCALE_COUNT = 64
@@ -40,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="weights", help="folder of the weights file, manifest and model card")
     p.add_argument("--name", default="cnnz-v1", help="weights file stem")
     p.add_argument("--hardware", default=f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), 2 cores")
+    p.add_argument("--calibrate", default="../shared/data/train", metavar="FOLDER",
+                   help="measure the latent tables on images of this folder ('' for ideal Gaussians)")
+    p.add_argument("--calibrate-images", type=int, default=96, help="images taken, spread over the folder")
+    p.add_argument("--calibrate-crop", type=int, default=512, help="centre crop of each image (pixels)")
     p.add_argument("--results", default="benchmarks/results", help="where benchmarks/rd.py wrote its summaries")
     p.set_defaults(func=run)
 
@@ -80,9 +85,14 @@ def std_normal_cdf(x: float) -> float:
     return 0.5 * math.erfc(-x / math.sqrt(2))
 
 
+def nominal_scales() -> list[float]:
+    """Each scale bin's geometric centre."""
+    return [2 ** ((SCALE_OFFSET + (k + 0.5) * SCALE_STEP) / 2**hyper.FRAC_BITS) for k in range(SCALE_COUNT)]
+
+
 def y_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One discretized Gaussian per scale bin, at the bin's geometric centre."""
-    scales = [2 ** ((SCALE_OFFSET + (k + 0.5) * SCALE_STEP) / 2**hyper.FRAC_BITS) for k in range(SCALE_COUNT)]
+    """One discretized Gaussian per scale bin, at the bin's geometric centre (uncalibrated)."""
+    scales = nominal_scales()
     half = [max(2, math.ceil(s * Y_TAIL_SIGMAS)) for s in scales]
     pmf = np.zeros((SCALE_COUNT, 2 * max(half) + 1))
     for k, (s, t) in enumerate(zip(scales, half)):
@@ -117,7 +127,12 @@ def z_tables(net: CnnzNet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pmf, np.array(los, np.int64), np.array(lengths, np.int64)
 
 
-def export(checkpoint: Path, out: Path, name: str, hardware: str) -> dict:
+def export(checkpoint: Path, out: Path, name: str, hardware: str, calibration: dict | None = None) -> dict:
+    """Write ``out/<name>.npz`` and register it in ``out/manifest.json`` as the default.
+
+    ``calibration`` (``{"data": folder, "images": n, "crop": px}``) measures the latent
+    tables on those images (``calibrate.py``); without it they are ideal Gaussians.
+    """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
     net = CnnzNet(config)
@@ -132,7 +147,14 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str) -> dict:
         if layer["kind"] == "conv":
             arrays[f"hyper/{i}/weight"] = layer["weight"].astype(np.int32)
             arrays[f"hyper/{i}/bias"] = layer["bias"].astype(np.int64)
-    for prefix, (pmf, lo, length) in {"z": z_tables(net), "y": y_tables()}.items():
+    scale = {"offset": SCALE_OFFSET, "step": SCALE_STEP, "count": SCALE_COUNT}
+    if calibration:
+        images = calibrate.calibration_images(calibration["data"], calibration["images"], calibration["crop"])
+        counts = calibrate.symbol_histograms(net, layers, scale, images)
+        latent_tables = calibrate.tables_from_histograms(counts, nominal_scales(), y_tables()[0].shape[1] // 2)
+    else:
+        latent_tables = y_tables()
+    for prefix, (pmf, lo, length) in {"z": z_tables(net), "y": latent_tables}.items():
         arrays[f"{prefix}/pmf"], arrays[f"{prefix}/lo"], arrays[f"{prefix}/length"] = pmf, lo, length
     params = sum(p.numel() for p in net.parameters())
     decoder_params = sum(p.numel() for p in net.g_s.parameters())
@@ -141,7 +163,8 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str) -> dict:
         "config": config.to_dict(),
         "hyper": [{"kind": l["kind"], **({"shift": l["shift"]} if l["kind"] == "conv" else {})} for l in layers],
         "frac_bits": hyper.FRAC_BITS,
-        "scale": {"offset": SCALE_OFFSET, "step": SCALE_STEP, "count": SCALE_COUNT},
+        "scale": scale,
+        "y_tables": dict(calibration, symbols=int(counts.sum())) if calibration else "gaussian",
         "lambdas": list(LAMBDAS),
         "training": {
             "step": state["step"], "seconds": round(state["seconds"]), "hardware": hardware,
@@ -169,7 +192,9 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = export(Path(args.checkpoint), Path(args.out), args.name, args.hardware)
+    calibration = {"data": args.calibrate, "images": args.calibrate_images, "crop": args.calibrate_crop}
+    info = export(Path(args.checkpoint), Path(args.out), args.name, args.hardware,
+                  calibration if args.calibrate else None)
     (Path(args.out) / "README.md").write_text(model_card(info, Path(args.results)))
     print(json.dumps({k: v for k, v in info.items() if k != "meta"}, indent=2))
     return 0
