@@ -24,6 +24,10 @@ def test_exported_checkpoint_loads_and_round_trips_an_image(tmp_path, monkeypatc
     assert again["sha256"] == info["sha256"]  # same checkpoint, same bytes, same model id
     card = export.model_card(info, tmp_path)
     assert info["model_id"] in card and "| 3 | 0.500 / 25.00 | 0.500 / 25.00 | 0.500 / 25.00 |" in card
+    from pillow_cnnz.train import __main__ as train_cli
+
+    assert train_cli.main(["card", "--out", str(tmp_path / "w"), "--results", str(tmp_path)]) == 0
+    assert (tmp_path / "w" / "README.md").read_text() == card  # the card from the file equals the export's
 
     monkeypatch.setattr(weights, "weights_dir", lambda: tmp_path / "w")
     monkeypatch.setattr(weights, "_cache", {})

@@ -1,4 +1,4 @@
-"""``python -m pillow_cnnz.train fit|slim|export``: train the network, export shipped weights."""
+"""``python -m pillow_cnnz.train fit|slim|export|card``: train the network, export shipped weights."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     loop.add_arguments(sub.add_parser("fit", help="train (or resume) a model"))
     loop.add_slim_arguments(sub.add_parser("slim", help="checkpoint without optimizer state (to commit)"))
     export.add_arguments(sub.add_parser("export", help="checkpoint -> weights file + model card"))
+    export.add_card_arguments(sub.add_parser("card", help="rewrite the model card from the weights and results"))
     args = parser.parse_args(argv)
     return args.func(args)
 

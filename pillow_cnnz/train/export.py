@@ -200,6 +200,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_card_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="weights", help="folder of the weights file, manifest and model card")
+    p.add_argument("--results", default="benchmarks/results", help="where benchmarks/rd.py wrote its summaries")
+    p.set_defaults(func=run_card)
+
+
+def run_card(args: argparse.Namespace) -> int:
+    """Rewrite the model card of the default weights (after new benchmark results), no re-export."""
+    out = Path(args.out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["models"][manifest["default"]]
+    data = (out / entry["file"]).read_bytes()
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        meta = json.loads(str(npz["meta"]))
+    info = {"model_id": manifest["default"], "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+            "meta": meta, "file": entry["file"]}
+    (out / "README.md").write_text(model_card(info, Path(args.results)))
+    return 0
+
+
 def _rd_table(results: Path) -> str:
     """Markdown rows from benchmarks/rd.py summaries, when they exist."""
     rows = []
@@ -269,7 +289,7 @@ sha256 `{info['sha256']}` ({info['bytes'] / 1e6:.1f} MB, `.npz` read with `allow
 ## Architecture
 Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for quality 1..8):
 - analysis: 4 × (5×5 conv, stride 2) with simplified GDN, N={cfg['N']}, M={cfg['M']} latent channels;
-- synthesis: 4 sub-pixel 3×3 convolutions with inverse simplified GDN, widths {cfg['dec']} → 3,
+- synthesis: 4 sub-pixel 3×3 convolutions with inverse simplified GDN, widths {tuple(cfg['dec'])} → 3,
   about 15k multiply-adds per pixel;
 - hyper-analysis 3 convs to Nz={cfg['Nz']} channels; hyper-synthesis (conv, 2 sub-pixel convs, 1×1) exported
   as a fixed-point integer network (`pillow_cnnz/hyper.py`) whose integer scale index picks one of
