@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             exported = export.export(Path(args.checkpoint), Path(tmp) / variant, "cnnz", "benchmark", calibration)
             seconds = time.perf_counter() - t0
+            step = exported["meta"]["training"]["step"]
             results[variant] = {"model_id": exported["model_id"], "export_s": seconds,
                                 "qualities": measure(Path(tmp) / variant, images, qualities)}
             print(f"{variant}: exported in {seconds:.0f} s", file=sys.stderr)
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     finish_environment(info)
     write_json(Path(args.out), {"benchmark": "calibration", "args": vars(args), "environment": info,
-                                "images": len(images), "results": results, "table": table})
+                                "checkpoint_step": step, "images": len(images), "results": results, "table": table})
     return 0
 
 

@@ -220,6 +220,16 @@ def run_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration_table(results: Path) -> str:
+    path = results / "calibration.json"
+    if not path.exists():
+        return "\n(no `benchmarks/results/calibration.json` yet: run `benchmarks/calibration.py`)\n"
+    data = json.loads(path.read_text())
+    return (f"\nCheckpoint step {data.get('checkpoint_step', '?'):,} exported both ways, {data['images']} images of "
+            f"`{data['args']['data']}` coded at each quality (same pixels, so only the bytes differ):\n\n"
+            f"{data['table']}\n")
+
+
 def _rd_table(results: Path) -> str:
     """Markdown rows from benchmarks/rd.py summaries, when they exist."""
     rows = []
@@ -240,8 +250,7 @@ def _tables_note(meta: dict) -> str:
             f"over {cal['images']} images of `{cal['data']}` (centre {cal['crop']}² crops), qualities 1..8, "
             f"{cal['symbols']:,} symbols, smoothed with a Gaussian of each index's measured spread. On whole "
             f"images the trained hyperprior's scales are miscalibrated (it learned on 128² crops, where every "
-            f"hyper-latent is at a border); measured tables make files 15-29 % smaller on `val` than ideal "
-            f"Gaussians at the same PSNR (step-20,000 weights).")
+            f"hyper-latent is at a border); what they save is below.")
 
 
 def phases(history: list[dict]) -> list[dict]:
@@ -327,6 +336,8 @@ the model's own rate estimate, not real files):
 |---|---|---|---|
 {curve or "| (none recorded) | | | |"}
 
+## Measured vs Gaussian latent tables (`benchmarks/calibration.py`)
+{_calibration_table(results)}
 ## Rate-distortion (real files through `img.save(..., quality=q)`, `benchmarks/rd.py`)
 {_rd_table(results)}
 """
