@@ -4,7 +4,7 @@ Data flow (one model for every quality; Cui et al. 2021 gain units)::
 
     x ─ g_a ─ y ─ ×gain(q) ─ y' ─ h_a ─ z ─ round ─ ẑ ─ h_s ─ (μ, log2 σ)
                                │                              │
-                               └── round(y' − μ) ── symbols ──┘ (Gaussian tables indexed by σ)
+                               └── round(y' − μ) ── symbols ──┘ (tables indexed by σ, measured at export)
     x̂ ─ g_s ─ ŷ = (symbols + μ) × inv_gain(q)
 
 ``h_s`` is trained in float here; at export it is turned into an integer network
