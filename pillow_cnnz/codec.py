@@ -205,11 +205,8 @@ def _numpy_synthesis(model: Model) -> Any:
 
 def _hyper(model: Model, z: np.ndarray, top: int, bottom: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact means (float32) and scale indexes (uint8) of the latents of ẑ rows ``[top, bottom)``."""
-    out = hyper.hyper_band(model.hyper_layers, z, top, bottom)
-    m = out.shape[0] // 2
-    mu = (out[:m] * 2.0**-hyper.FRAC_BITS).astype(np.float32)  # 20-bit integers: exact
-    s = model.meta["scale"]
-    return mu, hyper.scale_index(out[m:], s["offset"], s["step"], s["count"]).astype(np.uint8)
+    mu, idx = hyper.means_and_indexes(hyper.hyper_band(model.hyper_layers, z, top, bottom), model.meta["scale"])
+    return mu, idx.astype(np.uint8)
 
 
 def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | None = None,

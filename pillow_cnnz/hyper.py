@@ -112,3 +112,11 @@ def scale_index(log2_scale: np.ndarray, offset: int, step: int, count: int) -> n
     """Integer bin of the fixed-point log2 scale: floor((ℓ - offset) / step), clipped to the table."""
     idx = np.floor_divide(log2_scale.astype(np.int64) - offset, step)
     return np.clip(idx, 0, count - 1).astype(np.int32)
+
+
+def means_and_indexes(out: np.ndarray, scale: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Split the network's integer output into the latents' exact means (float32: 20-bit
+    integers over ``2**FRAC_BITS``) and scale indexes (``scale``: the weights' offset, step, count)."""
+    m = out.shape[0] // 2
+    mu = (out[:m] * 2.0**-FRAC_BITS).astype(np.float32)
+    return mu, scale_index(out[m:], scale["offset"], scale["step"], scale["count"])

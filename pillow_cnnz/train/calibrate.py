@@ -49,7 +49,6 @@ def symbol_histograms(net: CnnzNet, layers: list[dict], scale: dict, images: lis
     """(scale count, 2·HIST_HALF + 1) counts of ``round(y - μ)`` per scale index, qualities 1..8."""
     net.eval()
     counts = np.zeros((scale["count"], 2 * HIST_HALF + 1), np.int64)
-    m = net.config.M
     qualities = np.arange(QUALITY_MIN, QUALITY_MAX + 1)
     for im in images:
         h, w = im.shape[:2]
@@ -60,9 +59,7 @@ def symbol_histograms(net: CnnzNet, layers: list[dict], scale: dict, images: lis
             gain, _ = net.gains(torch.tensor([float(q)]))
             y = y0 * gain
             z = torch.round(net.h_a(y))[0].numpy().astype(np.int64)
-            out = hyper.hyper_synthesis(layers, z)
-            mu = (out[:m] * 2.0**-hyper.FRAC_BITS).astype(np.float32)
-            idx = hyper.scale_index(out[m:], scale["offset"], scale["step"], scale["count"])
+            mu, idx = hyper.means_and_indexes(hyper.hyper_synthesis(layers, z), scale)
             sym = np.clip(np.round(y[0].numpy() - mu), -HIST_HALF, HIST_HALF).astype(np.int64)
             flat = idx.ravel().astype(np.int64) * counts.shape[1] + sym.ravel() + HIST_HALF
             counts += np.bincount(flat, minlength=counts.size).reshape(counts.shape)

@@ -90,10 +90,14 @@ def nominal_scales() -> list[float]:
     return [2 ** ((SCALE_OFFSET + (k + 0.5) * SCALE_STEP) / 2**hyper.FRAC_BITS) for k in range(SCALE_COUNT)]
 
 
+def nominal_halves() -> list[int]:
+    """Each scale bin's table half-width: ``Y_TAIL_SIGMAS`` of its nominal scale, at least 2."""
+    return [max(2, math.ceil(s * Y_TAIL_SIGMAS)) for s in nominal_scales()]
+
+
 def y_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One discretized Gaussian per scale bin, at the bin's geometric centre (uncalibrated)."""
-    scales = nominal_scales()
-    half = [max(2, math.ceil(s * Y_TAIL_SIGMAS)) for s in scales]
+    scales, half = nominal_scales(), nominal_halves()
     pmf = np.zeros((SCALE_COUNT, 2 * max(half) + 1))
     for k, (s, t) in enumerate(zip(scales, half)):
         cdf = [std_normal_cdf((n + 0.5) / s) for n in range(-t, t)]
@@ -151,7 +155,7 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str, calibration: d
     if calibration:
         images = calibrate.calibration_images(calibration["data"], calibration["images"], calibration["crop"])
         counts = calibrate.symbol_histograms(net, layers, scale, images)
-        latent_tables = calibrate.tables_from_histograms(counts, nominal_scales(), y_tables()[0].shape[1] // 2)
+        latent_tables = calibrate.tables_from_histograms(counts, nominal_scales(), max(nominal_halves()))
     else:
         latent_tables = y_tables()
     for prefix, (pmf, lo, length) in {"z": z_tables(net), "y": latent_tables}.items():
