@@ -399,12 +399,15 @@ def summarize(all_results: dict[str, dict], meta: dict, skipped: dict[str, str])
     return summary
 
 
-def cnnz_table(doc: dict) -> str:
-    """One row per CNNZ quality: mean bpp, PSNR, MS-SSIM and times per image."""
+def cnnz_table(doc: dict, jpeg: dict | None = None) -> str:
+    """One row per CNNZ quality: mean bpp, PSNR, MS-SSIM and times per image, and JPEG's
+    PSNR at the same bpp (PCHIP on its log-rate curve) when JPEG ran."""
     res = doc["results"]
-    lines = ["| quality | bpp | PSNR-RGB dB | MS-SSIM | encode s | decode s |", "|---|---|---|---|---|---|"]
+    lines = ["| quality | bpp | PSNR-RGB dB | JPEG PSNR at this bpp | MS-SSIM | encode s | decode s |",
+             "|---|---|---|---|---|---|---|"]
     for i in np.argsort(res["quality"]):
-        lines.append(f"| {res['quality'][i]:g} | {res['bpp'][i]:.3f} | {res['psnr-rgb'][i]:.2f} | "
+        ref = psnr_at_bpp(jpeg["results"], res["bpp"][i]) if jpeg else None
+        lines.append(f"| {res['quality'][i]:g} | {res['bpp'][i]:.3f} | {res['psnr-rgb'][i]:.2f} | {_fmt(ref, '.2f')} | "
                      f"{res['ms-ssim-rgb'][i]:.4f} | {res['encoding_time'][i]:.3f} | {res['decoding_time'][i]:.3f} |")
     return "\n".join(lines)
 
@@ -606,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(images)} images from `{data}`; BD-rate: PCHIP Bjøntegaard delta, "
         "negative = fewer bits than the reference; MS-SSIM BD-rate on -10 log10(1 - MS-SSIM).\n\n" + table + "\n"
         + (f"\nCNNZ per quality (means over the images; quality monotone in bytes and PSNR: "
-           f"{'yes' if summary['cnnz_monotone'] else 'NO'}):\n\n{cnnz_table(all_results['cnnz'])}\n"
+           f"{'yes' if summary['cnnz_monotone'] else 'NO'}):\n\n{cnnz_table(all_results['cnnz'], all_results.get('jpeg'))}\n"
            if "cnnz" in all_results else "")
     )
     plot(all_results, out / "rd.png", f"{data.name}, {len(images)} images")

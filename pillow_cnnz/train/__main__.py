@@ -1,10 +1,10 @@
-"""``python -m pillow_cnnz.train fit|slim|export|card``: train the network, export shipped weights."""
+"""``python -m pillow_cnnz.train fit|slim|hyperfit|export|card``: train the network, export shipped weights."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import export, loop
+from . import export, hyperfit, loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     loop.add_arguments(sub.add_parser("fit", help="train (or resume) a model"))
     loop.add_slim_arguments(sub.add_parser("slim", help="checkpoint without optimizer state (to commit)"))
+    hyperfit.add_arguments(sub.add_parser("hyperfit", help="fit the hyperprior on whole images, transforms frozen"))
     export.add_arguments(sub.add_parser("export", help="checkpoint -> weights file + model card"))
     export.add_card_arguments(sub.add_parser("card", help="rewrite the model card from the weights and results"))
     args = parser.parse_args(argv)

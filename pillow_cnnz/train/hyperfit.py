@@ -1,0 +1,145 @@
+"""Fit the hyperprior on whole images, with the transforms frozen (``hyperfit``).
+
+The main loop trains on small crops: at 128² (or 256²) pixels ẑ is a 2×2 (4×4) grid, so
+the hyper networks learn almost only border cases, while a photo is mostly interior; on
+whole images their scales are off (see ``calibrate.py``). Training everything on whole
+images costs far too much on a CPU, but the rate of a fixed image depends on ``g_a`` only
+through ``y = g_a(x)``, and ``g_a`` does not depend on the quality. So this stage computes
+``y`` once per training image, then trains ``h_a``, ``h_s`` and the ẑ density alone on
+the whole latents of each image at random qualities: the hyper networks run at 1/16 and
+1/64 of the pixels, about 50x cheaper per image than a step of the full model.
+
+The loss is the real code length of the rounded symbols (straight-through rounding of
+``y - μ`` and of ``z``), as the codec codes them, so training and coding agree. The
+transforms and the per-quality gains stay as they are, so the pixels a file decodes to
+change only through the means μ (which pick the rounding grid of each latent).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model import QUALITY_MAX, QUALITY_MIN, SCALE_MIN, CnnzNet, Config, gaussian_likelihood
+from .data import image_paths, load_rgb
+from .loop import pad64, save_checkpoint
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint to start from (RUN/last.pt of `fit`)")
+    p.add_argument("out", help="where to write the checkpoint with the fitted hyperprior")
+    p.add_argument("--data", default="../shared/data/train", help="folder of training images")
+    p.add_argument("--val", default="../shared/data/val", help="folder of validation images")
+    p.add_argument("--steps", type=int, default=3000, help="hyperfit steps (each: --batch whole images)")
+    p.add_argument("--batch", type=int, default=8, help="whole images per step")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--density-lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def load(checkpoint: Path) -> tuple[CnnzNet, dict]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
+    net = CnnzNet(config)
+    net.load_state_dict(state["model"])
+    return net, state
+
+
+@torch.no_grad()
+def latents(net: CnnzNet, folder: str | Path) -> tuple[list[torch.Tensor], list[int]]:
+    """``g_a`` of each image of ``folder`` (edge-padded to a multiple of 64, as the codec
+    pads), and each image's pixel count."""
+    net.eval()
+    ys, pixels = [], []
+    for path in image_paths(folder):
+        rgb = load_rgb(path)
+        x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div(255)
+        ys.append(net.g_a(pad64(x)))
+        pixels.append(rgb.shape[0] * rgb.shape[1])
+    return ys, pixels
+
+
+def _round_st(v: torch.Tensor) -> torch.Tensor:
+    return v + (torch.round(v) - v).detach()
+
+
+def code_bits(net: CnnzNet, y0: torch.Tensor, quality: float) -> torch.Tensor:
+    """Bits of ẑ and of the rounded latents of one image at ``quality``, as the codec codes them
+    (straight-through rounding, so the hyper networks get gradients)."""
+    gain, _ = net.gains(torch.tensor([quality]))
+    y = y0 * gain
+    z_hat = _round_st(net.h_a(y))
+    bits_z = -torch.log2(net.density_z.likelihood(z_hat).clamp_min(1e-9)).sum()
+    mu, log2_scale = net.h_s(z_hat).chunk(2, dim=1)
+    scale = (2**log2_scale).clamp_min(SCALE_MIN)
+    bits_y = -torch.log2(gaussian_likelihood(_round_st(y - mu), scale)).sum()
+    return bits_y + bits_z
+
+
+@torch.no_grad()
+def validate(net: CnnzNet, ys: list[torch.Tensor], pixels: list[int]) -> dict[str, float]:
+    """Mean bpp at qualities 1, 4 and 8 (Gaussian model, the codec's rounding)."""
+    return {f"q{q:g}": float(np.mean([code_bits(net, y, q).item() / n for y, n in zip(ys, pixels)]))
+            for q in (1.0, 4.0, 8.0)}
+
+
+def hyper_parameters(net: CnnzNet) -> tuple[list, list]:
+    return [*net.h_a.parameters(), *net.h_s.parameters()], list(net.density_z.parameters())
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    net, state = load(Path(args.checkpoint))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    hyper, density = hyper_parameters(net)
+    for p in hyper + density:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam([{"params": hyper, "lr": args.lr}, {"params": density, "lr": args.density_lr}])
+    start = time.time()
+    ys, train_pixels = latents(net, args.data)
+    val_ys, val_pixels = latents(net, args.val)
+    print(f"latents of {len(ys)} training images in {time.time() - start:.0f} s", file=sys.stderr)
+    validation = [{"step": 0, **validate(net, val_ys, val_pixels)}]
+    print(f"val step 0: {validation[-1]}", file=sys.stderr, flush=True)
+    net.train()
+    recent: list[float] = []
+    for step in range(1, args.steps + 1):
+        picks = rng.integers(len(ys), size=args.batch)
+        qualities = rng.uniform(QUALITY_MIN, QUALITY_MAX, size=args.batch)
+        loss = sum(code_bits(net, ys[i], float(q)) / train_pixels[i] for i, q in zip(picks, qualities)) / args.batch
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hyper + density, 1.0)
+        opt.step()
+        recent.append(loss.item())
+        if step % 50 == 0:
+            print(f"\rhyperfit {step}/{args.steps} bpp {np.mean(recent):.4f} [{time.time() - start:.0f} s]",
+                  end="", file=sys.stderr, flush=True)
+            recent.clear()
+        if step % args.val_every == 0 or step == args.steps:
+            validation.append({"step": step, **validate(net, val_ys, val_pixels)})
+            print(f"\nval step {step}: {validation[-1]}", file=sys.stderr, flush=True)
+    fit = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "density_lr": args.density_lr,
+           "data": args.data, "val": args.val, "seconds": round(time.time() - start), "threads": torch.get_num_threads(),
+           "validation_bpp": validation}
+    state = dict(state, model=net.state_dict(), hyperfit=fit)
+    state.pop("optimizer", None)  # the main loop's Adam state no longer matches these weights
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(Path(args.out), state)
+    before, after = validation[0], validation[-1]
+    print("val bpp " + ", ".join(f"{k}: {before[k]:.4f} -> {after[k]:.4f} ({after[k] / before[k] - 1:+.1%})"
+                                 for k in ("q1", "q4", "q8")), file=sys.stderr)
+    return 0
+

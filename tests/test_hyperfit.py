@@ -1,0 +1,84 @@
+"""``hyperfit``: the hyperprior is refitted on whole images while everything else stays put."""
+from __future__ import annotations
+
+import pytest
+
+from .conftest import _photo as photo
+
+torch = pytest.importorskip("torch")
+
+
+def _checkpoint(tmp_path):
+    from pillow_cnnz.model import CnnzNet, Config
+
+    torch.manual_seed(0)
+    net = CnnzNet(Config())
+    ckpt = tmp_path / "last.pt"
+    torch.save({"model": net.state_dict(), "config": net.config.to_dict(), "step": 5, "seconds": 1.0,
+                "args": {"lr": 1e-4, "batch": 1, "crop": 64, "device": "cpu", "data": "d", "val": "v"},
+                "history": [{"from_step": 0, "lr": 1e-4, "batch": 1, "crop": 64, "device": "cpu"}]}, ckpt)
+    return ckpt, net.state_dict()
+
+
+def _images(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(photo(96, 128, seed=i)).save(data / f"{i}.png")
+    return data
+
+
+def test_hyperfit_changes_only_the_hyperprior_and_shortens_the_code(tmp_path):
+    from pillow_cnnz.train import __main__ as train_cli
+
+    ckpt, before = _checkpoint(tmp_path)
+    data = _images(tmp_path)
+    out = tmp_path / "fitted.pt"
+    assert train_cli.main(["hyperfit", str(ckpt), str(out), "--data", str(data), "--val", str(data),
+                           "--steps", "40", "--batch", "2", "--lr", "3e-4", "--val-every", "40",
+                           "--threads", "1"]) == 0
+    state = torch.load(out, weights_only=False)
+    after = state["model"]
+    for key, value in before.items():
+        same = torch.equal(value, after[key])
+        assert same != key.startswith(("h_a.", "h_s.", "density_z.")), key
+    fit = state["hyperfit"]
+    first, last = fit["validation_bpp"][0], fit["validation_bpp"][-1]
+    assert fit["steps"] == 40 and last["step"] == 40
+    # the objective is the mean code length over qualities (from a random model one level may rise)
+    assert sum(last[q] for q in ("q1", "q4", "q8")) < 0.95 * sum(first[q] for q in ("q1", "q4", "q8"))
+    assert state["step"] == 5 and "optimizer" not in state  # the main loop's place is kept
+
+
+def test_code_bits_counts_the_rounded_symbols_the_codec_codes():
+    from pillow_cnnz.model import CnnzNet, Config
+    from pillow_cnnz.train import hyperfit
+
+    torch.manual_seed(0)
+    net = CnnzNet(Config()).eval()
+    y0 = torch.randn(1, net.config.M, 8, 8) * 4
+    bits = hyperfit.code_bits(net, y0, 4.0)
+    net.g_a = torch.nn.Identity()  # feed y0 straight in: the model's eval pass rounds as the codec does
+    with torch.no_grad():
+        same = net(y0, torch.tensor([4.0]))["bits"]
+    assert bits.item() == pytest.approx(same.item(), rel=1e-5)
+
+
+def test_model_card_gives_the_hyperfit_command_and_its_effect(tmp_path):
+    from pillow_cnnz.train import export
+
+    ckpt, _ = _checkpoint(tmp_path)
+    state = torch.load(ckpt, weights_only=False)
+    state["hyperfit"] = {"steps": 600, "batch": 8, "lr": 1e-4, "density_lr": 1e-3, "data": "d", "val": "v",
+                         "seconds": 500, "threads": 2,
+                         "validation_bpp": [{"step": 0, "q1": 0.4, "q4": 0.8, "q8": 2.4},
+                                            {"step": 600, "q1": 0.2, "q4": 0.5, "q8": 1.4}]}
+    torch.save(state, ckpt)
+    info = export.export(ckpt, tmp_path / "w", "t", "test")
+    assert info["meta"]["training"]["hyperfit"]["steps"] == 600
+    card = export.model_card(info, tmp_path)
+    assert "train hyperfit runs/main/last.pt runs/main/hyperfit.pt --steps 600 --batch 8" in card
+    assert "export runs/main/hyperfit.pt --out weights" in card
+    assert "q4 0.800 → 0.500" in card
