@@ -156,6 +156,7 @@ def environment() -> dict:
         "CNNZ_THREADS": os.environ.get("CNNZ_THREADS"),
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "CNNZ_PRECISION": os.environ.get("CNNZ_PRECISION"),
         "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
     try:
@@ -163,6 +164,12 @@ def environment() -> dict:
             info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
     except OSError:
         pass
+    try:  # what CNNZ_PRECISION=auto picks for a CPU decode here (bfloat16 needs torch)
+        from pillow_cnnz import codec
+
+        info["cpu_decode_precision"] = codec.resolve_precision(None, "cpu")
+    except ValueError as e:
+        info["cpu_decode_precision"] = str(e)
     try:
         out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, check=False)

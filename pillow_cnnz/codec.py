@@ -92,11 +92,13 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
     """Float type of the transforms: argument, else ``CNNZ_PRECISION``, else ``auto``.
 
     ``auto`` is bfloat16 where the hardware runs it natively (CUDA, CPUs with AVX512-BF16
-    or AMX: about 3x faster, within 2 levels of float32) and float32 elsewhere. It changes
-    pixels by rounding only: the decoded latents never depend on it. The encoder's
-    ``analysis`` stays float32 on a CPU under ``auto``: bfloat16 CPU kernels were seen to
-    round a latent differently from one call to the next, and the same image should give
-    the same bytes.
+    or AMX: about 1.8x faster synthesis, within 2 levels of float32) and float32 elsewhere.
+    On a CPU it takes bfloat16 only once torch is imported anyway (an encode, a training
+    pipeline): bfloat16 runs in torch, and importing torch for a decode costs about 1 s,
+    where float32 decodes in numpy without it (a 0.3 s cold start). It changes pixels by
+    rounding only: the decoded latents never depend on it. The encoder's ``analysis``
+    stays float32 on a CPU under ``auto``: bfloat16 CPU kernels were seen to round a latent
+    differently from one call to the next, and the same image should give the same bytes.
     """
     precision = precision or os.environ.get("CNNZ_PRECISION") or "auto"
     if precision not in ("auto", "float32", "float64", "bfloat16"):
@@ -106,7 +108,7 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
         if device.startswith("cuda"):
             fast = _torch().cuda.is_bf16_supported()
         else:
-            fast = not analysis and _cpu_has_bf16()
+            fast = not analysis and "torch" in sys.modules and _cpu_has_bf16()
         precision = "bfloat16" if fast else "float32"
     return precision
 

@@ -159,6 +159,18 @@ def test_auto_precision_is_a_real_float_type():
         codec.resolve_precision("float16")
 
 
+def test_auto_precision_takes_cpu_bfloat16_only_once_torch_is_imported(monkeypatch):
+    monkeypatch.setattr(codec, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or object())
+    assert codec.resolve_precision("auto", "cpu") == "bfloat16"
+    monkeypatch.delitem(sys.modules, "torch")  # a decode-only process: importing torch would cost ~1 s
+    assert codec.resolve_precision("auto", "cpu") == "float32"
+    assert codec.resolve_precision("bfloat16", "cpu") == "bfloat16"  # asked for explicitly: always
+    monkeypatch.setattr(codec, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setitem(sys.modules, "torch", object())
+    assert codec.resolve_precision("auto", "cpu") == "float32"
+
+
 def test_tiled_synthesis_matches_one_tile_within_one_level(monkeypatch):
     img = photo(200, 264)
     data = codec.encode(img, "RGB", 5.0)

@@ -237,9 +237,8 @@ def test_load_on_a_cpu_decodes_without_importing_torch(tmp_path, rgb_file):
             im.load()
             print(im.size, float(np.asarray(im).std()) > 1, "torch" in sys.modules)
     """
-    # float32 is what ``auto`` picks on CPUs without native bfloat16; on those with it
-    # (AVX512-BF16, AMX) ``auto`` takes torch's faster bfloat16 kernels instead.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNZ_")} | {"CNNZ_PRECISION": "float32"}
+    # the default precision, also on CPUs with native bfloat16: without torch, auto is float32
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNZ_")}
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                             text=True, cwd=ROOT, timeout=120, env=env)
     assert result.returncode == 0, result.stderr

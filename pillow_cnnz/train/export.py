@@ -264,7 +264,7 @@ def _hyperfit_note(fit: dict | None) -> str:
     return (f"""
 **Hyperprior fitted on whole images** (`hyperfit`, `pillow_cnnz/train/hyperfit.py`): after the crops,
 `h_a`, `h_s` and the ẑ density alone were trained {fit['steps']:,} steps of {fit['batch']} whole training
-images each (lr {fit['lr']:g}, density lr {fit['density_lr']:g}; {fit['seconds'] / 60:.0f} min on {fit['threads']}
+images each (lr {fit['lr']:g}, density lr {fit['density_lr']:g}{', both decaying to a tenth' if fit.get('decay') else ''}; {fit['seconds'] / 60:.0f} min on {fit['threads']}
 threads) on the real code length of the rounded symbols, with `g_a`, `g_s` and the gains frozen. On crops
 ẑ is a 2×2 or 4×4 grid, all border; on whole images the fitted hyperprior codes the same latents in far
 fewer bits. Validation bpp (`{fit.get('val', '../shared/data/val')}`, ideal Gaussian code length): {change}.

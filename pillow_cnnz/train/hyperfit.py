@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", default="../shared/data/val", help="folder of validation images")
     p.add_argument("--steps", type=int, default=3000, help="hyperfit steps (each: --batch whole images)")
     p.add_argument("--batch", type=int, default=8, help="whole images per step")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-4, help="starting learning rate; it decays (cosine) to a tenth")
     p.add_argument("--density-lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--val-every", type=int, default=500)
@@ -116,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     net.train()
     recent: list[float] = []
     for step in range(1, args.steps + 1):
+        decay = 0.1 + 0.45 * (1 + math.cos(math.pi * (step - 1) / args.steps))
+        for group, lr in zip(opt.param_groups, (args.lr, args.density_lr)):
+            group["lr"] = lr * decay
         picks = rng.integers(len(ys), size=args.batch)
         qualities = rng.uniform(QUALITY_MIN, QUALITY_MAX, size=args.batch)
         loss = sum(code_bits(net, ys[i], float(q)) / train_pixels[i] for i, q in zip(picks, qualities)) / args.batch
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             validation.append({"step": step, **validate(net, val_ys, val_pixels)})
             print(f"\nval step {step}: {validation[-1]}", file=sys.stderr, flush=True)
     fit = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "density_lr": args.density_lr,
-           "data": args.data, "val": args.val, "seconds": round(time.time() - start), "threads": torch.get_num_threads(),
+           "decay": "cosine to 0.1", "data": args.data, "val": args.val, "seconds": round(time.time() - start), "threads": torch.get_num_threads(),
            "validation_bpp": validation}
     state = dict(state, model=net.state_dict(), hyperfit=fit)
     state.pop("optimizer", None)  # the main loop's Adam state no longer matches these weights
