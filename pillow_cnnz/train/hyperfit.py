@@ -135,8 +135,8 @@ def run(args: argparse.Namespace) -> int:
             validation.append({"step": step, **validate(net, val_ys, val_pixels)})
             print(f"\nval step {step}: {validation[-1]}", file=sys.stderr, flush=True)
     fit = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "density_lr": args.density_lr,
-           "decay": "cosine to 0.1", "data": args.data, "val": args.val, "seconds": round(time.time() - start), "threads": torch.get_num_threads(),
-           "validation_bpp": validation}
+           "decay": "cosine to 0.1", "data": args.data, "val": args.val, "seconds": round(time.time() - start),
+           "threads": torch.get_num_threads(), "validation_bpp": validation}
     state = dict(state, model=net.state_dict(), hyperfit=fit)
     state.pop("optimizer", None)  # the main loop's Adam state no longer matches these weights
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -144,5 +144,9 @@ def run(args: argparse.Namespace) -> int:
     before, after = validation[0], validation[-1]
     print("val bpp " + ", ".join(f"{k}: {before[k]:.4f} -> {after[k]:.4f} ({after[k] / before[k] - 1:+.1%})"
                                  for k in ("q1", "q4", "q8")), file=sys.stderr)
+    if sum(after[k] for k in ("q1", "q4", "q8")) > sum(before[k] for k in ("q1", "q4", "q8")):
+        # seen on weights trained on 256² crops, whose hyperprior already fits whole images
+        print(f"warning: the fitted hyperprior codes {args.val} in more bits than the one in "
+              f"{args.checkpoint}; export that checkpoint instead", file=sys.stderr)
     return 0
 
