@@ -42,7 +42,6 @@ Example (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import math
@@ -52,6 +51,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -200,19 +200,9 @@ def run_worker(name: str, cfg: dict, env: dict | None = None) -> dict:
 # --------------------------------------------------------------------------- parts
 
 
-@contextlib.contextmanager
 def _precision(value: str | None):
-    """``CNNZ_PRECISION`` set to ``value`` (None: left as it is) for the duration."""
-    saved = os.environ.get("CNNZ_PRECISION")
-    if value:
-        os.environ["CNNZ_PRECISION"] = value
-    try:
-        yield
-    finally:
-        if value and saved is None:
-            del os.environ["CNNZ_PRECISION"]
-        elif value:
-            os.environ["CNNZ_PRECISION"] = saved
+    """``CNNZ_PRECISION`` set to ``value`` for the duration (None: left as it is)."""
+    return mock.patch.dict(os.environ, {"CNNZ_PRECISION": value} if value else {})
 
 
 def part_codecs(paths: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
@@ -232,8 +222,8 @@ def part_codecs(paths: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
 
     # Encoding imported torch, so ``auto`` may now decode in bfloat16 (CPUs with native
     # bfloat16); then the numpy float32 path, what a decode-only process runs, is timed too.
-    precision = {name: codec.resolve_precision(None, "cpu") for name in codecs if codecs[name][0] == "CNNZ"}
     first = next(iter(codecs))
+    precision = {first: codec.resolve_precision(None, "cpu")}
     if precision[first] != "float32" and not os.environ.get("CNNZ_PRECISION"):
         name = f"{first}-float32"
         codecs = {first: codecs[first], name: codecs[first], **{k: v for k, v in codecs.items() if k != first}}

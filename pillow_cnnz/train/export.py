@@ -24,8 +24,9 @@ import torch
 
 from .. import hyper
 from ..layers import SubPixelConv
-from ..model import LAMBDAS, SCALE_MIN, CnnzNet, Config
+from ..model import LAMBDAS, SCALE_MIN, CnnzNet
 from . import calibrate
+from .loop import load_checkpoint
 
 WEIGHTS_FORMAT = "cnnz-weights-1"
 SCALE_COUNT = 64
@@ -137,10 +138,7 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str, calibration: d
     ``calibration`` (``{"data": folder, "images": n, "crop": px}``) measures the latent
     tables on those images (``calibrate.py``); without it they are ideal Gaussians.
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
-    net = CnnzNet(config)
-    net.load_state_dict(state["model"])
+    net, state = load_checkpoint(checkpoint)
     net.eval()
     arrays: dict[str, np.ndarray] = {}
     for key, value in net.state_dict().items():
@@ -164,7 +162,7 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str, calibration: d
     decoder_params = sum(p.numel() for p in net.g_s.parameters())
     meta = {
         "format": WEIGHTS_FORMAT,
-        "config": config.to_dict(),
+        "config": net.config.to_dict(),
         "hyper": [{"kind": l["kind"], **({"shift": l["shift"]} if l["kind"] == "conv" else {})} for l in layers],
         "frac_bits": hyper.FRAC_BITS,
         "scale": scale,

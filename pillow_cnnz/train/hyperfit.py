@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model import QUALITY_MAX, QUALITY_MIN, SCALE_MIN, CnnzNet, Config, gaussian_likelihood
+from ..model import QUALITY_MAX, QUALITY_MIN, SCALE_MIN, CnnzNet, gaussian_likelihood
 from .data import image_paths, load_rgb
-from .loop import pad64, save_checkpoint
+from .loop import load_checkpoint, pad64, save_checkpoint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,14 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
-
-
-def load(checkpoint: Path) -> tuple[CnnzNet, dict]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
-    net = CnnzNet(config)
-    net.load_state_dict(state["model"])
-    return net, state
 
 
 @torch.no_grad()
@@ -100,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    net, state = load(Path(args.checkpoint))
+    net, state = load_checkpoint(Path(args.checkpoint))
     for p in net.parameters():
         p.requires_grad_(False)
     hyper, density = hyper_parameters(net)

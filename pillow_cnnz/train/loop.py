@@ -55,6 +55,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: Path) -> tuple[CnnzNet, dict]:
+    """The network of a training checkpoint (on the CPU) and the checkpoint's whole state."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
+    net = CnnzNet(config)
+    net.load_state_dict(state["model"])
+    return net, state
+
+
 def pad64(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     return torch.nn.functional.pad(x, (0, -w % 64, 0, -h % 64), mode="replicate")
