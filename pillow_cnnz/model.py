@@ -26,9 +26,15 @@ from torch import nn
 from .factorized import FactorizedDensity
 from .layers import GDN, SubPixelConv, conv
 
-# Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE),
-# the λ values of CompressAI's zoo so results line up with the published curves.
-LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+# Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE). "wide", the
+# default since step 55,000: geometric from 0.0004 to 0.18, so quality 1..8 spans about
+# 0.1-1.6 bpp on Kodak. "zoo": CompressAI's zoo values, used before; its quality 1 still
+# took 0.26 bpp. :meth:`CnnzNet.remap_gains` moves a network from one table to another.
+LAMBDA_TABLES = {
+    "zoo": (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
+    "wide": tuple(round(0.0004 * (0.18 / 0.0004) ** (k / 7), 6) for k in range(8)),
+}
+LAMBDAS = LAMBDA_TABLES["wide"]
 QUALITY_MIN, QUALITY_MAX = 1.0, float(len(LAMBDAS))
 SCALE_MIN = 0.11
 
@@ -53,8 +59,8 @@ def interp_log2(table: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     return table[lo] * (1 - w) + table[lo + 1] * w
 
 
-def lambda_for(quality: torch.Tensor) -> torch.Tensor:
-    table = torch.tensor([math.log2(v) for v in LAMBDAS], dtype=torch.float32).unsqueeze(-1)
+def lambda_for(quality: torch.Tensor, lambdas: tuple[float, ...] = LAMBDAS) -> torch.Tensor:
+    table = torch.tensor([math.log2(v) for v in lambdas], dtype=torch.float32).unsqueeze(-1)
     return 2 ** interp_log2(table, quality).squeeze(-1)
 
 
@@ -87,6 +93,21 @@ class CnnzNet(nn.Module):
         levels = torch.tensor([0.5 * math.log2(v / LAMBDAS[3]) for v in LAMBDAS])
         self.log2_gain = nn.Parameter(levels.unsqueeze(-1).repeat(1, M))
         self.log2_inv_gain = nn.Parameter(-levels.unsqueeze(-1).repeat(1, M))
+
+    @torch.no_grad()
+    def remap_gains(self, old_lambdas: tuple[float, ...], new_lambdas: tuple[float, ...]) -> None:
+        """Re-express the per-level gain rows, trained for ``old_lambdas``, at ``new_lambdas``:
+        each row is interpolated linearly in log λ (extrapolated along the end segments), so
+        the network starts where it was and only the labels of the levels move."""
+        old = torch.tensor([math.log2(v) for v in old_lambdas], dtype=torch.float64)
+        for param in (self.log2_gain, self.log2_inv_gain):
+            rows = param.detach().double()
+            new_rows = []
+            for target in (math.log2(v) for v in new_lambdas):
+                i = int(torch.searchsorted(old, torch.tensor(target, dtype=torch.float64)).clamp(1, len(old) - 1))
+                w = (target - old[i - 1]) / (old[i] - old[i - 1])
+                new_rows.append(rows[i - 1] * (1 - w) + rows[i] * w)
+            param.copy_(torch.stack(new_rows).to(param.dtype))
 
     def gains(self, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (gain, inverse gain), shaped (B, M, 1, 1)."""

@@ -105,3 +105,68 @@ def test_model_card_merges_resumes_that_changed_no_setting():
     a = {"lr": 1e-4, "batch": 8}
     history = [{"from_step": 0, **a}, {"from_step": 5, **a}, {"from_step": 9, **a, "lr": 3e-5}, {"from_step": 12, **a}]
     assert [h["from_step"] for h in phases(history)] == [0, 9, 12]
+
+
+def test_remapped_gains_keep_each_lambda_where_it_was():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.model import LAMBDA_TABLES, CnnzNet, Config
+
+    torch.manual_seed(0)
+    net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8)))
+    with torch.no_grad():
+        net.log2_gain.add_(torch.randn_like(net.log2_gain))
+    zoo, wide = LAMBDA_TABLES["zoo"], LAMBDA_TABLES["wide"]
+    # quality 8 is λ 0.18 in both tables; zoo's quality 4 (0.013) is wide's quality 5 (0.013127)
+    before_top, before_mid = net.gains(torch.tensor([8.0]))[0].clone(), net.gains(torch.tensor([4.0]))[0].clone()
+    net.remap_gains(zoo, wide)
+    assert torch.allclose(net.gains(torch.tensor([8.0]))[0], before_top)
+    assert torch.allclose(net.gains(torch.tensor([5.0]))[0], before_mid, rtol=0.05)  # λ 1 % apart
+    moved = net.log2_gain.detach().clone()
+    net.remap_gains(wide, wide)
+    assert torch.allclose(net.log2_gain, moved)
+
+
+def test_resuming_on_another_lambda_table_remaps_once_and_records_it(tmp_path):
+    torch = pytest.importorskip("torch")
+    from PIL import Image
+
+    from pillow_cnnz.model import LAMBDA_TABLES
+    from pillow_cnnz.train import __main__ as train_cli
+    from pillow_cnnz.train.export import model_card, export
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(photo(72, 80)).save(data / "0.png")
+    common = ["--data", str(data), "--val", str(data), "--batch", "1", "--crop", "64", "--run", str(tmp_path / "r"),
+              "--threads", "1", "--no-bf16", "--device", "cpu", "--lr", "0", "--density-lr", "0", "--gain-lr", "0"]
+    assert train_cli.main(["fit", "--steps", "1", "--lambdas", "zoo", *common]) == 0
+    first = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    assert tuple(first["lambdas"]) == LAMBDA_TABLES["zoo"]
+    assert train_cli.main(["fit", "--steps", "2", "--resume", "--lambdas", "wide", "--rate-balance", "0.5", *common]) == 0
+    second = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    assert tuple(second["lambdas"]) == LAMBDA_TABLES["wide"]
+    assert second["history"][-1]["remapped_gains"] is True and second["history"][-1]["rate_balance"] == 0.5
+    # lr 0: only the remap moved the gains, and quality 8 is λ 0.18 on both tables
+    assert torch.allclose(second["model"]["log2_gain"][-1], first["model"]["log2_gain"][-1])
+    assert not torch.allclose(second["model"]["log2_gain"][0], first["model"]["log2_gain"][0])
+    assert train_cli.main(["fit", "--steps", "3", "--resume", "--lambdas", "wide", "--rate-balance", "0.5", *common]) == 0
+    third = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    assert "remapped_gains" not in third["history"][-1]
+    assert torch.equal(third["model"]["log2_gain"], second["model"]["log2_gain"])
+
+    info = export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware")
+    assert info["meta"]["lambdas"] == list(LAMBDA_TABLES["wide"])
+    card = model_card(info, tmp_path)
+    assert "--lambdas zoo --rate-balance 0 " in card and "--lambdas wide --rate-balance 0.5 " in card
+
+
+def test_rate_balance_weighs_low_qualities_up_and_high_ones_down():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.model import LAMBDAS, lambda_for
+    from pillow_cnnz.train.loop import sample_weight
+
+    lam = lambda_for(torch.tensor([1.0, 4.5, 8.0]))
+    assert torch.allclose(lam[[0, 2]], torch.tensor([LAMBDAS[0], LAMBDAS[-1]]))
+    w = sample_weight(lam, 0.5, LAMBDAS)
+    assert torch.allclose(w, torch.tensor([(LAMBDAS[-1] / LAMBDAS[0]) ** 0.25, 1.0, (LAMBDAS[0] / LAMBDAS[-1]) ** 0.25]))
+    assert torch.equal(sample_weight(lam, 0.0, LAMBDAS), torch.ones(3))

@@ -24,9 +24,9 @@ import torch
 
 from .. import hyper
 from ..layers import SubPixelConv
-from ..model import LAMBDAS, SCALE_MIN, CnnzNet
+from ..model import LAMBDA_TABLES, SCALE_MIN, CnnzNet
 from . import calibrate
-from .loop import load_checkpoint
+from .loop import checkpoint_lambdas, load_checkpoint
 
 WEIGHTS_FORMAT = "cnnz-weights-1"
 SCALE_COUNT = 64
@@ -167,7 +167,7 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str, calibration: d
         "frac_bits": hyper.FRAC_BITS,
         "scale": scale,
         "y_tables": dict(calibration, symbols=int(counts.sum())) if calibration else "gaussian",
-        "lambdas": list(LAMBDAS),
+        "lambdas": list(checkpoint_lambdas(state)),
         "training": {
             "step": state["step"], "seconds": round(state["seconds"]), "hardware": hardware,
             "history": state.get("history") or [{"from_step": 0, "lr": state["args"]["lr"],
@@ -294,12 +294,15 @@ def model_card(info: dict, results: Path) -> str:
         glr = h.get("gain_lr", h["lr"])
         bf16 = h.get("bf16", False)
         threads = h.get("threads", "?")
-        rows.append(f"| {h['from_step']} | {until} | {h['lr']:g} | {dlr:g} | {glr:g} | {h['batch']} | {h['crop']} | "
-                    f"{'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} |")
+        table = h.get("lambdas", "zoo")  # phases before tables were recorded used the zoo's
+        balance = h.get("rate_balance", 0.0)
+        rows.append(f"| {h['from_step']} | {until} | {h['lr']:g} | {dlr:g} | {glr:g} | {table} | {balance:g} | "
+                    f"{h['batch']} | {h['crop']} | {'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} |")
         if h.get("fresh_optimizer"):  # this phase resumed from a slim checkpoint
             commands.append("python -m pillow_cnnz.train slim runs/main/last.pt runs/main/last.pt")
         commands.append(f"python -m pillow_cnnz.train fit --run runs/main --steps {until} --lr {h['lr']:g} "
                         f"--density-lr {dlr:g} --gain-lr {glr:g} --batch {h['batch']} --crop {h['crop']} "
+                        f"--lambdas {table} --rate-balance {balance:g} "
                         f"--threads {threads if threads != '?' else 0} {'--bf16' if bf16 else '--no-bf16'}"
                         + (" --resume" if i else ""))
     history = "\n".join(rows)
@@ -331,12 +334,16 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
 ## Training
 - data: `{args['data']}` (594 photos: BSDS500 + USC-SIPI/Waterloo/Wikipedia, see `shared/data/SOURCES.md`);
   validation `{args['val']}`; Kodak never used for training or selection.
-- loss: bpp + λ(q)·255²·MSE, λ interpolated geometrically between CompressAI's {len(meta['lambdas'])} levels
-  {meta['lambdas']}, q drawn uniformly in [1, 8] per crop; Adam, gradient norm clipped at 1.
+- loss: bpp + λ(q)·255²·MSE, λ interpolated geometrically between the {len(meta['lambdas'])} levels of the
+  table (`--lambdas`: zoo = CompressAI's {list(LAMBDA_TABLES['zoo'])}; wide = {list(LAMBDA_TABLES['wide'])});
+  the shipped weights use {meta['lambdas']}. q drawn uniformly in [1, 8] per crop; with `--rate-balance B`
+  each crop's loss is weighted by (λ/λ_mid)^-B so low qualities are not drowned by high ones.
+  A phase on another table than the checkpoint's first remaps the per-quality gains (interpolated in log λ).
+  Adam, gradient norm clipped at 1.
 - steps: {train['step']:,}; wall time {train['seconds'] / 3600:.2f} h; hardware: {train['hardware']}.
 
-| from step | to step | lr | density lr | gain lr | batch | crop | transforms | threads | device |
-|---|---|---|---|---|---|---|---|---|---|
+| from step | to step | lr | density lr | gain lr | λ table | rate balance | batch | crop | transforms | threads | device |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 {history}
 
 Reproduce: one `fit` call per row (each resumes from `runs/main/last.pt`), then the export.

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..layers import GDN
-from ..model import QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, lambda_for
+from ..model import LAMBDA_TABLES, QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, lambda_for
 from .data import CropSampler, image_paths, load_rgb
 
 
@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="learning rate of the hyper-latent density (it must narrow fast, or ẑ collapses)")
     p.add_argument("--gain-lr", type=float, default=1e-3,
                    help="learning rate of the per-quality gain vectors (rate control per channel)")
+    p.add_argument("--lambdas", choices=sorted(LAMBDA_TABLES), default="wide",
+                   help="λ of each integer quality (a checkpoint on another table has its gains remapped)")
+    p.add_argument("--rate-balance", type=float, default=0.0,
+                   help="weight each sample's loss by (λ/λ_mid)^-B: with B=0.5 a bit saved at quality 1 "
+                        "counts about as much, relative to its file size, as one at quality 8 (0: plain sum)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
@@ -62,6 +67,36 @@ def load_checkpoint(path: Path) -> tuple[CnnzNet, dict]:
     net = CnnzNet(config)
     net.load_state_dict(state["model"])
     return net, state
+
+
+def checkpoint_lambdas(state: dict) -> tuple[float, ...]:
+    """The λ table a checkpoint was trained on (those made before tables were recorded: zoo)."""
+    return tuple(state.get("lambdas", LAMBDA_TABLES["zoo"]))
+
+
+def adopt_lambdas(net: CnnzNet, state: dict, lambdas: tuple[float, ...]) -> bool:
+    """Move the gains of a checkpoint trained on another λ table onto ``lambdas``.
+    Returns whether anything moved."""
+    old = checkpoint_lambdas(state)
+    if old == lambdas:
+        return False
+    net.remap_gains(old, lambdas)
+    return True
+
+
+def sample_weight(lam: torch.Tensor, balance: float, lambdas: tuple[float, ...]) -> torch.Tensor:
+    """Per-sample loss weight (λ/λ_mid)^-balance, λ_mid the geometric middle of the table.
+
+    With one plain sum, a quality-8 crop's loss is ~25x a quality-1 crop's, so the shared
+    transforms learn almost only the high rates. BD-rate weighs every octave of bitrate
+    alike; bits per pixel grow roughly as λ^0.5-0.6, so balance 0.5 makes each sample's
+    gradient about proportional to its relative (not absolute) rate change. The optimum of
+    each quality alone is unchanged: only the trade between qualities moves.
+    """
+    if balance == 0:
+        return torch.ones_like(lam)
+    mid = math.sqrt(lambdas[0] * lambdas[-1])
+    return (lam / mid) ** -balance
 
 
 def pad64(x: torch.Tensor) -> torch.Tensor:
@@ -160,16 +195,19 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     net = CnnzNet(Config()).to(args.device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(param_groups(net), lr=args.lr)
-    step, seconds, history, fresh_adam, validation = 0, 0.0, [], False, []
+    step, seconds, history, fresh_adam, validation, remapped = 0, 0.0, [], False, [], False
+    lambdas = LAMBDA_TABLES[args.lambdas]
     sampler = CropSampler(args.data, args.crop, seed=args.seed)
     if args.resume and last.exists():
         state = torch.load(last, map_location=args.device, weights_only=False)
         net.load_state_dict(state["model"])
-        if "optimizer" in state:
+        remapped = adopt_lambdas(net, state, lambdas)
+        if "optimizer" in state and not remapped:
             opt.load_state_dict(regroup(state["optimizer"], net))
         else:
             fresh_adam = True
-            print("checkpoint has no optimizer state (slim): Adam starts afresh", file=sys.stderr)
+            why = "its λ table changed" if remapped else "checkpoint has no optimizer state (slim)"
+            print(f"{why}: Adam starts afresh", file=sys.stderr)
         step, seconds = state["step"], state["seconds"]
         a = state["args"]
         history = state.get("history") or [{"from_step": 0, "lr": a["lr"], "batch": a["batch"], "crop": a["crop"],
@@ -179,15 +217,19 @@ def run(args: argparse.Namespace) -> int:
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed from {last} at step {step}", file=sys.stderr)
     elif args.init:
-        net.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=False)["model"])
+        init = torch.load(args.init, map_location=args.device, weights_only=False)
+        net.load_state_dict(init["model"])
+        remapped = adopt_lambdas(net, init, lambdas)
     for group, lr in zip(opt.param_groups, (args.lr, args.density_lr, args.gain_lr)):
         group["lr"] = lr
     seeded = seed_gdn_off_diagonals(net)
     history.append({"from_step": step, "lr": args.lr, "density_lr": args.density_lr,
-                    "gain_lr": args.gain_lr, "batch": args.batch,
+                    "gain_lr": args.gain_lr, "lambdas": args.lambdas, "rate_balance": args.rate_balance,
+                    "batch": args.batch,
                     "crop": args.crop, "device": args.device, "init": args.init, "bf16": args.bf16,
                     "threads": torch.get_num_threads(), "seeded_gdn": seeded}
-                   | ({"fresh_optimizer": True} if fresh_adam else {}))
+                   | ({"fresh_optimizer": True} if fresh_adam else {})
+                   | ({"remapped_gains": True} if remapped else {}))
     val_images = [load_rgb(p) for p in image_paths(args.val)]
     log = open(run_dir / "log.jsonl", "a")
     hist: list[tuple[float, float, float]] = []
@@ -198,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
         out = net(x, q, bf16=args.bf16)
         mse = ((out["x_hat"] - x) ** 2).mean((1, 2, 3))
         bpp = out["bits"] / (args.crop**2)
-        loss = (bpp + lambda_for(q).to(args.device) * 255**2 * mse).mean()
+        lam = lambda_for(q, lambdas).to(args.device)
+        loss = ((bpp + lam * 255**2 * mse) * sample_weight(lam, args.rate_balance, lambdas)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -220,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         if step % args.save_every == 0 or step == args.steps:
             save_checkpoint(last, {
                 "model": net.state_dict(), "optimizer": opt.state_dict(), "config": net.config.to_dict(),
-                "step": step, "seconds": time.time() - start, "args": vars(args) | {"func": None},
+                "lambdas": list(lambdas), "step": step, "seconds": time.time() - start, "args": vars(args) | {"func": None},
                 "history": history, "validation": validation,
                 "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             })
