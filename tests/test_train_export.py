@@ -158,6 +158,7 @@ def test_resuming_on_another_lambda_table_remaps_once_and_records_it(tmp_path):
     assert info["meta"]["lambdas"] == list(LAMBDA_TABLES["wide"])
     card = model_card(info, tmp_path)
     assert "--lambdas zoo --rate-balance 0 " in card and "--lambdas wide --rate-balance 0.5 " in card
+    assert "from step 1 on, quality 1 and 4 stand for other λ" in card
 
 
 def test_rate_balance_weighs_low_qualities_up_and_high_ones_down():

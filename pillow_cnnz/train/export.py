@@ -306,6 +306,9 @@ def model_card(info: dict, results: Path) -> str:
                         f"--threads {threads if threads != '?' else 0} {'--bf16' if bf16 else '--no-bf16'}"
                         + (" --resume" if i else ""))
     history = "\n".join(rows)
+    switches = [h["from_step"] for a, h in zip(hist, hist[1:]) if h.get("lambdas", "zoo") != a.get("lambdas", "zoo")]
+    table_note = "".join(f"; from step {s:,} on, quality 1 and 4 stand for other λ (the λ table changed), so rows "
+                         f"before and after it are not comparable" for s in switches)
     curve = "\n".join(
         f"| {v['step']:,} | " + " | ".join(f"{v[q]['bpp']:.3f} / {v[q]['psnr']:.2f}" for q in ("q1", "q4", "q8")) + " |"
         for v in train.get("validation", []))
@@ -359,7 +362,7 @@ python -m pillow_cnnz.train export {export_from} --out weights
 ```
 {_hyperfit_note(fit)}
 Training-loop validation on `{args['val']}` (bpp / PSNR dB at quality 1, 4 and 8; rounded latents and
-the model's own rate estimate, not real files):
+the model's own rate estimate, not real files){table_note}:
 
 | step | q1 | q4 | q8 |
 |---|---|---|---|
