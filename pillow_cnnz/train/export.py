@@ -288,13 +288,14 @@ def model_card(info: dict, results: Path) -> str:
     args = train["args"]
     rows, commands = [], []
     hist = phases(train["history"])
+    tables = [h.get("lambdas", "zoo") for h in hist]  # phases before tables were recorded used the zoo's
     for i, h in enumerate(hist):
         until = hist[i + 1]["from_step"] if i + 1 < len(hist) else train["step"]
         dlr = h.get("density_lr", h["lr"])
         glr = h.get("gain_lr", h["lr"])
         bf16 = h.get("bf16", False)
         threads = h.get("threads", "?")
-        table = h.get("lambdas", "zoo")  # phases before tables were recorded used the zoo's
+        table = tables[i]
         balance = h.get("rate_balance", 0.0)
         rows.append(f"| {h['from_step']} | {until} | {h['lr']:g} | {dlr:g} | {glr:g} | {table} | {balance:g} | "
                     f"{h['batch']} | {h['crop']} | {'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} |")
@@ -306,7 +307,7 @@ def model_card(info: dict, results: Path) -> str:
                         f"--threads {threads if threads != '?' else 0} {'--bf16' if bf16 else '--no-bf16'}"
                         + (" --resume" if i else ""))
     history = "\n".join(rows)
-    switches = [h["from_step"] for a, h in zip(hist, hist[1:]) if h.get("lambdas", "zoo") != a.get("lambdas", "zoo")]
+    switches = [h["from_step"] for h, a, b in zip(hist[1:], tables, tables[1:]) if a != b]
     table_note = "".join(f"; from step {s:,} on, quality 1 and 4 stand for other λ (the λ table changed), so rows "
                          f"before and after it are not comparable" for s in switches)
     curve = "\n".join(

@@ -93,8 +93,6 @@ def sample_weight(lam: torch.Tensor, balance: float, lambdas: tuple[float, ...])
     gradient about proportional to its relative (not absolute) rate change. The optimum of
     each quality alone is unchanged: only the trade between qualities moves.
     """
-    if balance == 0:
-        return torch.ones_like(lam)
     mid = math.sqrt(lambdas[0] * lambdas[-1])
     return (lam / mid) ** -balance
 
