@@ -53,3 +53,22 @@ class GDN(nn.Module):
         gamma = (self.gamma_sqrt**2).reshape(c, c, 1, 1)
         norm = F.conv2d(x.abs(), gamma.to(x.dtype), (self.beta_sqrt**2 + 1e-6).to(x.dtype))
         return x * norm if self.inverse else x / norm
+
+
+class ResBlock(nn.Module):
+    """``x + conv3x3(relu(conv3x3(x)))`` at the same width and resolution.
+
+    Capacity for a trained synthesis where its quality stops (README, "Where the quality
+    stops"). The second convolution starts at zero, so a network grown with these blocks
+    computes exactly what it computed before and training goes on from there.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))

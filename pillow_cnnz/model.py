@@ -9,8 +9,9 @@ Data flow (one model for every quality; Cui et al. 2021 gain units)::
 
 ``h_s`` is trained in float here; at export it is turned into an integer network
 (``pillow_cnnz.hyper``) so the decoder reproduces the encoder's probabilities exactly
-on any device. ``g_s`` is small on purpose (about 15k multiply-adds per pixel):
-channels shrink toward full resolution and upsampling is sub-pixel.
+on any device. ``g_s`` is small on purpose (15-20k multiply-adds per pixel,
+``Config.synthesis_macs``): channels shrink toward full resolution, upsampling is
+sub-pixel, and residual blocks (``Config.res``) add depth only where it pays.
 
 References: Ballé et al. 2018 (hyperprior), Minnen et al. 2018 (mean-scale),
 Minnen & Singh 2020 (straight-through rounding for the synthesis input).
@@ -18,13 +19,13 @@ Minnen & Singh 2020 (straight-through rounding for the synthesis input).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
 from .factorized import FactorizedDensity
-from .layers import GDN, SubPixelConv, conv
+from .layers import GDN, ResBlock, SubPixelConv, conv
 
 # Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE). "wide", the
 # default since step 55,000: geometric from 0.0004 to 0.18, so quality 1..8 spans about
@@ -46,9 +47,34 @@ class Config:
     Nz: int = 64  # hyper-latent channels
     Nh: int = 96  # hyper width
     dec: tuple[int, int, int] = (96, 64, 48)  # synthesis widths, coarse to fine
+    res: tuple[int, int, int] = (0, 0, 0)  # residual blocks after each synthesis level (CnnzNet.grown)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        """The config of a checkpoint or weights file (JSON lists back to tuples; fields it lacks,
+        such as ``res`` before residual blocks existed, keep their defaults)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def synthesis_macs(self) -> float:
+        """Multiply-adds per output pixel of ``g_s`` (convolutions and GDN; biases not counted)."""
+        macs, cin, area = 0.0, self.M, 1 / 256  # latent pixels per output pixel
+        for width, blocks in zip(self.dec, self.res):
+            macs += cin * 9 * 4 * width * area  # sub-pixel conv, at the coarser level
+            area *= 4
+            macs += width * width * area * (1 + 18 * blocks)  # GDN, then 2 3x3 convs a block
+            cin = width
+        return macs + cin * 9 * 12 * area
+
+
+def _g_s_slots(config: Config) -> list[tuple]:
+    """What each module of ``g_s`` is, so grown networks can take over a smaller one's weights."""
+    slots: list[tuple] = []
+    for level, blocks in enumerate(config.res):
+        slots += [("up", level), ("gdn", level)] + [("res", level, k) for k in range(blocks)]
+    return slots + [("last",)]
 
 
 def interp_log2(table: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
@@ -73,12 +99,12 @@ class CnnzNet(nn.Module):
         self.g_a = nn.Sequential(
             conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
         )
-        self.g_s = nn.Sequential(
-            SubPixelConv(M, d1), GDN(d1, inverse=True),
-            SubPixelConv(d1, d2), GDN(d2, inverse=True),
-            SubPixelConv(d2, d3), GDN(d3, inverse=True),
-            SubPixelConv(d3, 3),
-        )
+        synthesis, cin = [], M
+        for width, blocks in zip((d1, d2, d3), config.res):
+            synthesis += [SubPixelConv(cin, width), GDN(width, inverse=True)]
+            synthesis += [ResBlock(width) for _ in range(blocks)]
+            cin = width
+        self.g_s = nn.Sequential(*synthesis, SubPixelConv(cin, 3))
         self.h_a = nn.Sequential(
             conv(M, Nh, 3, 1), nn.ReLU(), conv(Nh, Nh), nn.ReLU(), conv(Nh, Nz)
         )
@@ -108,6 +134,25 @@ class CnnzNet(nn.Module):
                 w = (target - old[i - 1]) / (old[i] - old[i - 1])
                 new_rows.append(rows[i - 1] * (1 - w) + rows[i] * w)
             param.copy_(torch.stack(new_rows).to(param.dtype))
+
+    def grown(self, res: tuple[int, int, int]) -> CnnzNet:
+        """A copy with ``res`` residual blocks after each synthesis level (at least as many as
+        now): the new blocks start as the identity, so the copy computes the same function."""
+        res = tuple(res)
+        if len(res) != len(self.config.res) or any(n < o for n, o in zip(res, self.config.res)):
+            msg = f"can only add residual blocks: {self.config.res} -> {res}"
+            raise ValueError(msg)
+        net = CnnzNet(replace(self.config, res=res))
+        state = net.state_dict()
+        where = {slot: i for i, slot in enumerate(_g_s_slots(net.config))}
+        old_slots = _g_s_slots(self.config)
+        for key, value in self.state_dict().items():
+            if key.startswith("g_s."):
+                _, index, rest = key.split(".", 2)
+                key = f"g_s.{where[old_slots[int(index)]]}.{rest}"
+            state[key] = value.clone()
+        net.load_state_dict(state)
+        return net
 
     def gains(self, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (gain, inverse gain), shaped (B, M, 1, 1)."""

@@ -2,8 +2,8 @@
 
 Importing torch alone takes 1.2-1.7 s, most of the cold-start budget for "new process,
 open a file, decode one image". This module computes the same function as
-``model.CnnzNet.g_s`` (sub-pixel 3x3 convolutions and inverse simplified GDN, see
-``layers.py``) in float32 from the weights' numpy arrays; results differ from torch's
+``model.CnnzNet.g_s`` (sub-pixel 3x3 convolutions, inverse simplified GDN and residual
+blocks, see ``layers.py``) in float32 from the weights' numpy arrays; results differ from torch's
 float32 only by rounding.
 
 How it stays fast with numpy's BLAS:
@@ -70,11 +70,7 @@ class _Upsample:
         norm = np.empty_like(absx)
         for r0, r1 in _bands(h, rows):
             n = (r1 - r0) * w
-            # im2col: for each dy, the taps dx = 0, 1, 2 are 3·Cin contiguous floats of xp.
-            col = cols[:n].reshape(r1 - r0, w, 3, 3 * cin)
-            for dy in range(3):
-                col[:, :, dy] = as_strided(xp[r0 + dy :], (r1 - r0, w, 3 * cin), xp.strides)
-            yb = np.matmul(cols[:n], self.weight, out=y[:n])
+            yb = np.matmul(_im2col(xp, r0, r1, cols), self.weight, out=y[:n])
             yb += self.bias
             x = yb.reshape(4 * n, c)  # one row per output pixel
             g = np.matmul(np.abs(x, out=absx[: 4 * n]), self.gamma_t, out=norm[: 4 * n])
@@ -83,6 +79,46 @@ class _Upsample:
             dst = _split(_split(out[1 + 2 * r0 : 1 + 2 * r1, 1:-1], 1), 0)  # (R, 2, W, 2, C)
             dst[...] = yb.reshape(r1 - r0, w, 2, 2, c).transpose(0, 2, 1, 3, 4)
         return out
+
+
+def _im2col(xp: np.ndarray, r0: int, r1: int, cols: np.ndarray) -> np.ndarray:
+    """Rows ``(pixel, 9·Cin)`` of the output rows ``[r0, r1)`` of a 3x3 convolution of padded ``xp``.
+
+    For each dy, the taps dx = 0, 1, 2 are 3·Cin contiguous floats of ``xp``."""
+    w, cin = xp.shape[1] - 2, xp.shape[2]
+    n = (r1 - r0) * w
+    col = cols[:n].reshape(r1 - r0, w, 3, 3 * cin)
+    for dy in range(3):
+        col[:, :, dy] = as_strided(xp[r0 + dy :], (r1 - r0, w, 3 * cin), xp.strides)
+    return cols[:n]
+
+
+class _Residual:
+    """A ``layers.ResBlock``: x + conv3x3(relu(conv3x3(x))), in place on the padded input."""
+
+    def __init__(self, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> None:
+        # im2col columns are (dy, dx, cin); torch's weights are (cout, cin, dy, dx).
+        self.w1, self.w2 = (np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]), np.float32)
+                            for w in (w1, w2))
+        self.b1, self.b2 = np.asarray(b1, np.float32), np.asarray(b2, np.float32)
+
+    def __call__(self, xp: np.ndarray) -> np.ndarray:
+        """Padded (H+2, W+2, C) -> the same array, its interior updated; borders stay zero."""
+        h, w, c = xp.shape[0] - 2, xp.shape[1] - 2, xp.shape[2]
+        rows = max(1, BAND_BYTES // (9 * 4 * c * w))
+        hidden = np.zeros_like(xp)  # zero border: conv2 pads relu(conv1(x)) with zeros, as torch does
+        cols = np.empty((rows * w, 9 * c), np.float32)
+        y = np.empty((rows * w, c), np.float32)
+        for r0, r1 in _bands(h, rows):  # all of conv1 first: conv2 reads its rows r0-1..r1
+            yb = np.matmul(_im2col(xp, r0, r1, cols), self.w1, out=y[: (r1 - r0) * w])
+            yb += self.b1
+            np.maximum(yb, 0, out=yb)
+            hidden[1 + r0 : 1 + r1, 1:-1] = yb.reshape(r1 - r0, w, c)
+        for r0, r1 in _bands(h, rows):
+            yb = np.matmul(_im2col(hidden, r0, r1, cols), self.w2, out=y[: (r1 - r0) * w])
+            yb += self.b2
+            xp[1 + r0 : 1 + r1, 1:-1] += yb.reshape(r1 - r0, w, c)
+        return xp
 
 
 class _Last:
@@ -124,16 +160,24 @@ class NumpySynthesis:
 
     def __init__(self, model: Model) -> None:
         arrays = model.arrays
-        self.layers: list[_Upsample] = []
-        i = 0
-        while f"net/g_s.{i + 1}.beta_sqrt" in arrays:
-            conv, gdn = f"net/g_s.{i}.conv.", f"net/g_s.{i + 1}."
-            self.layers.append(_Upsample(arrays[conv + "weight"], arrays[conv + "bias"],
-                                         arrays[gdn + "beta_sqrt"], arrays[gdn + "gamma_sqrt"]))
-            i += 2
-        self.last = _Last(arrays[f"net/g_s.{i}.conv.weight"], arrays[f"net/g_s.{i}.conv.bias"])
+        self.layers: list[_Upsample | _Residual] = []
+        i, ups = 0, 0
+        while True:  # g_s.<i> in order: (sub-pixel conv, GDN) pairs, each followed by any residual blocks
+            key = f"net/g_s.{i}."
+            if key + "conv1.weight" in arrays:
+                self.layers.append(_Residual(arrays[key + "conv1.weight"], arrays[key + "conv1.bias"],
+                                             arrays[key + "conv2.weight"], arrays[key + "conv2.bias"]))
+                i += 1
+            elif f"net/g_s.{i + 1}.beta_sqrt" in arrays:
+                gdn = f"net/g_s.{i + 1}."
+                self.layers.append(_Upsample(arrays[key + "conv.weight"], arrays[key + "conv.bias"],
+                                             arrays[gdn + "beta_sqrt"], arrays[gdn + "gamma_sqrt"]))
+                i, ups = i + 2, ups + 1
+            else:
+                break
+        self.last = _Last(arrays[key + "conv.weight"], arrays[key + "conv.bias"])
         self.channels = arrays["net/g_s.0.conv.weight"].shape[1]
-        self.scale = 2 ** (len(self.layers) + 1)
+        self.scale = 2 ** (ups + 1)
 
     def __call__(self, y_hat: np.ndarray) -> np.ndarray:
         """(N, 3, 16·h, 16·w) float32 pixels (1.0 = 255, not clamped) of (N, M, h, w) latents."""

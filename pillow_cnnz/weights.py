@@ -87,8 +87,7 @@ class Model:
 
                 from .model import CnnzNet, Config
 
-                cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in self.meta["config"].items()}
-                net = CnnzNet(Config(**cfg))
+                net = CnnzNet(Config.from_dict(self.meta["config"]))
                 state = {k[4:]: torch.from_numpy(v) for k, v in self.arrays.items() if k.startswith("net/")}
                 missing, unexpected = net.load_state_dict(state, strict=False)
                 if unexpected or any(not k.startswith(("h_s.", "density_z.")) for k in missing):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pillow_cnnz import codec, weights
+from pillow_cnnz import codec, container, weights
 
 from .conftest import _photo as photo
 
@@ -126,19 +126,25 @@ def test_remapped_gains_keep_each_lambda_where_it_was():
     assert torch.allclose(net.log2_gain, moved)
 
 
-def test_resuming_on_another_lambda_table_remaps_once_and_records_it(tmp_path):
-    torch = pytest.importorskip("torch")
+def frozen_fit_args(tmp_path) -> list[str]:
+    """``fit`` arguments for one tiny training image with every learning rate 0, run in ``tmp_path/r``:
+    only what a resume itself does (remapping, growing) changes the network."""
     from PIL import Image
-
-    from pillow_cnnz.model import LAMBDA_TABLES
-    from pillow_cnnz.train import __main__ as train_cli
-    from pillow_cnnz.train.export import model_card, export
 
     data = tmp_path / "data"
     data.mkdir()
     Image.fromarray(photo(72, 80)).save(data / "0.png")
-    common = ["--data", str(data), "--val", str(data), "--batch", "1", "--crop", "64", "--run", str(tmp_path / "r"),
-              "--threads", "1", "--no-bf16", "--device", "cpu", "--lr", "0", "--density-lr", "0", "--gain-lr", "0"]
+    return ["--data", str(data), "--val", str(data), "--batch", "1", "--crop", "64", "--run", str(tmp_path / "r"),
+            "--threads", "1", "--no-bf16", "--device", "cpu", "--lr", "0", "--density-lr", "0", "--gain-lr", "0"]
+
+
+def test_resuming_on_another_lambda_table_remaps_once_and_records_it(tmp_path):
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.model import LAMBDA_TABLES
+    from pillow_cnnz.train import __main__ as train_cli
+    from pillow_cnnz.train.export import model_card, export
+
+    common = frozen_fit_args(tmp_path)
     assert train_cli.main(["fit", "--steps", "1", "--lambdas", "zoo", *common]) == 0
     first = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
     assert tuple(first["lambdas"]) == LAMBDA_TABLES["zoo"]
@@ -171,3 +177,73 @@ def test_rate_balance_weighs_low_qualities_up_and_high_ones_down():
     w = sample_weight(lam, 0.5, LAMBDAS)
     assert torch.allclose(w, torch.tensor([(LAMBDAS[-1] / LAMBDAS[0]) ** 0.25, 1.0, (LAMBDAS[0] / LAMBDAS[-1]) ** 0.25]))
     assert torch.equal(sample_weight(lam, 0.0, LAMBDAS), torch.ones(3))
+
+
+def test_grown_network_computes_what_it_did_before_and_only_grows():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.model import CnnzNet, Config
+
+    torch.manual_seed(0)
+    net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8))).eval()
+    grown = net.grown((1, 2, 0)).eval()
+    assert grown.config.res == (1, 2, 0) and len(grown.g_s) == len(net.g_s) + 3
+    x, q = torch.rand(1, 3, 64, 64), torch.tensor([3.5])
+    with torch.no_grad():
+        a, b = net(x, q), grown(x, q)
+    assert torch.equal(a["x_hat"], b["x_hat"]) and torch.equal(a["bits"], b["bits"])
+    with pytest.raises(ValueError, match="only add"):
+        grown.grown((0, 2, 0))
+
+
+def test_synthesis_macs_counts_what_the_layers_compute():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.layers import GDN
+    from pillow_cnnz.model import CnnzNet, Config
+
+    config = Config(res=(1, 1, 0))
+    net = CnnzNet(config).eval()
+    macs = []
+
+    def count(module, inputs, output):
+        c_in = inputs[0].shape[1]
+        if isinstance(module, torch.nn.Conv2d):
+            macs.append(output.numel() * c_in * module.kernel_size[0] * module.kernel_size[1])
+        else:  # GDN: a 1x1 convolution of |x|
+            macs.append(output.numel() * c_in)
+
+    for m in net.g_s.modules():
+        if isinstance(m, (torch.nn.Conv2d, GDN)):
+            m.register_forward_hook(count)
+    with torch.no_grad():
+        out = net.g_s(torch.zeros(1, config.M, 2, 3))
+    assert sum(macs) / (out.shape[2] * out.shape[3]) == pytest.approx(config.synthesis_macs())
+    assert Config().synthesis_macs() == pytest.approx(14_800)
+
+
+def test_resuming_with_grow_adds_blocks_once_and_the_card_reproduces_it(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.train import __main__ as train_cli
+    from pillow_cnnz.train.export import export, model_card
+
+    common = frozen_fit_args(tmp_path)
+    assert train_cli.main(["fit", "--steps", "1", *common]) == 0
+    assert train_cli.main(["fit", "--steps", "2", "--resume", "--grow", "0,1,0", *common]) == 0
+    grown = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    assert tuple(grown["config"]["res"]) == (0, 1, 0) and "g_s.4.conv1.weight" in grown["model"]
+    assert grown["history"][-1]["grown"] == [0, 1, 0] and grown["history"][-1]["fresh_optimizer"] is True
+    assert train_cli.main(["fit", "--steps", "3", "--resume", "--grow", "0,1,0", *common]) == 0
+    again = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    assert "grown" not in again["history"][-1] and "fresh_optimizer" not in again["history"][-1]
+
+    info = export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware")
+    card = model_card(info, tmp_path)
+    assert "--resume --grow 0,1,0" in card and "1 after the 64-channel level" in card
+    assert "train slim" not in card  # the fresh Adam came from growing, not from a slim checkpoint
+    monkeypatch.setattr(weights, "weights_dir", lambda: tmp_path / "w")
+    monkeypatch.setattr(weights, "_cache", {})
+    rgb = photo(64, 80)
+    data_bytes = codec.encode(rgb, "RGB", 6.0)
+    numpy_pixels = codec.decode(data_bytes)  # float32 on a CPU: the numpy synthesis
+    hdr, payloads = container.parse(data_bytes)
+    torch_pixels = codec.decode_rgb(hdr, payloads["LATZ"], payloads["LATY"], precision="float64")
+    assert numpy_pixels.shape == (64, 80, 3) and abs(numpy_pixels.astype(int) - torch_pixels).max() <= 1

@@ -24,7 +24,7 @@ import torch
 
 from .. import hyper
 from ..layers import SubPixelConv
-from ..model import LAMBDA_TABLES, SCALE_MIN, CnnzNet
+from ..model import LAMBDA_TABLES, SCALE_MIN, CnnzNet, Config
 from . import calibrate
 from .loop import checkpoint_lambdas, load_checkpoint
 
@@ -269,6 +269,15 @@ fewer bits. Validation bpp (`{fit.get('val', '../shared/data/val')}`, ideal Gaus
 """)
 
 
+def _residual_note(cfg: dict) -> str:
+    res = cfg.get("res", [0, 0, 0])
+    if not any(res):
+        return ""
+    where = ", ".join(f"{n} after the {w}-channel level" for n, w in zip(res, cfg["dec"]) if n)
+    return (f"residual blocks (3×3 conv, ReLU, 3×3 conv; added to the trained network as identity blocks, "
+            f"`fit --grow`): {where}; ")
+
+
 def phases(history: list[dict]) -> list[dict]:
     """The history with each resume that changed no setting merged into the phase before it."""
     def setting(h: dict) -> dict:
@@ -299,13 +308,13 @@ def model_card(info: dict, results: Path) -> str:
         balance = h.get("rate_balance", 0.0)
         rows.append(f"| {h['from_step']} | {until} | {h['lr']:g} | {dlr:g} | {glr:g} | {table} | {balance:g} | "
                     f"{h['batch']} | {h['crop']} | {'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} |")
-        if h.get("fresh_optimizer"):  # this phase resumed from a slim checkpoint
-            commands.append("python -m pillow_cnnz.train slim runs/main/last.pt runs/main/last.pt")
+        if h.get("fresh_optimizer") and not h.get("remapped_gains") and not h.get("grown"):
+            commands.append("python -m pillow_cnnz.train slim runs/main/last.pt runs/main/last.pt")  # resumed from a slim one
         commands.append(f"python -m pillow_cnnz.train fit --run runs/main --steps {until} --lr {h['lr']:g} "
                         f"--density-lr {dlr:g} --gain-lr {glr:g} --batch {h['batch']} --crop {h['crop']} "
                         f"--lambdas {table} --rate-balance {balance:g} "
                         f"--threads {threads if threads != '?' else 0} {'--bf16' if bf16 else '--no-bf16'}"
-                        + (" --resume" if i else ""))
+                        + (" --resume" if i else "") + (f" --grow {','.join(map(str, h['grown']))}" if h.get("grown") else ""))
     history = "\n".join(rows)
     switches = [h["from_step"] for h, a, b in zip(hist[1:], tables, tables[1:]) if a != b]
     table_note = "".join(f"; from step {s:,} on, quality 1 and 4 stand for other λ (the λ table changed), so rows "
@@ -328,7 +337,7 @@ sha256 `{info['sha256']}` ({info['bytes'] / 1e6:.1f} MB, `.npz` read with `allow
 Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for quality 1..8):
 - analysis: 4 × (5×5 conv, stride 2) with simplified GDN, N={cfg['N']}, M={cfg['M']} latent channels;
 - synthesis: 4 sub-pixel 3×3 convolutions with inverse simplified GDN, widths {tuple(cfg['dec'])} → 3,
-  about 15k multiply-adds per pixel;
+  {_residual_note(cfg)}{Config.from_dict(cfg).synthesis_macs() / 1e3:.1f}k multiply-adds per pixel;
 - hyper-analysis 3 convs to Nz={cfg['Nz']} channels; hyper-synthesis (conv, 2 sub-pixel convs, 1×1) exported
   as a fixed-point integer network (`pillow_cnnz/hyper.py`) whose integer scale index picks one of
   {meta['scale']['count']} latent tables; factorized prior tables for ẑ.

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-every", type=int, default=2000)
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.add_argument("--init", help="start from this checkpoint's weights (fresh optimizer)")
+    p.add_argument("--grow", type=lambda v: tuple(int(n) for n in v.split(",")), metavar="A,B,C",
+                   help="residual blocks after each synthesis level (e.g. 0,1,0): a resumed network gets "
+                        "the missing ones as identity blocks (CnnzNet.grown) and a fresh Adam")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -60,13 +63,17 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def checkpoint_net(state: dict) -> CnnzNet:
+    """The network of a loaded checkpoint, built to the checkpoint's own config."""
+    net = CnnzNet(Config.from_dict(state["config"]))
+    net.load_state_dict(state["model"])
+    return net
+
+
 def load_checkpoint(path: Path) -> tuple[CnnzNet, dict]:
     """The network of a training checkpoint (on the CPU) and the checkpoint's whole state."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
-    net = CnnzNet(config)
-    net.load_state_dict(state["model"])
-    return net, state
+    return checkpoint_net(state), state
 
 
 def checkpoint_lambdas(state: dict) -> tuple[float, ...]:
@@ -191,20 +198,26 @@ def run(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "last.pt"
     torch.manual_seed(args.seed)
-    net = CnnzNet(Config()).to(args.device, memory_format=torch.channels_last)
-    opt = torch.optim.Adam(param_groups(net), lr=args.lr)
     step, seconds, history, fresh_adam, validation, remapped = 0, 0.0, [], False, [], False
     lambdas = LAMBDA_TABLES[args.lambdas]
     sampler = CropSampler(args.data, args.crop, seed=args.seed)
-    if args.resume and last.exists():
-        state = torch.load(last, map_location=args.device, weights_only=False)
-        net.load_state_dict(state["model"])
-        remapped = adopt_lambdas(net, state, lambdas)
-        if "optimizer" in state and not remapped:
+    state = torch.load(last, map_location="cpu", weights_only=False) if args.resume and last.exists() else None
+    init = torch.load(args.init, map_location="cpu", weights_only=False) if args.init and state is None else None
+    net = checkpoint_net(state or init) if (state or init) else CnnzNet(Config())
+    if state or init:
+        remapped = adopt_lambdas(net, state or init, lambdas)
+    grown = args.grow is not None and tuple(args.grow) != net.config.res
+    if grown:
+        net = net.grown(args.grow)
+    net = net.to(args.device, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(param_groups(net), lr=args.lr)
+    if state:
+        if "optimizer" in state and not remapped and not grown:
             opt.load_state_dict(regroup(state["optimizer"], net))
         else:
             fresh_adam = True
-            why = "its λ table changed" if remapped else "checkpoint has no optimizer state (slim)"
+            why = ("its λ table changed" if remapped else "the synthesis grew" if grown
+                   else "checkpoint has no optimizer state (slim)")
             print(f"{why}: Adam starts afresh", file=sys.stderr)
         step, seconds = state["step"], state["seconds"]
         a = state["args"]
@@ -214,10 +227,6 @@ def run(args: argparse.Namespace) -> int:
         sampler.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed from {last} at step {step}", file=sys.stderr)
-    elif args.init:
-        init = torch.load(args.init, map_location=args.device, weights_only=False)
-        net.load_state_dict(init["model"])
-        remapped = adopt_lambdas(net, init, lambdas)
     for group, lr in zip(opt.param_groups, (args.lr, args.density_lr, args.gain_lr)):
         group["lr"] = lr
     seeded = seed_gdn_off_diagonals(net)
@@ -227,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
                     "crop": args.crop, "device": args.device, "init": args.init, "bf16": args.bf16,
                     "threads": torch.get_num_threads(), "seeded_gdn": seeded}
                    | ({"fresh_optimizer": True} if fresh_adam else {})
-                   | ({"remapped_gains": True} if remapped else {}))
+                   | ({"remapped_gains": True} if remapped else {})
+                   | ({"grown": list(net.config.res)} if grown else {}))
     val_images = [load_rgb(p) for p in image_paths(args.val)]
     log = open(run_dir / "log.jsonl", "a")
     hist: list[tuple[float, float, float]] = []
