@@ -68,6 +68,16 @@ class Config:
             cin = width
         return macs + cin * 9 * 12 * area
 
+    def synthesis_radius(self) -> float:
+        """How far, in latents, an output pixel of ``g_s`` sees: the decoder's tiles need at
+        least this much halo (``codec.HALO``) to match an untiled decode."""
+        radius, scale = 0.0, 1  # output pixels of the current level per latent
+        for blocks in self.res:
+            radius += 1 / scale  # the sub-pixel 3x3 convolution, at the coarser level
+            scale *= 2
+            radius += 2 * blocks / scale  # two 3x3 convolutions a block
+        return radius + 1 / scale
+
 
 def _g_s_slots(config: Config) -> list[tuple]:
     """What each module of ``g_s`` is, so grown networks can take over a smaller one's weights."""

@@ -171,6 +171,16 @@ def test_auto_precision_takes_cpu_bfloat16_only_once_torch_is_imported(monkeypat
     assert codec.resolve_precision("auto", "cpu") == "float32"
 
 
+def test_tile_halo_covers_the_shipped_synthesis_receptive_field():
+    pytest.importorskip("torch")
+    from pillow_cnnz.model import Config
+
+    config = Config.from_dict(weights.load().meta["config"])
+    assert codec.HALO >= config.synthesis_radius()
+    assert Config().synthesis_radius() == 1 + 1 / 2 + 1 / 4 + 1 / 8
+    assert Config(res=(0, 1, 0)).synthesis_radius() == Config().synthesis_radius() + 2 / 4
+
+
 def test_tiled_synthesis_matches_one_tile_within_one_level(monkeypatch):
     img = photo(200, 264)
     data = codec.encode(img, "RGB", 5.0)
