@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Would a dead-zone quantizer make smaller files for the same quality? (It does not.)
+
+An encoder-only change: the latent symbols become sign(r)·floor(|r| + ½ − δ), r = y − μ,
+instead of round(r), i.e. values are pulled toward the predicted mean μ; decoding is
+unchanged. For each image and quality the latents come from one analysis
+(``codec.analyse_batch``), are coded once per δ exactly as ``codec.code_latents`` codes
+them (same tables, same bands), and the real file is decoded. BD-rate (PSNR) of each δ's
+curve is against δ = 0, which is what the codec ships.
+
+Example (from the repository root)::
+
+    python benchmarks/deadzone.py                                  # val, δ 0 .. 0.2
+    python benchmarks/deadzone.py --data ../shared/data/kodak --deltas 0,0.05
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bdrate import bd_rate  # noqa: E402
+
+from pillow_cnnz import codec, container, entropy, hyper  # noqa: E402
+from pillow_cnnz.train.data import image_paths  # noqa: E402
+
+
+def code_with_deadzone(model, z: np.ndarray, y: np.ndarray, delta: float) -> tuple[bytes, bytes]:
+    """``codec.code_latents`` with the dead-zone rounding; δ = 0 gives its exact bytes."""
+    latz = entropy.encode(z, codec._channel_index(z.shape), model.z_tables)
+    enc = entropy.Encoder(model.y_tables)
+    f = hyper.upsampling(model.hyper_layers)
+    for top, bottom in reversed(hyper.bands(z.shape[1])):
+        mu, idx = codec._hyper(model, z, top, bottom)
+        r = y[:, top * f : bottom * f] - mu
+        symbols = np.round(r) if delta == 0 else np.sign(r) * np.floor(np.abs(r) + 0.5 - delta)
+        enc.push(symbols.astype(np.int32), idx)
+    return latz, enc.finish()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="../shared/data/val")
+    p.add_argument("--deltas", default="0,0.05,0.1,0.15,0.2")
+    p.add_argument("--out", default="benchmarks/results/deadzone.json")
+    args = p.parse_args()
+    deltas = [float(d) for d in args.deltas.split(",")]
+    if deltas[0] != 0:
+        deltas.insert(0, 0.0)
+    model = codec.load()
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in image_paths(args.data)]
+    bpp = {d: np.zeros((8, len(images))) for d in deltas}
+    psnr = {d: np.zeros((8, len(images))) for d in deltas}
+    for q in range(1, 9):
+        for i, rgb in enumerate(images):
+            ((z, y),) = codec.analyse_batch([rgb], [float(q)])
+            h, w = rgb.shape[:2]
+            for d in deltas:
+                latz, laty = code_with_deadzone(model, z, y, d)
+                data = container.serialize(w, h, "RGB", float(q), model.model_id, {"LATZ": latz, "LATY": laty})
+                mse = np.mean((codec.decode(data).astype(np.float64) - rgb) ** 2)
+                bpp[d][q - 1, i], psnr[d][q - 1, i] = len(data) * 8 / (h * w), 10 * math.log10(255**2 / mse)
+        print(f"quality {q} done", file=sys.stderr, flush=True)
+    rows, result = [], {"data": args.data, "images": len(images), "model_id": model.model_id.hex(), "deltas": {}}
+    base_b, base_p = bpp[0.0].mean(1), psnr[0.0].mean(1)
+    print("| δ | bpp at q1 / q4 / q8 | PSNR at q1 / q4 / q8 | BD-rate vs δ = 0 |\n|---|---|---|---|")
+    for d in deltas:
+        b, s = bpp[d].mean(1), psnr[d].mean(1)
+        bd = bd_rate(list(base_b), list(base_p), list(b), list(s))
+        result["deltas"][str(d)] = {"bpp": list(b), "psnr-rgb": list(s), "bd_rate_vs_0": bd}
+        print(f"| {d:g} | {b[0]:.3f} / {b[3]:.3f} / {b[7]:.3f} | {s[0]:.2f} / {s[3]:.2f} / {s[7]:.2f} | {bd:+.1f} % |")
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
