@@ -4,8 +4,8 @@
 An encoder-only change: the latent symbols become sign(r)·floor(|r| + ½ − δ), r = y − μ,
 instead of round(r), i.e. values are pulled toward the predicted mean μ; decoding is
 unchanged. For each image and quality the latents come from one analysis
-(``codec.analyse_batch``), are coded once per δ exactly as ``codec.code_latents`` codes
-them (same tables, same bands), and the real file is decoded. BD-rate (PSNR) of each δ's
+(``codec.analyse_batch``), are coded once per δ by ``codec.code_latents`` itself (same
+tables, same bands), and the real file is decoded. BD-rate (PSNR) of each δ's
 curve is against δ = 0, which is what the codec ships.
 
 Example (from the repository root)::
@@ -27,21 +27,15 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bdrate import bd_rate  # noqa: E402
 
-from pillow_cnnz import codec, container, entropy, hyper  # noqa: E402
+from pillow_cnnz import codec, container  # noqa: E402
 from pillow_cnnz.train.data import image_paths  # noqa: E402
 
 
 def code_with_deadzone(model, z: np.ndarray, y: np.ndarray, delta: float) -> tuple[bytes, bytes]:
-    """``codec.code_latents`` with the dead-zone rounding; δ = 0 gives its exact bytes."""
-    latz = entropy.encode(z, codec._channel_index(z.shape), model.z_tables)
-    enc = entropy.Encoder(model.y_tables)
-    f = hyper.upsampling(model.hyper_layers)
-    for top, bottom in reversed(hyper.bands(z.shape[1])):
-        mu, idx = codec._hyper(model, z, top, bottom)
-        r = y[:, top * f : bottom * f] - mu
-        symbols = np.round(r) if delta == 0 else np.sign(r) * np.floor(np.abs(r) + 0.5 - delta)
-        enc.push(symbols.astype(np.int32), idx)
-    return latz, enc.finish()
+    """``codec.code_latents`` of latents moved δ toward their means μ: it codes round(y − μ), and
+    round(r − δ·sign(r)) = sign(r)·floor(|r| + ½ − δ) for δ < ½. δ = 0 gives the codec's bytes."""
+    mu, _ = codec._hyper(model, z, 0, z.shape[1])  # the exact means code_latents uses, band by band
+    return codec.code_latents(model, z, y - np.float32(delta) * np.sign(y - mu))
 
 
 def main() -> int:
@@ -51,6 +45,8 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/deadzone.json")
     args = p.parse_args()
     deltas = [float(d) for d in args.deltas.split(",")]
+    if not all(0 <= d < 0.5 for d in deltas):
+        p.error("each δ must be in [0, 0.5)")
     if deltas[0] != 0:
         deltas.insert(0, 0.0)
     model = codec.load()
@@ -67,7 +63,7 @@ def main() -> int:
                 mse = np.mean((codec.decode(data).astype(np.float64) - rgb) ** 2)
                 bpp[d][q - 1, i], psnr[d][q - 1, i] = len(data) * 8 / (h * w), 10 * math.log10(255**2 / mse)
         print(f"quality {q} done", file=sys.stderr, flush=True)
-    rows, result = [], {"data": args.data, "images": len(images), "model_id": model.model_id.hex(), "deltas": {}}
+    result = {"data": args.data, "images": len(images), "model_id": model.model_id.hex(), "deltas": {}}
     base_b, base_p = bpp[0.0].mean(1), psnr[0.0].mean(1)
     print("| δ | bpp at q1 / q4 / q8 | PSNR at q1 / q4 / q8 | BD-rate vs δ = 0 |\n|---|---|---|---|")
     for d in deltas:

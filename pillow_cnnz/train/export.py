@@ -270,7 +270,7 @@ fewer bits. Validation bpp (`{fit.get('val', '../shared/data/val')}`, ideal Gaus
 
 
 def _residual_note(cfg: dict) -> str:
-    res = cfg.get("res", [0, 0, 0])
+    res = Config.from_dict(cfg).res
     if not any(res):
         return ""
     where = ", ".join(f"{n} after the {w}-channel level" for n, w in zip(res, cfg["dec"]) if n)

@@ -203,9 +203,10 @@ def run(args: argparse.Namespace) -> int:
     sampler = CropSampler(args.data, args.crop, seed=args.seed)
     state = torch.load(last, map_location="cpu", weights_only=False) if args.resume and last.exists() else None
     init = torch.load(args.init, map_location="cpu", weights_only=False) if args.init and state is None else None
-    net = checkpoint_net(state or init) if (state or init) else CnnzNet(Config())
-    if state or init:
-        remapped = adopt_lambdas(net, state or init, lambdas)
+    source = state or init
+    net = checkpoint_net(source) if source else CnnzNet(Config())
+    if source:
+        remapped = adopt_lambdas(net, source, lambdas)
     grown = args.grow is not None and tuple(args.grow) != net.config.res
     if grown:
         net = net.grown(args.grow)
