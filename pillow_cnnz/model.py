@@ -87,6 +87,15 @@ def _g_s_slots(config: Config) -> list[tuple]:
     return slots + [("last",)]
 
 
+def grown_key(key: str, old: Config, new: Config) -> str:
+    """Name that ``old``'s parameter ``key`` takes in a network grown to ``new``."""
+    if not key.startswith("g_s."):
+        return key
+    _, index, rest = key.split(".", 2)
+    where = {slot: i for i, slot in enumerate(_g_s_slots(new))}
+    return f"g_s.{where[_g_s_slots(old)[int(index)]]}.{rest}"
+
+
 def interp_log2(table: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     """Linear interpolation of per-level rows of ``table`` at fractional ``quality`` (1..L)."""
     t = (quality.to(table.dtype) - 1).clamp(0, table.shape[0] - 1)
@@ -154,13 +163,8 @@ class CnnzNet(nn.Module):
             raise ValueError(msg)
         net = CnnzNet(replace(self.config, res=res))
         state = net.state_dict()
-        where = {slot: i for i, slot in enumerate(_g_s_slots(net.config))}
-        old_slots = _g_s_slots(self.config)
         for key, value in self.state_dict().items():
-            if key.startswith("g_s."):
-                _, index, rest = key.split(".", 2)
-                key = f"g_s.{where[old_slots[int(index)]]}.{rest}"
-            state[key] = value.clone()
+            state[grown_key(key, self.config, net.config)] = value.clone()
         net.load_state_dict(state)
         return net
 

@@ -64,6 +64,7 @@ def test_slim_checkpoint_drops_the_optimizer_and_still_resumes(tmp_path):
     resumed = torch.load(slim, weights_only=False)
     assert resumed["step"] == 2 and "optimizer" in resumed
     assert resumed["history"][-1]["fresh_optimizer"] is True and resumed["history"][-1]["from_step"] == 1
+    assert resumed["history"][-1]["from_slim"] is True
     assert [v["step"] for v in resumed["validation"]] == [1, 2]
 
 
@@ -195,6 +196,35 @@ def test_grown_network_computes_what_it_did_before_and_only_grows():
         grown.grown((0, 2, 0))
 
 
+def test_growing_keeps_adam_moments_of_every_old_parameter_and_none_for_new_blocks():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.model import CnnzNet, Config
+    from pillow_cnnz.train.loop import grown_adam, param_groups
+
+    torch.manual_seed(0)
+    net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8), res=(0, 1, 0)))
+    opt = torch.optim.Adam(param_groups(net), lr=1e-3)
+    for p in net.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    grown = net.grown((1, 2, 0))
+    new = torch.optim.Adam(param_groups(grown), lr=1e-3)
+    new.load_state_dict(grown_adam(opt.state_dict(), net, grown))
+    before = dict(net.named_parameters())
+    shared = {"g_s.0.conv.weight": "g_s.0.conv.weight", "g_s.4.conv1.weight": "g_s.5.conv1.weight",
+              "g_s.6.gamma_sqrt": "g_s.8.gamma_sqrt", "g_s.7.conv.weight": "g_s.9.conv.weight", "log2_gain": "log2_gain"}
+    after = dict(grown.named_parameters())
+    assert len(new.state) == len(opt.state) == len(before)
+    for old_name, new_name in shared.items():
+        assert torch.equal(new.state[after[new_name]]["exp_avg_sq"], opt.state[before[old_name]]["exp_avg_sq"])
+    fresh = [n for n, p in grown.named_parameters() if p not in new.state]
+    assert sorted(fresh) == sorted(f"g_s.{i}.{w}" for i in (2, 6) for w in
+                                   ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"))
+    for p in grown.parameters():
+        p.grad = torch.randn_like(p)
+    new.step()  # the new blocks' state is created on the first step
+
+
 def test_synthesis_macs_counts_what_the_layers_compute():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.layers import GDN
@@ -230,7 +260,7 @@ def test_resuming_with_grow_adds_blocks_once_and_the_card_reproduces_it(tmp_path
     assert train_cli.main(["fit", "--steps", "2", "--resume", "--grow", "0,1,0", *common]) == 0
     grown = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
     assert tuple(grown["config"]["res"]) == (0, 1, 0) and "g_s.4.conv1.weight" in grown["model"]
-    assert grown["history"][-1]["grown"] == [0, 1, 0] and grown["history"][-1]["fresh_optimizer"] is True
+    assert grown["history"][-1]["grown"] == [0, 1, 0] and "fresh_optimizer" not in grown["history"][-1]
     assert train_cli.main(["fit", "--steps", "3", "--resume", "--grow", "0,1,0", *common]) == 0
     again = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
     assert "grown" not in again["history"][-1] and "fresh_optimizer" not in again["history"][-1]
@@ -238,7 +268,7 @@ def test_resuming_with_grow_adds_blocks_once_and_the_card_reproduces_it(tmp_path
     info = export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware")
     card = model_card(info, tmp_path)
     assert "--resume --grow 0,1,0" in card and "1 after the 64-channel level" in card
-    assert "train slim" not in card  # the fresh Adam came from growing, not from a slim checkpoint
+    assert "train slim" not in card  # no slim checkpoint in this history, and the grow kept Adam
     monkeypatch.setattr(weights, "weights_dir", lambda: tmp_path / "w")
     monkeypatch.setattr(weights, "_cache", {})
     rgb = photo(64, 80)

@@ -308,7 +308,8 @@ def model_card(info: dict, results: Path) -> str:
         balance = h.get("rate_balance", 0.0)
         rows.append(f"| {h['from_step']} | {until} | {h['lr']:g} | {dlr:g} | {glr:g} | {table} | {balance:g} | "
                     f"{h['batch']} | {h['crop']} | {'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} |")
-        if h.get("fresh_optimizer") and not h.get("remapped_gains") and not h.get("grown"):
+        # phases recorded before ``from_slim`` existed: a fresh Adam that neither a λ change nor a grow explains
+        if h.get("from_slim") or (h.get("fresh_optimizer") and not h.get("remapped_gains") and not h.get("grown")):
             commands.append("python -m pillow_cnnz.train slim runs/main/last.pt runs/main/last.pt")  # resumed from a slim one
         commands.append(f"python -m pillow_cnnz.train fit --run runs/main --steps {until} --lr {h['lr']:g} "
                         f"--density-lr {dlr:g} --gain-lr {glr:g} --batch {h['batch']} --crop {h['crop']} "

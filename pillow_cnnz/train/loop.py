@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..layers import GDN
-from ..model import LAMBDA_TABLES, QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, lambda_for
+from ..model import LAMBDA_TABLES, QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, grown_key, lambda_for
 from .data import CropSampler, image_paths, load_rgb
 
 
@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", help="start from this checkpoint's weights (fresh optimizer)")
     p.add_argument("--grow", type=lambda v: tuple(int(n) for n in v.split(",")), metavar="A,B,C",
                    help="residual blocks after each synthesis level (e.g. 0,1,0): a resumed network gets "
-                        "the missing ones as identity blocks (CnnzNet.grown) and a fresh Adam")
+                        "the missing ones as identity blocks (CnnzNet.grown); Adam keeps the old parameters' moments")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -191,6 +191,24 @@ def regroup(opt_state: dict, net: CnnzNet) -> dict:
     }
 
 
+def grown_adam(opt_state: dict, old: CnnzNet, new: CnnzNet) -> dict:
+    """Adam state of ``old`` renumbered for ``new`` (``old`` grown): the parameters both share
+    keep their moments, the new blocks start without. Resetting them all cost ~0.4 dB at the
+    top quality for ~2k steps."""
+    opt_state = regroup(opt_state, old)
+    old_names = {id(p): n for n, p in old.named_parameters()}
+    carried = [grown_key(old_names[id(p)], old.config, new.config) for g in group_members(old) for p in g]
+    new_names = {id(p): n for n, p in new.named_parameters()}
+    groups = group_members(new)
+    index = {new_names[id(p)]: k for k, p in enumerate(p for g in groups for p in g)}
+    starts = np.cumsum([0] + [len(g) for g in groups])
+    return {
+        "state": {index[carried[i]]: v for i, v in opt_state["state"].items()},
+        "param_groups": [dict({k: v for k, v in group.items() if k != "params"}, params=list(range(int(a), int(b))))
+                         for group, a, b in zip(opt_state["param_groups"], starts[:-1], starts[1:])],
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -208,17 +226,18 @@ def run(args: argparse.Namespace) -> int:
     if source:
         remapped = adopt_lambdas(net, source, lambdas)
     grown = args.grow is not None and tuple(args.grow) != net.config.res
+    before = net
     if grown:
         net = net.grown(args.grow)
     net = net.to(args.device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(param_groups(net), lr=args.lr)
     if state:
-        if "optimizer" in state and not remapped and not grown:
-            opt.load_state_dict(regroup(state["optimizer"], net))
+        if "optimizer" in state and not remapped:
+            opt_state = grown_adam(state["optimizer"], before, net) if grown else regroup(state["optimizer"], net)
+            opt.load_state_dict(opt_state)
         else:
             fresh_adam = True
-            why = ("its λ table changed" if remapped else "the synthesis grew" if grown
-                   else "checkpoint has no optimizer state (slim)")
+            why = "its λ table changed" if remapped else "checkpoint has no optimizer state (slim)"
             print(f"{why}: Adam starts afresh", file=sys.stderr)
         step, seconds = state["step"], state["seconds"]
         a = state["args"]
@@ -237,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
                     "crop": args.crop, "device": args.device, "init": args.init, "bf16": args.bf16,
                     "threads": torch.get_num_threads(), "seeded_gdn": seeded}
                    | ({"fresh_optimizer": True} if fresh_adam else {})
+                   | ({"from_slim": True} if state and "optimizer" not in state else {})
                    | ({"remapped_gains": True} if remapped else {})
                    | ({"grown": list(net.config.res)} if grown else {}))
     val_images = [load_rgb(p) for p in image_paths(args.val)]
