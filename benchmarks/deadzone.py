@@ -34,6 +34,8 @@ from pillow_cnnz.train.data import image_paths  # noqa: E402
 def code_with_deadzone(model, z: np.ndarray, y: np.ndarray, delta: float) -> tuple[bytes, bytes]:
     """``codec.code_latents`` of latents moved δ toward their means μ: it codes round(y − μ), and
     round(r − δ·sign(r)) = sign(r)·floor(|r| + ½ − δ) for δ < ½. δ = 0 gives the codec's bytes."""
+    if model.context_layers is not None:  # the context's means depend on the coded anchors
+        raise SystemExit("deadzone.py needs means that do not depend on the symbols: a model without a context")
     mu, _ = codec._hyper(model, z, 0, z.shape[1])  # the exact means code_latents uses, band by band
     return codec.code_latents(model, z, y - np.float32(delta) * np.sign(y - mu))
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import blas, container, entropy, hyper
+from . import blas, container, context, entropy, hyper
 from .weights import Model, load
 
 LATENT_STRIDE = 16  # pixels per latent
@@ -206,9 +206,45 @@ def _numpy_synthesis(model: Model) -> Any:
 
 
 def _hyper(model: Model, z: np.ndarray, top: int, bottom: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact means (float32) and scale indexes (uint8) of the latents of ẑ rows ``[top, bottom)``."""
-    mu, idx = hyper.means_and_indexes(hyper.hyper_band(model.hyper_layers, z, top, bottom), model.meta["scale"])
+    """Exact means (float32) and scale indexes (uint8) of the latents of ẑ rows ``[top, bottom)``
+    as the hyperprior alone gives them (with a context: the anchors' ones)."""
+    return _params(model, hyper.hyper_band(model.hyper_layers, z, top, bottom))
+
+
+def _params(model: Model, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mu, idx = hyper.means_and_indexes(out, model.meta["scale"])
     return mu, idx.astype(np.uint8)
+
+
+def _encode_band(model: Model, enc: entropy.Encoder, z: np.ndarray, top: int, bottom: int,
+                 y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Push the latents ``y`` of ẑ rows ``[top, bottom)``; returns (symbols, scale indexes).
+
+    With a context the anchors go last, so the decoder pulls them first (ANS is a stack)."""
+    symbols, _, idx, mask = context.band_symbols(model.hyper_layers, model.context_layers, model.meta["scale"],
+                                                 z, top, bottom, y)
+    idx = idx.astype(np.uint8)
+    if mask is None:
+        enc.push(symbols, idx)
+    else:
+        enc.push(symbols[:, ~mask], idx[:, ~mask])
+        enc.push(symbols[:, mask], idx[:, mask])
+    return symbols, idx
+
+
+def _decode_band(model: Model, dec: entropy.Decoder, z: np.ndarray, top: int,
+                 bottom: int) -> tuple[np.ndarray, np.ndarray]:
+    """(symbols, means) of the latents of ẑ rows ``[top, bottom)``, pulled from ``dec``."""
+    out = hyper.hyper_band(model.hyper_layers, z, top, bottom)
+    mu, idx = _params(model, out)
+    if model.context_layers is None:
+        return dec.pull(idx), mu
+    mask = context.anchors(idx.shape[1], idx.shape[2])
+    symbols = np.zeros(idx.shape, np.int64)
+    symbols[:, mask] = dec.pull(idx[:, mask])
+    mu_n, idx_n = _params(model, context.refine(model.context_layers, out, symbols))
+    symbols[:, ~mask] = dec.pull(idx_n[:, ~mask])
+    return symbols, np.where(mask, mu, mu_n)
 
 
 def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | None = None,
@@ -233,13 +269,25 @@ def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | 
 
 def code_latents(model: Model, z: np.ndarray, y: np.ndarray) -> tuple[bytes, bytes]:
     """(LATZ, LATY) payloads: ẑ with per-channel tables, then y band by band (last band first)."""
+    latz, laty, _, _ = _code_latents(model, z, y, keep=False)
+    return latz, laty
+
+
+def _code_latents(model: Model, z: np.ndarray, y: np.ndarray,
+                  keep: bool) -> tuple[bytes, bytes, np.ndarray | None, np.ndarray | None]:
+    """``code_latents``, and with ``keep`` also the image's symbols and scale indexes."""
     latz = entropy.encode(z, _channel_index(z.shape), model.z_tables)
     enc = entropy.Encoder(model.y_tables)
     f = hyper.upsampling(model.hyper_layers)
+    kept = []
     for top, bottom in reversed(hyper.bands(z.shape[1])):
-        mu, idx = _hyper(model, z, top, bottom)
-        enc.push(np.round(y[:, top * f : bottom * f] - mu).astype(np.int32), idx)
-    return latz, enc.finish()
+        symbols, idx = _encode_band(model, enc, z, top, bottom, y[:, top * f : bottom * f])
+        if keep:
+            kept.append((symbols, idx))
+    if not keep:
+        return latz, enc.finish(), None, None
+    return (latz, enc.finish(), np.concatenate([k[0] for k in kept[::-1]], axis=1).astype(np.int64),
+            np.concatenate([k[1] for k in kept[::-1]], axis=1))
 
 
 def encode_latents(rgb: np.ndarray, quality: float, device: str | None = None) -> tuple[Model, np.ndarray, np.ndarray, np.ndarray, bytes]:
@@ -251,11 +299,10 @@ def encode_latents(rgb: np.ndarray, quality: float, device: str | None = None) -
     """
     model = load()
     ((z, y),) = analyse_batch([rgb], [quality], device)
-    mu, idx = _hyper(model, z, 0, z.shape[1])
-    latz, laty = code_latents(model, z, y)
+    latz, laty, symbols, idx = _code_latents(model, z, y, keep=True)
     data = container.serialize(rgb.shape[1], rgb.shape[0], "RGB", _check_quality(quality), model.model_id,
                                {"LATZ": latz, "LATY": laty})
-    return model, z, np.round(y - mu).astype(np.int64), idx, data
+    return model, z, symbols, idx, data
 
 
 def _channel_index(shape: tuple[int, ...]) -> np.ndarray:
@@ -274,8 +321,7 @@ def _latent_bands(header: container.Header, latz: bytes, laty: bytes):
         dec = entropy.Decoder(laty, model.y_tables, m * zh * f * zw * f)
         yield model, z
         for top, bottom in hyper.bands(zh):
-            mu, idx = _hyper(model, z, top, bottom)
-            yield (top * f, bottom * f), dec.pull(idx), mu
+            yield (top * f, bottom * f), *_decode_band(model, dec, z, top, bottom)
         dec.finish()
     except entropy.EntropyError as e:
         raise container.CorruptFileError(str(e)) from e

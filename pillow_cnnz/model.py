@@ -7,9 +7,11 @@ Data flow (one model for every quality; Cui et al. 2021 gain units)::
                                └── round(y' − μ) ── symbols ──┘ (tables indexed by σ, measured at export)
     x̂ ─ g_s ─ ŷ = (symbols + μ) × inv_gain(q)
 
-``h_s`` is trained in float here; at export it is turned into an integer network
-(``pillow_cnnz.hyper``) so the decoder reproduces the encoder's probabilities exactly
-on any device. ``g_s`` is small on purpose (15-20k multiply-adds per pixel,
+With a context (``Config.ctx``), the non-anchor half of the latents gets (μ, log2 σ)
+refined from the rounded anchors around it (``layers.CheckerboardContext``).
+``h_s`` and the context are trained in float here; at export they are turned into integer
+networks (``pillow_cnnz.hyper``, ``pillow_cnnz.context``) so the decoder reproduces the
+encoder's probabilities exactly on any device. ``g_s`` is small on purpose (15-20k multiply-adds per pixel,
 ``Config.synthesis_macs``): channels shrink toward full resolution, upsampling is
 sub-pixel, and residual blocks (``Config.res``) add depth only where it pays.
 
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from .factorized import FactorizedDensity
-from .layers import GDN, ResBlock, SubPixelConv, conv
+from .layers import GDN, CheckerboardContext, ResBlock, SubPixelConv, anchor_mask, conv
 
 # Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE). "wide", the
 # default since step 55,000: geometric from 0.0004 to 0.18, so quality 1..8 spans about
@@ -48,6 +50,7 @@ class Config:
     Nh: int = 96  # hyper width
     dec: tuple[int, int, int] = (96, 64, 48)  # synthesis widths, coarse to fine
     res: tuple[int, int, int] = (0, 0, 0)  # residual blocks after each synthesis level (CnnzNet.grown)
+    ctx: int = 0  # width of the checkerboard context (0: none; CnnzNet.with_context)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,6 +138,7 @@ class CnnzNet(nn.Module):
             conv(Nh, 2 * M, 1, 1),
         )
         self.density_z = FactorizedDensity(Nz)
+        self.context = CheckerboardContext(M, config.ctx) if config.ctx else None
         levels = torch.tensor([0.5 * math.log2(v / LAMBDAS[3]) for v in LAMBDAS])
         self.log2_gain = nn.Parameter(levels.unsqueeze(-1).repeat(1, M))
         self.log2_inv_gain = nn.Parameter(-levels.unsqueeze(-1).repeat(1, M))
@@ -168,6 +172,30 @@ class CnnzNet(nn.Module):
         net.load_state_dict(state)
         return net
 
+    def with_context(self, channels: int) -> CnnzNet:
+        """A copy with a checkerboard context of ``channels`` (none before): its last layer
+        starts at zero, so the copy computes the same function."""
+        if self.config.ctx:
+            msg = f"the network already has a context ({self.config.ctx} channels)"
+            raise ValueError(msg)
+        net = CnnzNet(replace(self.config, ctx=channels))
+        state = net.state_dict()
+        state.update({k: v.clone() for k, v in self.state_dict().items()})
+        net.load_state_dict(state)
+        return net
+
+    def entropy_parameters(self, hyper: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log2 σ) of every latent: the hyperprior's, refined by the context at the
+        non-anchors from the rounded anchors ``round(y − μ) + μ`` (what the decoder has)."""
+        if self.context is not None:
+            m = self.config.M
+            anchors = anchor_mask(y.shape[2], y.shape[3], y.device)
+            mu = hyper[:, :m]
+            y_anchor = (y - mu + (torch.round(y - mu) - (y - mu)).detach() + mu) * anchors
+            hyper = hyper + self.context(y_anchor, hyper) * (1 - anchors)
+        mu, log2_scale = hyper.chunk(2, dim=1)
+        return mu, log2_scale
+
     def gains(self, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (gain, inverse gain), shaped (B, M, 1, 1)."""
         g = 2 ** interp_log2(self.log2_gain, quality)
@@ -195,7 +223,7 @@ class CnnzNet(nn.Module):
         bits_z = -torch.log2(self.density_z.likelihood(z_tilde).clamp_min(1e-9)).sum((1, 2, 3))
         with amp():
             hyper = self.h_s(z_tilde)
-        mu, log2_scale = hyper.float().chunk(2, dim=1)
+        mu, log2_scale = self.entropy_parameters(hyper.float(), y)
         scale = (2**log2_scale).clamp_min(SCALE_MIN)
         if self.training:
             y_rate = y + torch.empty_like(y).uniform_(-0.5, 0.5)

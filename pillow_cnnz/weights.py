@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import context
 from .entropy import Tables
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -56,6 +57,7 @@ class Model:
     z_tables: Tables
     y_tables: Tables
     hyper_layers: list[dict]
+    context_layers: dict | None = None  # context.py's integer network, when the model has one
     _nets: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -90,10 +92,10 @@ class Model:
                 net = CnnzNet(Config.from_dict(self.meta["config"]))
                 state = {k[4:]: torch.from_numpy(v) for k, v in self.arrays.items() if k.startswith("net/")}
                 missing, unexpected = net.load_state_dict(state, strict=False)
-                if unexpected or any(not k.startswith(("h_s.", "density_z.")) for k in missing):
+                if unexpected or any(not k.startswith(("h_s.", "density_z.", "context.")) for k in missing):
                     msg = f"weights file does not match the network: missing {missing}, unexpected {unexpected}"
                     raise WeightsError(msg)
-                net.h_s = net.density_z = None  # the integer copy in hyper.py replaces them
+                net.h_s = net.density_z = net.context = None  # integer copies (hyper.py, context.py) replace them
                 net = net.eval().to(device, getattr(torch, dtype))
                 self._nets[device, dtype] = net.to(memory_format=torch.channels_last)  # 1.6x for CPU convs
             return self._nets[device, dtype]
@@ -135,7 +137,12 @@ def _read(model_id: bytes) -> Model:
         return Tables(arrays[f"{prefix}/pmf"], arrays[f"{prefix}/lo"].astype(np.int64),
                       arrays[f"{prefix}/length"].astype(np.int64))
 
-    return Model(model_id, meta, arrays, tables("z"), tables("y"), layers)
+    ctx = None
+    if meta.get("context"):
+        ctx = {name: {"shift": meta["context"]["shifts"][name],
+                      "weight": arrays[f"context/{name}/weight"].astype(np.float64),
+                      "bias": arrays[f"context/{name}/bias"].astype(np.float64)} for name in context.NAMES}
+    return Model(model_id, meta, arrays, tables("z"), tables("y"), layers, ctx)
 
 
 def load(model_id: bytes | None = None) -> Model:

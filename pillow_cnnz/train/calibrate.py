@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import hyper
+from .. import context, hyper
 from ..model import QUALITY_MAX, QUALITY_MIN, CnnzNet
 from .data import image_paths, load_rgb
 
@@ -45,8 +45,10 @@ def calibration_images(folder: str | Path, count: int, crop: int) -> list[np.nda
 
 
 @torch.no_grad()
-def symbol_histograms(net: CnnzNet, layers: list[dict], scale: dict, images: list[np.ndarray]) -> np.ndarray:
-    """(scale count, 2·HIST_HALF + 1) counts of ``round(y - μ)`` per scale index, qualities 1..8."""
+def symbol_histograms(net: CnnzNet, layers: list[dict], scale: dict, images: list[np.ndarray],
+                      context_layers: dict | None = None) -> np.ndarray:
+    """(scale count, 2·HIST_HALF + 1) counts of ``round(y - μ)`` per scale index, qualities 1..8,
+    with the means and indexes the codec uses (band by band, through the context if any)."""
     net.eval()
     counts = np.zeros((scale["count"], 2 * HIST_HALF + 1), np.int64)
     qualities = np.arange(QUALITY_MIN, QUALITY_MAX + 1)
@@ -59,10 +61,13 @@ def symbol_histograms(net: CnnzNet, layers: list[dict], scale: dict, images: lis
             gain, _ = net.gains(torch.tensor([float(q)]))
             y = y0 * gain
             z = torch.round(net.h_a(y))[0].numpy().astype(np.int64)
-            mu, idx = hyper.means_and_indexes(hyper.hyper_synthesis(layers, z), scale)
-            sym = np.clip(np.round(y[0].numpy() - mu), -HIST_HALF, HIST_HALF).astype(np.int64)
-            flat = idx.ravel().astype(np.int64) * counts.shape[1] + sym.ravel() + HIST_HALF
-            counts += np.bincount(flat, minlength=counts.size).reshape(counts.shape)
+            f = hyper.upsampling(layers)
+            for top, bottom in hyper.bands(z.shape[1]):
+                band = y[0, :, top * f : bottom * f].numpy()
+                sym, _, idx, _ = context.band_symbols(layers, context_layers, scale, z, top, bottom, band)
+                sym = np.clip(sym, -HIST_HALF, HIST_HALF).astype(np.int64)
+                flat = idx.ravel().astype(np.int64) * counts.shape[1] + sym.ravel() + HIST_HALF
+                counts += np.bincount(flat, minlength=counts.size).reshape(counts.shape)
     return counts
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import hyper
+from .. import context, hyper
 from ..layers import SubPixelConv
 from ..model import LAMBDA_TABLES, SCALE_MIN, CnnzNet, Config
 from . import calibrate
@@ -50,25 +50,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def integer_conv(conv: torch.nn.Conv2d) -> dict:
+    """Fixed-point copy of a float convolution (weights < 2**11, shift <= 20)."""
+    w = conv.weight.detach().double().numpy()
+    b = conv.bias.detach().double().numpy() if conv.bias is not None else np.zeros(w.shape[0])
+    shift = int(min(20, math.floor(math.log2(2**11 / max(np.abs(w).max(), 1e-12)))))
+    return {"kind": "conv", "shift": shift, "weight": np.round(w * 2**shift),
+            "bias": np.round(b * 2.0 ** (shift + hyper.FRAC_BITS))}
+
+
 def integer_layers(h_s: torch.nn.Sequential) -> list[dict]:
-    """Fixed-point copy of the float hyper-synthesis (weights < 2**11, shift <= 20)."""
+    """Fixed-point copy of the float hyper-synthesis."""
     layers: list[dict] = []
     for module in h_s:
         if isinstance(module, torch.nn.ReLU):
             layers.append({"kind": "relu"})
             continue
-        conv = module.conv if isinstance(module, SubPixelConv) else module
-        w = conv.weight.detach().double().numpy()
-        b = conv.bias.detach().double().numpy()
-        shift = int(min(20, math.floor(math.log2(2**11 / max(np.abs(w).max(), 1e-12)))))
-        layers.append({
-            "kind": "conv", "shift": shift,
-            "weight": np.round(w * 2**shift),
-            "bias": np.round(b * 2.0 ** (shift + hyper.FRAC_BITS)),
-        })
+        layers.append(integer_conv(module.conv if isinstance(module, SubPixelConv) else module))
         if isinstance(module, SubPixelConv):
             layers.append({"kind": "shuffle"})
     return layers
+
+
+def integer_context(net: CnnzNet) -> dict | None:
+    """Fixed-point copy of the checkerboard context (``context.py``), if the network has one."""
+    if net.context is None:
+        return None
+    return {name: integer_conv(getattr(net.context, name)) for name in context.NAMES}
 
 
 def deterministic_npz(arrays: dict[str, np.ndarray]) -> bytes:
@@ -149,10 +157,14 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str, calibration: d
         if layer["kind"] == "conv":
             arrays[f"hyper/{i}/weight"] = layer["weight"].astype(np.int32)
             arrays[f"hyper/{i}/bias"] = layer["bias"].astype(np.int64)
+    ctx = integer_context(net)
+    for name, layer in (ctx or {}).items():
+        arrays[f"context/{name}/weight"] = layer["weight"].astype(np.int32)
+        arrays[f"context/{name}/bias"] = layer["bias"].astype(np.int64)
     scale = {"offset": SCALE_OFFSET, "step": SCALE_STEP, "count": SCALE_COUNT}
     if calibration:
         images = calibrate.calibration_images(calibration["data"], calibration["images"], calibration["crop"])
-        counts = calibrate.symbol_histograms(net, layers, scale, images)
+        counts = calibrate.symbol_histograms(net, layers, scale, images, ctx)
         latent_tables = calibrate.tables_from_histograms(counts, nominal_scales(), max(nominal_halves()))
     else:
         latent_tables = y_tables()
@@ -165,6 +177,7 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str, calibration: d
         "config": net.config.to_dict(),
         "hyper": [{"kind": l["kind"], **({"shift": l["shift"]} if l["kind"] == "conv" else {})} for l in layers],
         "frac_bits": hyper.FRAC_BITS,
+        **({"context": {"channels": net.config.ctx, "shifts": {k: v["shift"] for k, v in ctx.items()}}} if ctx else {}),
         "scale": scale,
         "y_tables": dict(calibration, symbols=int(counts.sum())) if calibration else "gaussian",
         "lambdas": list(checkpoint_lambdas(state)),
@@ -315,7 +328,8 @@ def model_card(info: dict, results: Path) -> str:
                         f"--density-lr {dlr:g} --gain-lr {glr:g} --batch {h['batch']} --crop {h['crop']} "
                         f"--lambdas {table} --rate-balance {balance:g} "
                         f"--threads {threads if threads != '?' else 0} {'--bf16' if bf16 else '--no-bf16'}"
-                        + (" --resume" if i else "") + (f" --grow {','.join(map(str, h['grown']))}" if h.get("grown") else ""))
+                        + (" --resume" if i else "") + (f" --grow {','.join(map(str, h['grown']))}" if h.get("grown") else "")
+                        + (f" --context {h['context']}" if h.get("context") else ""))
     history = "\n".join(rows)
     switches = [h["from_step"] for h, a, b in zip(hist[1:], tables, tables[1:]) if a != b]
     table_note = "".join(f"; from step {s:,} on, quality 1 and 4 stand for other λ (the λ table changed), so rows "

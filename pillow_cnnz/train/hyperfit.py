@@ -70,7 +70,7 @@ def code_bits(net: CnnzNet, y0: torch.Tensor, quality: float) -> torch.Tensor:
     y = y0 * gain
     z_hat = _round_st(net.h_a(y))
     bits_z = -torch.log2(net.density_z.likelihood(z_hat).clamp_min(1e-9)).sum()
-    mu, log2_scale = net.h_s(z_hat).chunk(2, dim=1)
+    mu, log2_scale = net.entropy_parameters(net.h_s(z_hat), y)  # through the context, if any
     scale = (2**log2_scale).clamp_min(SCALE_MIN)
     bits_y = -torch.log2(gaussian_likelihood(_round_st(y - mu), scale)).sum()
     return bits_y + bits_z
@@ -84,7 +84,8 @@ def validate(net: CnnzNet, ys: list[torch.Tensor], pixels: list[int]) -> dict[st
 
 
 def hyper_parameters(net: CnnzNet) -> tuple[list, list]:
-    return [*net.h_a.parameters(), *net.h_s.parameters()], list(net.density_z.parameters())
+    entropy = [*net.density_z.parameters(), *(net.context.parameters() if net.context is not None else [])]
+    return [*net.h_a.parameters(), *net.h_s.parameters()], entropy
 
 
 def run(args: argparse.Namespace) -> int:

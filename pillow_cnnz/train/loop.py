@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grow", type=lambda v: tuple(int(n) for n in v.split(",")), metavar="A,B,C",
                    help="residual blocks after each synthesis level (e.g. 0,1,0): a resumed network gets "
                         "the missing ones as identity blocks (CnnzNet.grown); Adam keeps the old parameters' moments")
+    p.add_argument("--context", type=int, metavar="C",
+                   help="add a checkerboard context of C channels to a resumed network without one "
+                        "(CnnzNet.with_context: it starts as no change; trained with the density's rate)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -157,12 +160,15 @@ def logged_validation(log: Path, until: int) -> list[dict]:
 
 
 def group_members(net: CnnzNet, count: int = 3) -> list[list[torch.nn.Parameter]]:
-    """Parameters per optimizer group: transforms, hyper-latent density, per-quality gains.
+    """Parameters per optimizer group: transforms, entropy model (hyper-latent density and
+    context), per-quality gains.
 
     ``count`` < 3 gives the groupings of older checkpoints (1: all together; 2: the
     gains still with the transforms), so their optimizer state can be renumbered.
     """
     density = {id(p) for p in net.density_z.parameters()}
+    if net.context is not None:
+        density |= {id(p) for p in net.context.parameters()}
     gains = {id(net.log2_gain), id(net.log2_inv_gain)} if count >= 3 else set()
     rest = [p for p in net.parameters() if id(p) not in density and id(p) not in gains]
     groups = [[p for p in net.parameters() if id(p) in density], [p for p in net.parameters() if id(p) in gains]]
@@ -192,9 +198,9 @@ def regroup(opt_state: dict, net: CnnzNet) -> dict:
 
 
 def grown_adam(opt_state: dict, old: CnnzNet, new: CnnzNet) -> dict:
-    """Adam state of ``old`` renumbered for ``new`` (``old`` grown): the parameters both share
-    keep their moments, the new blocks start without. Resetting them all cost ~0.4 dB at the
-    top quality for ~2k steps."""
+    """Adam state of ``old`` renumbered for ``new`` (``old`` grown or given a context): the
+    parameters both share keep their moments, the new ones start without. Resetting them all
+    cost ~0.4 dB at the top quality for ~2k steps."""
     opt_state = regroup(opt_state, old)
     old_names = {id(p): n for n, p in old.named_parameters()}
     carried = [grown_key(old_names[id(p)], old.config, new.config) for g in group_members(old) for p in g]
@@ -229,11 +235,15 @@ def run(args: argparse.Namespace) -> int:
     before = net
     if grown:
         net = net.grown(args.grow)
+    contexted = bool(args.context) and not net.config.ctx
+    if contexted:
+        net = net.with_context(args.context)
     net = net.to(args.device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(param_groups(net), lr=args.lr)
     if state:
         if "optimizer" in state and not remapped:
-            opt_state = grown_adam(state["optimizer"], before, net) if grown else regroup(state["optimizer"], net)
+            changed = grown or contexted
+            opt_state = grown_adam(state["optimizer"], before, net) if changed else regroup(state["optimizer"], net)
             opt.load_state_dict(opt_state)
         else:
             fresh_adam = True
@@ -258,7 +268,8 @@ def run(args: argparse.Namespace) -> int:
                    | ({"fresh_optimizer": True} if fresh_adam else {})
                    | ({"from_slim": True} if state and "optimizer" not in state else {})
                    | ({"remapped_gains": True} if remapped else {})
-                   | ({"grown": list(net.config.res)} if grown else {}))
+                   | ({"grown": list(net.config.res)} if grown else {})
+                   | ({"context": net.config.ctx} if contexted else {}))
     val_images = [load_rgb(p) for p in image_paths(args.val)]
     log = open(run_dir / "log.jsonl", "a")
     hist: list[tuple[float, float, float]] = []

@@ -1,0 +1,87 @@
+"""Integer checkerboard context: decoded anchors -> exact (μ, scale index) of the other latents.
+
+With a context (``Config.ctx``), each band's latents are coded in two halves (He et al.
+2021): the anchors, whose row + column is even, with the hyperprior's parameters, then the
+rest with parameters the trained ``layers.CheckerboardContext`` refines from the anchors
+around them. The decoder must reproduce those parameters bit for bit, so, as in
+``hyper.py``, the float network is exported as a fixed-point one (integer weights, integer
+activations with ``hyper.FRAC_BITS`` fractional bits, float64 products that are exact).
+
+The context sees only its own band: anchors above or below the band's rows count as zero,
+so a band decodes without the next one (part of the format, FORMAT.md).
+
+``layers`` is a dict of the four convolutions ``ctx`` (3x3 over the anchors' ŷ), ``mix``
+(1x1 over the hyper output), ``c2`` and ``c3`` (1x1), each
+``{"weight": int array (out, in, k, k), "bias": int array, "shift": s}``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import blas, hyper
+
+NAMES = ("ctx", "mix", "c2", "c3")
+Y_LIMIT = 2**11  # |ŷ| fed to the context; larger values are clipped, as hyper.Z_LIMIT
+CHUNK = 2048  # latents computed at a time (not part of the format)
+
+
+def anchors(rows: int, cols: int) -> np.ndarray:
+    """(rows, cols) bool mask of the anchors of a band (bands start on even rows)."""
+    return (np.add.outer(np.arange(rows), np.arange(cols)) % 2) == 0
+
+
+def _apply(layer: dict, x: np.ndarray) -> np.ndarray:
+    """One fixed-point layer on (in, n) columns: as ``hyper.conv``, rounding half up."""
+    w = layer["weight"]
+    acc = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1) @ x
+    acc += layer["bias"][:, None]
+    out = np.floor(acc * 2.0 ** -layer["shift"] + 0.5)
+    return np.clip(out, -hyper.ACT_LIMIT, hyper.ACT_LIMIT, out=out)
+
+
+def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """The hyper output of one band, (2M, R, W) integers, with its non-anchors refined.
+
+    ``symbols`` are the band's decoded latent symbols, (M, R, W); only the anchors are read.
+    Anchor ŷ in fixed point is ``symbol · 2**FRAC_BITS + μ``, exactly what the hyper output
+    holds for μ, so encoder and decoder feed the network the same integers. The network runs
+    at the non-anchors only (the 3x3 ``ctx`` as gathered columns, the rest 1x1), ``chunk`` at a time.
+    """
+    m = out.shape[0] // 2
+    rows, width = out.shape[1:]
+    mask = anchors(rows, width)
+    limit = Y_LIMIT * 2.0**hyper.FRAC_BITS
+    y_anchor = np.zeros((m, rows + 2, width + 2))  # zero border: the band's edges are the context's
+    y_anchor[:, 1:-1, 1:-1] = np.where(mask, np.clip(symbols * 2.0**hyper.FRAC_BITS + out[:m], -limit, limit), 0)
+    refined = out.astype(np.float64, copy=True)
+    chunk = chunk or CHUNK
+    with blas.threads(1):  # see hyper.hyper_band
+        for p in (0, 1):  # rows of parity p: non-anchors in every other column from 1 - p
+            cols = np.arange(1 - p, width, 2).size
+            if cols == 0:
+                continue
+            per = max(1, chunk // cols)
+            for r0 in range(p, rows, 2 * per):
+                n = np.arange(r0, rows, 2)[:per].size
+                taps = np.stack([y_anchor[:, r0 + dy : r0 + dy + 2 * n : 2, 1 - p + dx : 1 - p + dx + 2 * cols : 2]
+                                 for dy in range(3) for dx in range(3)])  # (9, M, n, cols)
+                here = refined[:, r0 : r0 + 2 * n : 2, 1 - p :: 2]
+                h = _apply(layers["ctx"], taps.reshape(9 * m, -1)) + _apply(layers["mix"], here.reshape(2 * m, -1))
+                h = np.maximum(_apply(layers["c2"], np.maximum(h, 0)), 0)
+                here += _apply(layers["c3"], h).reshape(here.shape)
+    return refined
+
+
+def band_symbols(hyper_layers: list[dict], context_layers: dict | None, scale: dict, z: np.ndarray, top: int,
+                 bottom: int, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Encoder side of one band of ẑ rows ``[top, bottom)`` with latents ``y``: (symbols
+    ``round(y − μ)``, exact means μ, scale indexes, anchor mask or None without a context)."""
+    out = hyper.hyper_band(hyper_layers, z, top, bottom)
+    mu, idx = hyper.means_and_indexes(out, scale)
+    symbols = np.round(y - mu).astype(np.int32)
+    if context_layers is None:
+        return symbols, mu, idx, None
+    mask = anchors(y.shape[1], y.shape[2])
+    mu_n, idx_n = hyper.means_and_indexes(refine(context_layers, out, symbols), scale)
+    mu, idx = np.where(mask, mu, mu_n), np.where(mask, idx, idx_n)
+    return np.round(y - mu).astype(np.int32), mu, idx, mask  # anchors unchanged: their μ is the hyperprior's
