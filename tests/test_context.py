@@ -121,4 +121,4 @@ def test_resuming_with_context_adds_it_once_keeps_adam_and_the_card_reproduces_i
     again = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
     assert "context" not in again["history"][-1]
     card = model_card(export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware"), tmp_path)
-    assert "--resume --context 8" in card
+    assert "--resume --context 8" in card and "checkerboard context (8 channels" in card

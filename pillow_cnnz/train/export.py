@@ -291,6 +291,15 @@ def _residual_note(cfg: dict) -> str:
             f"`fit --grow`): {where}; ")
 
 
+def _context_note(meta: dict) -> str:
+    if not meta.get("context"):
+        return ""
+    return (f"- checkerboard context ({meta['context']['channels']} channels; added to the trained network as no "
+            f"change, `fit --context`): each band codes the anchor latents first, then the rest with (μ, scale) "
+            f"refined from the anchors around them (3×3 conv) and the hyper output (1×1 convs), exported as a "
+            f"fixed-point integer network (`pillow_cnnz/context.py`).\n")
+
+
 def phases(history: list[dict]) -> list[dict]:
     """The history with each resume that changed no setting merged into the phase before it."""
     def setting(h: dict) -> dict:
@@ -356,7 +365,7 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
 - hyper-analysis 3 convs to Nz={cfg['Nz']} channels; hyper-synthesis (conv, 2 sub-pixel convs, 1×1) exported
   as a fixed-point integer network (`pillow_cnnz/hyper.py`) whose integer scale index picks one of
   {meta['scale']['count']} latent tables; factorized prior tables for ẑ.
-- latent tables: {_tables_note(meta)}
+{_context_note(meta)}- latent tables: {_tables_note(meta)}
 - parameters: {meta['parameters']:,} in training, of which synthesis {meta['decoder_parameters']:,}.
 
 ## Training
