@@ -84,7 +84,7 @@ def test_file_coded_with_a_context_decodes_to_the_same_latents_and_bands_stay_ap
     torch.save({"model": net.state_dict(), "config": net.config.to_dict(), "step": 1, "seconds": 1.0,
                 "args": {"lr": 1e-4, "batch": 1, "crop": 64, "device": "cpu", "data": "d", "val": "v"}}, ckpt)
     info = export.export(ckpt, tmp_path / "w", "test", "test hardware")
-    assert info["meta"]["context"]["channels"] == 32
+    assert info["meta"]["context"]["channels"] == 32 and info["file"] == "test.npz"
     monkeypatch.setattr(weights, "weights_dir", lambda: tmp_path / "w")
     monkeypatch.setattr(weights, "_cache", {})
     model = weights.load()

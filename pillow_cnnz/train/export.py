@@ -158,9 +158,9 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str, calibration: d
             arrays[f"hyper/{i}/weight"] = layer["weight"].astype(np.int32)
             arrays[f"hyper/{i}/bias"] = layer["bias"].astype(np.int64)
     ctx = integer_context(net)
-    for name, layer in (ctx or {}).items():
-        arrays[f"context/{name}/weight"] = layer["weight"].astype(np.int32)
-        arrays[f"context/{name}/bias"] = layer["bias"].astype(np.int64)
+    for conv_name, layer in (ctx or {}).items():
+        arrays[f"context/{conv_name}/weight"] = layer["weight"].astype(np.int32)
+        arrays[f"context/{conv_name}/bias"] = layer["bias"].astype(np.int64)
     scale = {"offset": SCALE_OFFSET, "step": SCALE_STEP, "count": SCALE_COUNT}
     if calibration:
         images = calibrate.calibration_images(calibration["data"], calibration["images"], calibration["crop"])
