@@ -242,7 +242,7 @@ def _decode_band(model: Model, dec: entropy.Decoder, z: np.ndarray, top: int,
     mask = context.anchors(idx.shape[1], idx.shape[2])
     symbols = np.zeros(idx.shape, np.int64)
     symbols[:, mask] = dec.pull(idx[:, mask])
-    mu_n, idx_n = _params(model, context.refine(model.context_layers, out, symbols))
+    mu_n, idx_n = _params(model, context.refine(model.context_layers, out, symbols, inplace=True))
     symbols[:, ~mask] = dec.pull(idx_n[:, ~mask])
     return symbols, np.where(mask, mu, mu_n)
 

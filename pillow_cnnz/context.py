@@ -39,21 +39,24 @@ def _apply(layer: dict, x: np.ndarray) -> np.ndarray:
     return np.clip(out, -hyper.ACT_LIMIT, hyper.ACT_LIMIT, out=out)
 
 
-def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None = None) -> np.ndarray:
+def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None = None,
+           inplace: bool = False) -> np.ndarray:
     """The hyper output of one band, (2M, R, W) integers, with its non-anchors refined.
 
     ``symbols`` are the band's decoded latent symbols, (M, R, W); only the anchors are read.
     Anchor ŷ in fixed point is ``symbol · 2**FRAC_BITS + μ``, exactly what the hyper output
     holds for μ, so encoder and decoder feed the network the same integers. The network runs
     at the non-anchors only (the 3x3 ``ctx`` as gathered columns, the rest 1x1), ``chunk`` at a time.
+    ``inplace`` refines ``out`` (float64) itself, which saves a band-sized copy.
     """
     m = out.shape[0] // 2
     rows, width = out.shape[1:]
     mask = anchors(rows, width)
     limit = Y_LIMIT * 2.0**hyper.FRAC_BITS
-    y_anchor = np.zeros((m, rows + 2, width + 2))  # zero border: the band's edges are the context's
+    # float32 holds these integers (|v| <= 2**19) exactly; zero border: the band's edges are the context's
+    y_anchor = np.zeros((m, rows + 2, width + 2), np.float32)
     y_anchor[:, 1:-1, 1:-1] = np.where(mask, np.clip(symbols * 2.0**hyper.FRAC_BITS + out[:m], -limit, limit), 0)
-    refined = out.astype(np.float64, copy=True)
+    refined = out if inplace and out.dtype == np.float64 else out.astype(np.float64)
     chunk = chunk or CHUNK
     with blas.threads(1):  # see hyper.hyper_band
         for p in (0, 1):  # rows of parity p: non-anchors in every other column from 1 - p
@@ -82,6 +85,6 @@ def band_symbols(hyper_layers: list[dict], context_layers: dict | None, scale: d
     if context_layers is None:
         return symbols, mu, idx, None
     mask = anchors(y.shape[1], y.shape[2])
-    mu_n, idx_n = hyper.means_and_indexes(refine(context_layers, out, symbols), scale)
+    mu_n, idx_n = hyper.means_and_indexes(refine(context_layers, out, symbols, inplace=True), scale)
     mu, idx = np.where(mask, mu, mu_n), np.where(mask, idx, idx_n)
     return np.round(y - mu).astype(np.int32), mu, idx, mask  # anchors unchanged: their μ is the hyperprior's

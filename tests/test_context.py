@@ -32,6 +32,8 @@ def test_context_refines_only_non_anchors_and_reads_only_anchors():
     assert np.array_equal(context.refine(layers, out, other), refined)
     assert np.array_equal(context.refine(layers, out, symbols, chunk=7), refined)  # chunks change nothing
     assert np.array_equal(refined, np.round(refined))
+    again = out.copy()
+    assert context.refine(layers, again, symbols, inplace=True) is again and np.array_equal(again, refined)
 
 
 def test_integer_context_follows_the_float_one_it_was_exported_from():
