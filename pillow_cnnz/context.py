@@ -21,6 +21,9 @@ import numpy as np
 from . import blas, hyper
 
 NAMES = ("ctx", "mix", "c2", "c3")
+# The taps of the 3x3 ``ctx`` that can hold an anchor when the output is a non-anchor: the
+# four direct neighbours. The centre and the diagonals are non-anchors, always zero in its input.
+CROSS = ((0, 1), (1, 0), (1, 2), (2, 1))
 Y_LIMIT = 2**11  # |ŷ| fed to the context; larger values are clipped, as hyper.Z_LIMIT
 CHUNK = 2048  # latents computed at a time (not part of the format)
 
@@ -30,10 +33,10 @@ def anchors(rows: int, cols: int) -> np.ndarray:
     return (np.add.outer(np.arange(rows), np.arange(cols)) % 2) == 0
 
 
-def _apply(layer: dict, x: np.ndarray) -> np.ndarray:
-    """One fixed-point layer on (in, n) columns: as ``hyper.conv``, rounding half up."""
+def _apply(layer: dict, x: np.ndarray, taps: tuple = ((0, 0),)) -> np.ndarray:
+    """One fixed-point layer on (taps·in, n) columns: as ``hyper.conv``, rounding half up."""
     w = layer["weight"]
-    acc = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1) @ x
+    acc = np.concatenate([w[:, :, dy, dx] for dy, dx in taps], axis=1) @ x
     acc += layer["bias"][:, None]
     out = np.floor(acc * 2.0 ** -layer["shift"] + 0.5)
     return np.clip(out, -hyper.ACT_LIMIT, hyper.ACT_LIMIT, out=out)
@@ -46,7 +49,8 @@ def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None
     ``symbols`` are the band's decoded latent symbols, (M, R, W); only the anchors are read.
     Anchor ŷ in fixed point is ``symbol · 2**FRAC_BITS + μ``, exactly what the hyper output
     holds for μ, so encoder and decoder feed the network the same integers. The network runs
-    at the non-anchors only (the 3x3 ``ctx`` as gathered columns, the rest 1x1), ``chunk`` at a time.
+    at the non-anchors only (of the 3x3 ``ctx``, the four taps that see anchors, as gathered
+    columns; the rest is 1x1), ``chunk`` latents at a time.
     ``inplace`` refines ``out`` (float64) itself, which saves a band-sized copy.
     """
     m = out.shape[0] // 2
@@ -67,9 +71,9 @@ def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None
             for r0 in range(p, rows, 2 * per):
                 n = np.arange(r0, rows, 2)[:per].size
                 taps = np.stack([y_anchor[:, r0 + dy : r0 + dy + 2 * n : 2, 1 - p + dx : 1 - p + dx + 2 * cols : 2]
-                                 for dy in range(3) for dx in range(3)])  # (9, M, n, cols)
+                                 for dy, dx in CROSS])  # (4, M, n, cols)
                 here = refined[:, r0 : r0 + 2 * n : 2, 1 - p :: 2]
-                h = _apply(layers["ctx"], taps.reshape(9 * m, -1)) + _apply(layers["mix"], here.reshape(2 * m, -1))
+                h = _apply(layers["ctx"], taps.reshape(4 * m, -1), CROSS) + _apply(layers["mix"], here.reshape(2 * m, -1))
                 h = np.maximum(_apply(layers["c2"], np.maximum(h, 0)), 0)
                 here += _apply(layers["c3"], h).reshape(here.shape)
     return refined

@@ -36,6 +36,23 @@ def test_context_refines_only_non_anchors_and_reads_only_anchors():
     assert context.refine(layers, again, symbols, inplace=True) is again and np.array_equal(again, refined)
 
 
+def test_context_at_the_non_anchors_equals_plain_integer_convolutions_over_the_band():
+    rng = np.random.default_rng(2)
+    m, rows, cols = 4, 5, 9
+    layers = random_context(m, 6, seed=3)
+    out = rng.integers(-2000, 2000, (2 * m, rows, cols)).astype(np.float64)
+    symbols = rng.integers(-5, 6, (m, rows, cols))
+    mask = context.anchors(rows, cols)
+    y_anchor = np.where(mask, symbols * 2.0**hyper.FRAC_BITS + out[:m], 0)
+
+    def conv(name, x):
+        return hyper.conv(x, layers[name]["weight"], layers[name]["bias"], layers[name]["shift"])
+
+    h = np.maximum(conv("c2", np.maximum(conv("ctx", y_anchor) + conv("mix", out), 0)), 0)
+    want = np.where(mask, out, out + conv("c3", h))
+    assert np.array_equal(context.refine(layers, out, symbols), want)
+
+
 def test_integer_context_follows_the_float_one_it_was_exported_from():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.layers import CheckerboardContext, anchor_mask
