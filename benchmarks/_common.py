@@ -264,7 +264,8 @@ def capture_entropy_calls() -> Iterator[list[dict]]:
     """Record every ANS stream the codec writes (``pillow_cnnz.entropy.Encoder``).
 
     Each record holds the exact ``values``, ``index`` and ``tables`` the codec
-    pushed (bands joined along the row axis, top to bottom), the number of bands,
+    pushed (bands joined along the row axis, top to bottom; with a context, each push
+    flattened, in decoding order), the pushes themselves in decoding order, their number,
     the payload it got back and the wall time of pushing and finishing, so the
     benchmark sees the codec's real symbols without re-implementing the codec.
     """
@@ -289,9 +290,13 @@ def capture_entropy_calls() -> Iterator[list[dict]]:
         def finish(self):
             t0 = time.perf_counter()
             payload = super().finish()
-            axis = 1 if self._bands[0][0].ndim == 3 else 0
-            calls.append({"values": np.concatenate([v for v, _ in self._bands], axis=axis),
-                          "index": np.concatenate([i for _, i in self._bands], axis=axis),
+            if all(v.ndim == 3 for v, _ in self._bands):  # whole bands: join them along the rows
+                values = np.concatenate([v for v, _ in self._bands], axis=1)
+                index = np.concatenate([i for _, i in self._bands], axis=1)
+            else:  # a context codes each band in two halves (anchors, then the rest), already flat per channel
+                values = np.concatenate([v.reshape(-1) for v, _ in self._bands])
+                index = np.concatenate([i.reshape(-1) for _, i in self._bands])
+            calls.append({"values": values, "index": index, "pushes": list(self._bands),
                           "bands": len(self._bands), "tables": self.tables, "payload": payload,
                           "seconds": self._seconds + time.perf_counter() - t0})
             return payload

@@ -204,7 +204,7 @@ def test_open_reads_only_the_header(rgb_file, no_decoding):
         assert im.info["quality"] == 4.0
     # 40-byte header + two 12-byte section headers, and Pillow's 16-byte prefix.
     assert fp.bytes_read <= 16 + 40 + 2 * 12
-    assert len(rgb_file) > 500
+    assert len(rgb_file) > 2 * (16 + 40 + 2 * 12)  # so the bound above is far from the whole file
 
 
 def test_open_does_not_import_torch(tmp_path, full_file):
