@@ -297,7 +297,7 @@ def _context_note(meta: dict) -> str:
     return (f"- checkerboard context ({meta['context']['channels']} channels; added to the trained network as no "
             f"change, `fit --context`): each band codes the anchor latents first, then the rest with (μ, scale) "
             f"refined from the anchors around them (3×3 conv) and the hyper output (1×1 convs), exported as a "
-            f"fixed-point integer network (`pillow_cnnz/context.py`).\n")
+            f"fixed-point integer network (`pillow_cnnz/context.py`); it trains at the density's learning rate.\n")
 
 
 def phases(history: list[dict]) -> list[dict]:
