@@ -38,8 +38,7 @@ def _apply(layer: dict, x: np.ndarray, taps: tuple = ((0, 0),)) -> np.ndarray:
     w = layer["weight"]
     acc = np.concatenate([w[:, :, dy, dx] for dy, dx in taps], axis=1) @ x
     acc += layer["bias"][:, None]
-    out = np.floor(acc * 2.0 ** -layer["shift"] + 0.5)
-    return np.clip(out, -hyper.ACT_LIMIT, hyper.ACT_LIMIT, out=out)
+    return hyper.rescale(acc, layer["shift"])
 
 
 def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None = None,

@@ -43,8 +43,14 @@ def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, shift: int) -> np.
             cols[dy, dx] = xp[:, dy : dy + h, dx : dx + w]
     acc = weight.transpose(0, 2, 3, 1).reshape(cout, -1) @ cols.reshape(-1, h * w)
     acc += bias[:, None]
-    out = np.floor(acc * 2.0**-shift + 0.5)
-    return np.clip(out, -ACT_LIMIT, ACT_LIMIT, out=out).reshape(cout, h, w)
+    return rescale(acc, shift).reshape(cout, h, w)
+
+
+def rescale(acc: np.ndarray, shift: int) -> np.ndarray:
+    """An integer layer's accumulator back to activations: × 2**-shift, rounded half up,
+    clipped to ``ACT_LIMIT`` (in place). Part of the format: every integer network uses it."""
+    out = np.floor(np.multiply(acc, 2.0**-shift, out=acc) + 0.5, out=acc)
+    return np.clip(out, -ACT_LIMIT, ACT_LIMIT, out=out)
 
 
 def pixel_shuffle(x: np.ndarray, r: int = 2) -> np.ndarray:

@@ -99,6 +99,11 @@ def grown_key(key: str, old: Config, new: Config) -> str:
     return f"g_s.{where[_g_s_slots(old)[int(index)]]}.{rest}"
 
 
+def round_st(v: torch.Tensor) -> torch.Tensor:
+    """round(v) forward, identity backward (straight-through): what the decoder gets, with a gradient."""
+    return v + (torch.round(v) - v).detach()
+
+
 def interp_log2(table: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     """Linear interpolation of per-level rows of ``table`` at fractional ``quality`` (1..L)."""
     t = (quality.to(table.dtype) - 1).clamp(0, table.shape[0] - 1)
@@ -191,7 +196,7 @@ class CnnzNet(nn.Module):
             m = self.config.M
             anchors = anchor_mask(y.shape[2], y.shape[3], y.device)
             mu = hyper[:, :m]
-            y_anchor = (y - mu + (torch.round(y - mu) - (y - mu)).detach() + mu) * anchors
+            y_anchor = (round_st(y - mu) + mu) * anchors
             hyper = hyper + self.context(y_anchor, hyper) * (1 - anchors)
         mu, log2_scale = hyper.chunk(2, dim=1)
         return mu, log2_scale
@@ -230,7 +235,7 @@ class CnnzNet(nn.Module):
         else:
             y_rate = torch.round(y - mu) + mu
         bits_y = -torch.log2(gaussian_likelihood(y_rate - mu, scale)).sum((1, 2, 3))
-        y_hat = y - mu + (torch.round(y - mu) - (y - mu)).detach() + mu
+        y_hat = round_st(y - mu) + mu
         with amp():
             x_hat = self.g_s(y_hat * inv_gain)
         x_hat = x_hat.float()

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model import QUALITY_MAX, QUALITY_MIN, SCALE_MIN, CnnzNet, gaussian_likelihood
+from ..model import QUALITY_MAX, QUALITY_MIN, SCALE_MIN, CnnzNet, gaussian_likelihood, round_st
 from .data import image_paths, load_rgb
 from .loop import load_checkpoint, pad64, save_checkpoint
 
@@ -59,20 +59,16 @@ def latents(net: CnnzNet, folder: str | Path) -> tuple[list[torch.Tensor], list[
     return ys, pixels
 
 
-def _round_st(v: torch.Tensor) -> torch.Tensor:
-    return v + (torch.round(v) - v).detach()
-
-
 def code_bits(net: CnnzNet, y0: torch.Tensor, quality: float) -> torch.Tensor:
     """Bits of ẑ and of the rounded latents of one image at ``quality``, as the codec codes them
     (straight-through rounding, so the hyper networks get gradients)."""
     gain, _ = net.gains(torch.tensor([quality]))
     y = y0 * gain
-    z_hat = _round_st(net.h_a(y))
+    z_hat = round_st(net.h_a(y))
     bits_z = -torch.log2(net.density_z.likelihood(z_hat).clamp_min(1e-9)).sum()
     mu, log2_scale = net.entropy_parameters(net.h_s(z_hat), y)  # through the context, if any
     scale = (2**log2_scale).clamp_min(SCALE_MIN)
-    bits_y = -torch.log2(gaussian_likelihood(_round_st(y - mu), scale)).sum()
+    bits_y = -torch.log2(gaussian_likelihood(round_st(y - mu), scale)).sum()
     return bits_y + bits_z
 
 

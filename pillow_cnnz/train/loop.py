@@ -189,12 +189,17 @@ def regroup(opt_state: dict, net: CnnzNet) -> dict:
     ids = {id(p): i for i, p in enumerate(p for g in group_members(net, old_count) for p in g)}
     new = group_members(net)
     new_index = {ids[id(p)]: k for k, p in enumerate(p for g in new for p in g)}
-    base = {key: v for key, v in opt_state["param_groups"][0].items() if key != "params"}
-    starts = np.cumsum([0] + [len(g) for g in new])
     return {
         "state": {new_index[i]: v for i, v in opt_state["state"].items()},
-        "param_groups": [dict(base, params=list(range(int(a), int(b)))) for a, b in zip(starts[:-1], starts[1:])],
+        "param_groups": numbered_groups([opt_state["param_groups"][0]] * len(new), new),
     }
+
+
+def numbered_groups(settings: list[dict], groups: list[list[torch.nn.Parameter]]) -> list[dict]:
+    """Optimizer ``param_groups`` with each group's settings and its parameters numbered in order."""
+    starts = np.cumsum([0] + [len(g) for g in groups])
+    return [dict({k: v for k, v in s.items() if k != "params"}, params=list(range(int(a), int(b))))
+            for s, a, b in zip(settings, starts[:-1], starts[1:])]
 
 
 def grown_adam(opt_state: dict, old: CnnzNet, new: CnnzNet) -> dict:
@@ -207,11 +212,9 @@ def grown_adam(opt_state: dict, old: CnnzNet, new: CnnzNet) -> dict:
     new_names = {id(p): n for n, p in new.named_parameters()}
     groups = group_members(new)
     index = {new_names[id(p)]: k for k, p in enumerate(p for g in groups for p in g)}
-    starts = np.cumsum([0] + [len(g) for g in groups])
     return {
         "state": {index[carried[i]]: v for i, v in opt_state["state"].items()},
-        "param_groups": [dict({k: v for k, v in group.items() if k != "params"}, params=list(range(int(a), int(b))))
-                         for group, a, b in zip(opt_state["param_groups"], starts[:-1], starts[1:])],
+        "param_groups": numbered_groups(opt_state["param_groups"], groups),
     }
 
 
