@@ -59,6 +59,7 @@ PSNR_AT_BPP = (0.25, 0.5, 1.0)
 # rates span roughly 0.1 - 2 bpp and beyond, with enough points for BD-rate.
 DEFAULT_QUALITIES: dict[str, list[float]] = {
     "cnnz": [1, 2, 3, 4, 5, 6, 7, 8],
+    "cnnz-m6": [1, 2, 3, 4, 5, 6, 7, 8],  # the same decoder, latents refined at encode (method=6)
     "jpeg": [5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95],
     "webp": [0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95],
     "avif": [0, 10, 20, 30, 40, 50, 60, 70, 80, 90],
@@ -66,6 +67,7 @@ DEFAULT_QUALITIES: dict[str, list[float]] = {
     "jxl": [0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90],
 }
 ALL_CODECS = list(DEFAULT_QUALITIES)
+SLOW_CODECS = ("cnnz-m6",)  # about 25x CNNZ's encode time: run when named in --codecs
 
 
 # --------------------------------------------------------------------------- metrics
@@ -200,7 +202,8 @@ def _pil_desc(feature: str, lib: str) -> str:
 def make_codec(name: str) -> tuple[Codec | None, str]:
     """Return (codec, note); codec is None when it cannot be used here."""
     pil = Image.__version__
-    if name == "cnnz":
+    if name in ("cnnz", "cnnz-m6"):
+        method = 6 if name == "cnnz-m6" else 0
         try:
             import pillow_cnnz  # noqa: F401  (registers the plugin)
         except Exception as exc:  # the codec may be mid-development
@@ -210,10 +213,11 @@ def make_codec(name: str) -> tuple[Codec | None, str]:
             return None, "pillow_cnnz imported but did not register a CNNZ save handler"
         ver = getattr(pillow_cnnz, "__version__", "?")
         return Codec(
-            "cnnz",
+            name,
             "CNNZ",
-            f"pillow_cnnz {ver} learned codec via Pillow {pil} (img.save(format='CNNZ', quality=q))",
-            lambda q: {"quality": float(q)},
+            f"pillow_cnnz {ver} learned codec via Pillow {pil} (img.save(format='CNNZ', quality=q"
+            + (f", method={method}))" if method else "))"),
+            lambda q: {"quality": float(q), **({"method": method} if method else {})},
         ), ""
     if name == "jpeg":
         return Codec(
@@ -391,11 +395,12 @@ def summarize(all_results: dict[str, dict], meta: dict, skipped: dict[str, str])
                 entry[f"bd_rate_{key}_vs_{ref}"] = _safe(bd_rate, ra, qa, rb, qb)
                 entry[f"bd_{key}_db_vs_{ref}"] = _safe(bd_psnr, ra, qa, rb, qb)
         summary["codecs"][name] = entry
-    if "cnnz" in all_results:
-        res = all_results["cnnz"]["results"]
-        order = np.argsort(res["quality"])
-        bpp, ps = np.asarray(res["bpp"])[order], np.asarray(res["psnr-rgb"])[order]
-        summary["cnnz_monotone"] = bool(np.all(np.diff(bpp) > 0) and np.all(np.diff(ps) > 0))
+    for name in ("cnnz", "cnnz-m6"):
+        if name in all_results:
+            res = all_results[name]["results"]
+            order = np.argsort(res["quality"])
+            bpp, ps = np.asarray(res["bpp"])[order], np.asarray(res["psnr-rgb"])[order]
+            summary[f"{name.replace('-', '_')}_monotone"] = bool(np.all(np.diff(bpp) > 0) and np.all(np.diff(ps) > 0))
     return summary
 
 
@@ -457,7 +462,7 @@ def plot(all_results: dict[str, dict], path: Path, title: str) -> None:
         order = np.argsort(res["bpp"])
         bpp = np.asarray(res["bpp"])[order]
         max_bpp = max(max_bpp, float(bpp.max()))
-        style = dict(marker="o", ms=3.5, lw=2.2 if name == "cnnz" else 1.4, label=name)
+        style = dict(marker="o", ms=3.5, lw=2.2 if name.startswith("cnnz") else 1.4, label=name)
         axes[0].plot(bpp, np.asarray(res["psnr-rgb"])[order], **style)
         axes[1].plot(bpp, [ms_ssim_db(v) for v in np.asarray(res["ms-ssim-rgb"])[order]], **style)
     for ax, ylabel in zip(axes, ("PSNR-RGB [dB]", "MS-SSIM-RGB [dB]  (-10 log10(1 - MS-SSIM))")):
@@ -483,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data" / "kodak"), help="folder of images")
     ap.add_argument("--out", default=str(HERE / "results" / "kodak"), help="output folder")
-    ap.add_argument("--codecs", default=",".join(ALL_CODECS), help="comma-separated subset of " + ",".join(ALL_CODECS))
+    ap.add_argument("--codecs", default=",".join(c for c in ALL_CODECS if c not in SLOW_CODECS),
+                    help="comma-separated subset of " + ",".join(ALL_CODECS) + " (default: all but "
+                    + ",".join(SLOW_CODECS) + ")")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images (sorted by name)")
     ap.add_argument("--cnnz-qualities", default=None, help="comma-separated CNNZ qualities in [1, 8] (default 1..8)")
     for c in ALL_CODECS[1:]:
@@ -509,10 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     names = [c.strip().lower() for c in args.codecs.split(",") if c.strip()]
     qualities = {c: list(DEFAULT_QUALITIES[c]) for c in ALL_CODECS}
     for c in ALL_CODECS:
-        override = getattr(args, f"{c}_qualities")
+        override = getattr(args, f"{c.replace('-', '_')}_qualities")
         if override:
             qualities[c] = _parse_floats(override)
-    if any(not 1.0 <= q <= 8.0 for q in qualities["cnnz"]):
+    if any(not 1.0 <= q <= 8.0 for q in qualities["cnnz"] + qualities["cnnz-m6"]):
         print("error: CNNZ qualities must lie in [1, 8]", file=sys.stderr)
         return 2
 
@@ -581,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ms-ssim-rgb": mean("ms_ssim"),
                 "encoding_time": mean("t_enc"),
                 "decoding_time": mean("t_dec"),
-                "quality": [q if name == "cnnz" else int(q) for q in qs],
+                "quality": [q if name.startswith("cnnz") else int(q) for q in qs],
             },
             "meta": {k: meta[k] for k in ("dataset", "n_images", "images")},
         }
@@ -608,9 +615,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "summary.md").write_text(
         f"{len(images)} images from `{data}`; BD-rate: PCHIP Bjøntegaard delta, "
         "negative = fewer bits than the reference; MS-SSIM BD-rate on -10 log10(1 - MS-SSIM).\n\n" + table + "\n"
-        + (f"\nCNNZ per quality (means over the images; quality monotone in bytes and PSNR: "
-           f"{'yes' if summary['cnnz_monotone'] else 'NO'}):\n\n{cnnz_table(all_results['cnnz'], all_results.get('jpeg'))}\n"
-           if "cnnz" in all_results else "")
+        + "".join(f"\n{name} per quality (means over the images; quality monotone in bytes and PSNR: "
+                  f"{'yes' if summary[name.replace('-', '_') + '_monotone'] else 'NO'}):\n\n"
+                  f"{cnnz_table(all_results[name], all_results.get('jpeg'))}\n"
+                  for name in ("cnnz", "cnnz-m6") if name in all_results)
     )
     plot(all_results, out / "rd.png", f"{data.name}, {len(images)} images")
     print()

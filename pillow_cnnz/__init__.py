@@ -31,7 +31,7 @@ def save(image: "Image.Image", path: str | os.PathLike[str], quality: float = 4.
 
     Pillow truncates the target before encoding starts; this encodes in memory and
     renames a complete file into place. ``params`` are the usual save options
-    (``exif``, ``icc_profile``, ``xmp``, ``device``).
+    (``exif``, ``icc_profile``, ``xmp``, ``device``, ``method``).
     """
     import io
 
@@ -59,9 +59,12 @@ def _as_array(image: "np.ndarray | Image.Image") -> tuple["np.ndarray", str]:
     return array, _MODES_BY_CHANNELS[channels]
 
 
-def encode(image: "np.ndarray | Image.Image", quality: float = 4.0, *, device: str | None = None) -> bytes:
-    """A ``.cnnz`` file (bytes) of a uint8 array (mode from its channels) or a PIL image."""
-    return encode_batch([image], quality, device=device)[0]
+def encode(image: "np.ndarray | Image.Image", quality: float = 4.0, *, device: str | None = None,
+           method: int = 0) -> bytes:
+    """A ``.cnnz`` file (bytes) of a uint8 array (mode from its channels) or a PIL image.
+
+    ``method`` 0-6 trades encode time for smaller files, as in Pillow's WebP (0: fastest)."""
+    return encode_batch([image], quality, device=device, method=method)[0]
 
 
 def decode(data: bytes, *, device: str | None = None) -> "np.ndarray":
@@ -70,12 +73,13 @@ def decode(data: bytes, *, device: str | None = None) -> "np.ndarray":
 
 
 def encode_batch(images: Sequence["np.ndarray | Image.Image"], quality: float = 4.0, *,
-                 device: str | None = None, batch_size: int = 8) -> list[bytes]:
+                 device: str | None = None, batch_size: int = 8, method: int = 0) -> list[bytes]:
     """Encode many images; same-size images go through the network together (fills a GPU)."""
     from . import codec
 
     arrays, modes = zip(*map(_as_array, images)) if images else ((), ())
-    return codec.encode_batch(list(arrays), list(modes), quality, device=device, batch_size=batch_size)
+    return codec.encode_batch(list(arrays), list(modes), quality, device=device, batch_size=batch_size,
+                              method=method)
 
 
 def decode_batch(files: Sequence[bytes], *, device: str | None = None, batch_size: int = 8) -> list["np.ndarray"]:

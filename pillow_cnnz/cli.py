@@ -12,7 +12,7 @@ from . import atomic, container, pil_plugin, save
 
 def _encode(args: argparse.Namespace) -> int:
     with Image.open(args.input) as im:
-        save(im, args.output, quality=args.quality, device=args.device)
+        save(im, args.output, quality=args.quality, device=args.device, method=args.method)
     return _info(argparse.Namespace(file=args.output))
 
 
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("-q", "--quality", type=float, default=4.0, help="1 (smallest) .. 8 (best), default 4")
+    p.add_argument("-m", "--method", type=int, default=0,
+                   help="0 (fastest, default) .. 6 (smallest files, slowest encode); the decoder is the same")
     p.add_argument("--device", help="cpu or cuda (default: CNNZ_DEVICE, else cuda when available)")
     p.set_defaults(func=_encode)
     p = sub.add_parser("decode", help=".cnnz -> any format Pillow writes (by extension)")

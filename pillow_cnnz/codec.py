@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import blas, container, context, entropy, hyper
+from . import blas, container, context, entropy, hyper, refine
 from .weights import Model, load
 
 LATENT_STRIDE = 16  # pixels per latent
@@ -248,12 +248,14 @@ def _decode_band(model: Model, dec: entropy.Decoder, z: np.ndarray, top: int,
 
 
 def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | None = None,
-                  precision: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+                  precision: str | None = None, method: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """(integer ẑ, gained latents y) of same-size (H, W, 3) uint8 images.
 
     The transforms run on the whole batch at once (one pass per tile), which keeps a GPU busy.
+    ``method`` > 0 then refines the latents on each image's own loss (``refine.py``).
     """
     torch = _torch()
+    steps = refine.steps_for(method)
     device = resolve_device(device)
     precision = resolve_precision(precision, device, analysis=True)
     model = load()
@@ -262,8 +264,15 @@ def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | 
     with torch.inference_mode():
         y = _analysis(net, rgbs, device, precision)
         y *= gains[:, :, None, None]
-        z = _run(torch, net.h_a, torch.from_numpy(y).to(device), precision)
-        z = torch.round(z.float()).cpu().numpy().astype(np.int64)
+        z = _run(torch, net.h_a, torch.from_numpy(y).to(device), precision).float().cpu().numpy()
+    if steps:
+        h, w = rgbs[0].shape[:2]
+        windows = list(_windows(-(-h // LATENT_STRIDE), -(-w // LATENT_STRIDE), y.shape[2:]))
+        inv_gains = np.stack([2 ** model.log2_gains(q)[1] for q in qualities])
+        y, z = refine.refine(model.net(device, "float32", entropy=True), rgbs, y, z,
+                             [model.lambda_for(q) for q in qualities], inv_gains, steps, windows,
+                             LATENT_STRIDE, device)
+    z = np.round(z).astype(np.int64)
     return [(z[i], y[i]) for i in range(len(rgbs))]
 
 
@@ -422,15 +431,19 @@ def _groups(shapes: list[tuple], batch_size: int) -> list[list[int]]:
 
 
 def encode_batch(images: list[np.ndarray], modes: list[str], quality: float = 4.0, *, device: str | None = None,
-                 metadata: list[dict[str, bytes] | None] | None = None, batch_size: int = 8) -> list[bytes]:
+                 metadata: list[dict[str, bytes] | None] | None = None, batch_size: int = 8,
+                 method: int = 0) -> list[bytes]:
     """``.cnnz`` files of many uint8 arrays; same-size images share one network pass.
 
     ``metadata`` maps the container tags ``EXIF``, ``ICCP`` and ``XMP `` to raw bytes.
+    ``method`` trades encode time for size, as in Pillow's WebP: 0 (default) is the analysis
+    alone; 1-6 refine the latents on each image (``refine.METHOD_STEPS``), same decoder.
     Everything is validated before any encoding starts.
     """
     import zstandard
 
     quality = _check_quality(quality)
+    method = refine.check_method(method)
     if len(modes) != len(images):
         msg = f"{len(images)} images but {len(modes)} modes"
         raise ValueError(msg)
@@ -438,7 +451,7 @@ def encode_batch(images: list[np.ndarray], modes: list[str], quality: float = 4.
     metadata = metadata or [None] * len(images)
     out: list[bytes] = [b""] * len(images)
     for ids in _groups([px.shape[:2] for px in images], batch_size):
-        latents = analyse_batch([split[i][0] for i in ids], [quality] * len(ids), device)
+        latents = analyse_batch([split[i][0] for i in ids], [quality] * len(ids), device, method=method)
         model = load()
         for i, (z, y) in zip(ids, latents):
             sections = {k: v for k, v in (metadata[i] or {}).items() if v}
@@ -452,9 +465,9 @@ def encode_batch(images: list[np.ndarray], modes: list[str], quality: float = 4.
 
 
 def encode(pixels: np.ndarray, mode: str, quality: float = 4.0, *, device: str | None = None,
-           metadata: dict[str, bytes] | None = None) -> bytes:
+           metadata: dict[str, bytes] | None = None, method: int = 0) -> bytes:
     """A complete ``.cnnz`` file for an (H, W[, C]) uint8 array in mode L, LA, RGB or RGBA."""
-    return encode_batch([pixels], [mode], quality, device=device, metadata=[metadata])[0]
+    return encode_batch([pixels], [mode], quality, device=device, metadata=[metadata], method=method)[0]
 
 
 def _alpha(header: container.Header, payloads: dict[str, bytes]) -> np.ndarray | None:

@@ -99,8 +99,8 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
 
     quality = im.encoderinfo.get("quality", 4)
     stored = _storable(im)
-    data = codec.encode(np.asarray(stored), stored.mode, quality,
-                        device=im.encoderinfo.get("device"), metadata=_metadata(im))
+    data = codec.encode(np.asarray(stored), stored.mode, quality, device=im.encoderinfo.get("device"),
+                        metadata=_metadata(im), method=im.encoderinfo.get("method", 0))
     fp.write(data)
 
 

@@ -72,6 +72,13 @@ class Model:
             out.append(table[lo] * (1 - w) + table[lo + 1] * w)
         return out[0], out[1]
 
+    def lambda_for(self, quality: float) -> float:
+        """The training loss's λ at a fractional quality (geometric between levels)."""
+        table = np.log2(np.asarray(self.meta["lambdas"], np.float64))
+        t = min(max(quality - 1, 0.0), len(table) - 1)
+        lo = min(int(t), len(table) - 2)
+        return float(2 ** (table[lo] * (1 - (t - lo)) + table[lo + 1] * (t - lo)))
+
     def numpy_synthesis(self):
         """The synthesis transform in numpy (``synthesis_np``), built once, thread-safe."""
         with self._lock:
@@ -81,10 +88,16 @@ class Model:
                 self._nets["numpy"] = NumpySynthesis(self)
             return self._nets["numpy"]
 
-    def net(self, device: str, dtype: str = "float32"):
-        """The torch network on ``device`` in ``dtype`` (built once per pair, thread-safe)."""
+    def net(self, device: str, dtype: str = "float32", entropy: bool = False):
+        """The torch network on ``device`` in ``dtype`` (built once per pair, thread-safe).
+
+        Without ``entropy`` its float entropy model is dropped: coding uses the exact
+        integer copies (hyper.py, context.py). ``entropy`` keeps it, for the encoder's
+        latent refinement (``refine.py``), which needs the rate as a differentiable function.
+        """
+        key = (device, dtype, entropy)
         with self._lock:
-            if (device, dtype) not in self._nets:
+            if key not in self._nets:
                 import torch
 
                 from .model import CnnzNet, Config
@@ -95,10 +108,17 @@ class Model:
                 if unexpected or any(not k.startswith(("h_s.", "density_z.", "context.")) for k in missing):
                     msg = f"weights file does not match the network: missing {missing}, unexpected {unexpected}"
                     raise WeightsError(msg)
-                net.h_s = net.density_z = net.context = None  # integer copies (hyper.py, context.py) replace them
+                if entropy and missing:
+                    msg = (f"weights file {self.model_id.hex()} has no float entropy model, which method > 0 "
+                           "needs; save with method=0 or install newer weights")
+                    raise WeightsError(msg)
+                if not entropy:
+                    net.h_s = net.density_z = net.context = None  # integer copies replace them
                 net = net.eval().to(device, getattr(torch, dtype))
-                self._nets[device, dtype] = net.to(memory_format=torch.channels_last)  # 1.6x for CPU convs
-            return self._nets[device, dtype]
+                for p in net.parameters():
+                    p.requires_grad_(False)
+                self._nets[key] = net.to(memory_format=torch.channels_last)  # 1.6x for CPU convs
+            return self._nets[key]
 
 
 _cache: dict[bytes, Model] = {}

@@ -150,7 +150,9 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str, calibration: d
     net.eval()
     arrays: dict[str, np.ndarray] = {}
     for key, value in net.state_dict().items():
-        if key.startswith(("g_a.", "g_s.", "h_a.", "log2_")):
+        # The float entropy model (h_s, density_z, context) is kept for the encoder's latent
+        # refinement only; decoding uses the integer copies below.
+        if key.startswith(("g_a.", "g_s.", "h_a.", "log2_", "h_s.", "density_z.", "context.")):
             arrays[f"net/{key}"] = value.float().numpy()
     layers = integer_layers(net.h_s)
     for i, layer in enumerate(layers):

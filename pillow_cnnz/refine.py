@@ -1,0 +1,97 @@
+"""Encoder-side latent refinement: spend encode time to get smaller files at the same quality.
+
+The analysis transform predicts latents in one pass, trained to be good on average over
+many images; for one given image they can be improved. With ``method`` > 0 the encoder
+takes the analysis' latents y and hyper-latents z as a starting point and runs a few steps
+of Adam on this image's own rate-distortion loss (bits + λ·255²·MSE, the training loss at
+the file's quality). The decoder is untouched: a refined file is an ordinary ``.cnnz``.
+
+Rounding is relaxed with stochastic Gumbel annealing (Yang, Bamler & Mandt 2020, "Improving
+Inference for Neural Image Compression"): each latent is a soft mix of its two nearest
+integers around the mean, the mix hardening as the steps go; ẑ is rounded straight-through.
+The noise comes from a seeded generator, so the same image gives the same bytes.
+
+The synthesis' gradient is accumulated tile by tile (``codec``'s tiles and halo), so its
+memory is bounded by a tile whatever the image size; the rate terms run on the whole latent
+grid (1/256 of the pixels, 160 channels), which is what grows with the image.
+Each step costs about three synthesis passes: ``method`` 6 (12 steps) makes an encode about
+25 times slower than ``method`` 0, for files about 5 % smaller at the same PSNR.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# Steps of Adam per ``method`` (0 = the analysis alone, like WebP's method 0 = fastest).
+METHOD_STEPS = (0, 2, 4, 6, 8, 10, 12)
+LEARNING_RATE = 0.01
+TAU_START, TAU_END = 0.5, 0.1  # Gumbel-softmax temperature, annealed geometrically
+
+
+def check_method(method: int) -> int:
+    if isinstance(method, bool) or not isinstance(method, (int, np.integer)) or not 0 <= method < len(METHOD_STEPS):
+        msg = f"method must be an integer from 0 (fastest) to {len(METHOD_STEPS) - 1} (smallest files), got {method!r}"
+        raise ValueError(msg)
+    return int(method)
+
+
+def _soft_round(torch: Any, r: Any, tau: float, generators: list) -> Any:
+    """A Gumbel-softmax sample between floor(r) and floor(r) + 1, weighted by closeness.
+
+    Each image of the batch draws from its own generator: a file does not depend on the
+    images it was encoded with."""
+    lower = torch.floor(r).detach()
+    frac = (r - lower).clamp(1e-4, 1 - 1e-4)
+    logits = torch.stack([-torch.atanh(frac), -torch.atanh(1 - frac)]) / tau
+    u = torch.stack([torch.rand(logits[:, 0].shape, generator=g, device=r.device) for g in generators], dim=1)
+    weights = torch.softmax(logits - torch.log(-torch.log(u.clamp_(1e-9, 1 - 1e-9))), dim=0)
+    return lower + weights[1]
+
+
+def refine(net: Any, rgbs: list[np.ndarray], y: np.ndarray, z: np.ndarray, lambdas: list[float],
+           inv_gains: np.ndarray, steps: int, windows: list[tuple], stride: int,
+           device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Refined (y, z), float32 like the inputs, of same-size (H, W, 3) uint8 images.
+
+    ``net`` is the float network with its entropy model (``Model.net(..., entropy=True)``),
+    ``windows`` the synthesis tiles of ``codec._windows`` and ``stride`` pixels per latent.
+    """
+    import torch
+
+    from .model import SCALE_MIN, gaussian_likelihood, round_st
+
+    h, w = rgbs[0].shape[:2]
+    pixels = h * w
+    lam = torch.tensor(lambdas, dtype=torch.float32, device=device) * 255.0**2 / (3 * pixels)
+    ig = torch.from_numpy(np.ascontiguousarray(inv_gains, np.float32)).to(device)[:, :, None, None]
+    yv = torch.from_numpy(y).to(device, copy=True).requires_grad_(True)
+    zv = torch.from_numpy(z).to(device, copy=True).requires_grad_(True)
+    opt = torch.optim.Adam([yv, zv], lr=LEARNING_RATE)
+    generators = [torch.Generator(device).manual_seed(0) for _ in rgbs]
+    for step in range(steps):
+        tau = TAU_START * (TAU_END / TAU_START) ** ((step + 1) / steps)
+        opt.zero_grad(set_to_none=True)
+        z_hat = round_st(zv)
+        bits = -torch.log2(net.density_z.likelihood(z_hat).clamp_min(1e-9)).sum()
+        mu, log2_scale = net.entropy_parameters(net.h_s(z_hat), yv)
+        r = _soft_round(torch, yv - mu, tau, generators)
+        bits = bits - torch.log2(gaussian_likelihood(r, (2**log2_scale).clamp_min(SCALE_MIN))).sum()
+        y_hat = (r + mu) * ig
+        # Distortion, one synthesis tile at a time: its gradient wrt ŷ is summed in leaf.grad.
+        leaf = y_hat.detach().requires_grad_(True)
+        for (r0, r1, c0, c1), (a0, a1, b0, b1) in windows:
+            target = torch.from_numpy(np.stack([im[r0 * stride:r1 * stride, c0 * stride:c1 * stride] for im in rgbs]))
+            target = target.to(device).permute(0, 3, 1, 2).float().div_(255)
+            out = net.g_s(leaf[:, :, a0:a1, b0:b1].contiguous(memory_format=torch.channels_last))
+            rows, cols = target.shape[2], target.shape[3]
+            out = out[:, :, (r0 - a0) * stride:, (c0 - b0) * stride:][:, :, :rows, :cols]
+            (((out - target) ** 2).sum((1, 2, 3)) * lam).sum().backward()
+        torch.autograd.backward([bits / pixels, y_hat], [None, leaf.grad])
+        opt.step()
+    return yv.detach().cpu().numpy(), zv.detach().cpu().numpy()
+
+
+def steps_for(method: int) -> int:
+    return METHOD_STEPS[check_method(method)]
+

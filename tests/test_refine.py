@@ -1,0 +1,93 @@
+"""Encoder-side latent refinement (``method`` > 0): smaller files for the same decoder."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pillow_cnnz import codec, container, refine, weights
+
+from .conftest import _photo as photo
+
+
+def rd_loss(data: bytes, original: np.ndarray) -> float:
+    """The training loss of a real file: bits per pixel + λ·MSE (0-255 levels), its quality's λ."""
+    header = container.parse(data)[0]
+    decoded = codec.decode(data).astype(np.float64)
+    h, w = original.shape[:2]
+    mse = np.mean((decoded - original) ** 2)
+    return len(data) * 8 / (h * w) + weights.load().lambda_for(header.quality) * mse
+
+
+def test_refined_files_have_a_lower_rate_distortion_loss_and_decode_as_usual():
+    img = photo(96, 160)
+    plain = codec.encode(img, "RGB", 4.0)
+    refined = codec.encode(img, "RGB", 4.0, method=3)
+    assert refined != plain
+    assert rd_loss(refined, img) < rd_loss(plain, img)
+
+
+def test_refinement_is_deterministic():
+    img = photo(64, 80, seed=3)
+    assert codec.encode(img, "RGB", 2.5, method=2) == codec.encode(img, "RGB", 2.5, method=2)
+
+
+def test_refinement_in_tiles_matches_one_tile(monkeypatch):
+    img = photo(80, 112, seed=1)
+    monkeypatch.setattr(codec, "TILE", 3)  # many tiles, each with its halo
+    (z_tiled, y_tiled), = codec.analyse_batch([img], [5.0], method=1)
+    monkeypatch.setattr(codec, "TILE", 1000)
+    (z_whole, y_whole), = codec.analyse_batch([img], [5.0], method=1)
+    np.testing.assert_array_equal(z_tiled, z_whole)
+    np.testing.assert_allclose(y_tiled, y_whole, atol=1e-3)
+
+
+def test_batch_refinement_matches_one_at_a_time():
+    a, b = photo(64, 64, seed=4), photo(64, 64, seed=5)
+    batch = codec.encode_batch([a, b], ["RGB", "RGB"], 3.0, method=1)
+    assert batch == [codec.encode(a, "RGB", 3.0, method=1), codec.encode(b, "RGB", 3.0, method=1)]
+
+
+def test_pillow_save_takes_method_like_webp(photo_image):
+    fast, small = io.BytesIO(), io.BytesIO()
+    photo_image.save(fast, format="CNNZ", quality=4)
+    photo_image.save(small, format="CNNZ", quality=4, method=2)
+    assert fast.getvalue() != small.getvalue()
+    with Image.open(small) as im:
+        assert im.size == photo_image.size
+        im.load()
+
+
+@pytest.mark.parametrize("method", [-1, 7, 1.5, True, "6"])
+def test_method_out_of_range_is_a_clear_error(photo_image, method):
+    with pytest.raises(ValueError, match="method must be an integer from 0"):
+        photo_image.save(io.BytesIO(), format="CNNZ", method=method)
+
+
+def test_method_steps_grow_with_method():
+    steps = refine.METHOD_STEPS
+    assert steps[0] == 0 and all(a < b for a, b in zip(steps, steps[1:]))
+
+
+def test_weights_without_a_float_entropy_model_refuse_method_but_still_encode(tmp_path, monkeypatch):
+    from pillow_cnnz.train.export import deterministic_npz
+
+    src = weights.weights_dir()
+    manifest = json.loads((src / "manifest.json").read_text())
+    with np.load(src / manifest["models"][manifest["default"]]["file"]) as npz:
+        arrays = {k: npz[k] for k in npz.files if not k.startswith(("net/h_s.", "net/density_z.", "net/context."))}
+    data = deterministic_npz(arrays)
+    sha = hashlib.sha256(data).hexdigest()
+    (tmp_path / "old.npz").write_bytes(data)
+    (tmp_path / "manifest.json").write_text(json.dumps({"models": {sha[:16]: {"file": "old.npz", "sha256": sha}},
+                                                        "default": sha[:16]}))
+    monkeypatch.setattr(weights, "weights_dir", lambda: tmp_path)
+    monkeypatch.setattr(weights, "_cache", {})
+    img = photo(48, 64)
+    assert codec.decode(codec.encode(img, "RGB", 4.0)).shape == img.shape
+    with pytest.raises(weights.WeightsError, match="no float entropy model"):
+        codec.encode(img, "RGB", 4.0, method=1)
