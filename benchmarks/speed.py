@@ -207,6 +207,8 @@ def _precision(value: str | None):
 
 def part_codecs(paths: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
     codecs = {f"cnnz-q{args.quality:g}": ("CNNZ", {"quality": args.quality})}
+    if args.method:  # the slow encode effort, next to the default one
+        codecs[f"cnnz-q{args.quality:g}-m{args.method}"] = ("CNNZ", {"quality": args.quality, "method": args.method})
     skipped = []
     for name, (fmt, opts) in PEERS.items():
         if features.check(FEATURE[fmt]):
@@ -600,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="time the sizes in this process: no fresh process per size, no peak RSS")
     parser.add_argument("--threads", type=int, help="set CNNZ_THREADS for this run and its subprocesses")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per image for the peers (default 3)")
+    parser.add_argument("--method", type=int, default=6,
+                        help="also time CNNZ encodes at this method (encode effort; 0: skip, default 6)")
     parser.add_argument("--cnnz-repeat", type=int, default=1, help="timed runs per image for CNNZ (default 1)")
     parser.add_argument("--stage-images", type=int, default=3, help="images for the stage split (default 3)")
     parser.add_argument("--cold-runs", type=int, default=3)

@@ -91,3 +91,15 @@ def test_weights_without_a_float_entropy_model_refuse_method_but_still_encode(tm
     assert codec.decode(codec.encode(img, "RGB", 4.0)).shape == img.shape
     with pytest.raises(weights.WeightsError, match="no float entropy model"):
         codec.encode(img, "RGB", 4.0, method=1)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 17), (70, 3)])
+def test_refinement_handles_tiny_and_thin_images(size):
+    img = photo(*size, seed=2)
+    assert codec.decode(codec.encode(img, "RGB", 6.0, method=1)).shape == img.shape
+
+
+def test_a_step_size_that_overshoots_keeps_the_analysis_latents(monkeypatch):
+    img = photo(64, 96, seed=6)
+    monkeypatch.setattr(refine, "LEARNING_RATE", 50.0)  # every step lands far off
+    assert codec.encode(img, "RGB", 4.0, method=2) == codec.encode(img, "RGB", 4.0)

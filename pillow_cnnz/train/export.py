@@ -368,7 +368,9 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
   as a fixed-point integer network (`pillow_cnnz/hyper.py`) whose integer scale index picks one of
   {meta['scale']['count']} latent tables; factorized prior tables for ẑ.
 {_context_note(meta)}- latent tables: {_tables_note(meta)}
-- parameters: {meta['parameters']:,} in training, of which synthesis {meta['decoder_parameters']:,}.
+- parameters: {meta['parameters']:,} in training, of which synthesis {meta['decoder_parameters']:,}. The file also
+  keeps the float hyper-synthesis, ẑ prior and context: the encoder's latent refinement (`method` 1-6,
+  `pillow_cnnz/refine.py`) needs the rate as a differentiable function; decoding never reads them.
 
 ## Training
 - data: `{args['data']}` (594 photos: BSDS500 + USC-SIPI/Waterloo/Wikipedia, see `shared/data/SOURCES.md`);
