@@ -271,7 +271,7 @@ def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | 
         inv_gains = np.stack([2 ** model.log2_gains(q)[1] for q in qualities])
         y, z = refine.refine(model.net(device, "float32", entropy=True), rgbs, y, z,
                              [model.lambda_for(q) for q in qualities], inv_gains, steps, windows,
-                             LATENT_STRIDE, device)
+                             LATENT_STRIDE, device, resolve_precision(None, device))
     z = np.round(z).astype(np.int64)
     return [(z[i], y[i]) for i in range(len(rgbs))]
 

@@ -37,6 +37,7 @@ def test_refinement_is_deterministic():
 
 
 def test_refinement_in_tiles_matches_one_tile(monkeypatch):
+    monkeypatch.setenv("CNNZ_PRECISION", "float32")  # bfloat16 rounds differently per tile shape
     img = photo(80, 112, seed=1)
     monkeypatch.setattr(codec, "TILE", 3)  # many tiles, each with its halo
     (z_tiled, y_tiled), = codec.analyse_batch([img], [5.0], method=1)
