@@ -271,9 +271,15 @@ def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | 
         inv_gains = np.stack([2 ** model.log2_gains(q)[1] for q in qualities])
         y, z = refine.refine(model.net(device, "float32", entropy=True), rgbs, y, z,
                              [model.lambda_for(q) for q in qualities], inv_gains, steps, windows,
-                             LATENT_STRIDE, device, resolve_precision(None, device))
+                             LATENT_STRIDE, functools.partial(_file_bits, model), device,
+                             resolve_precision(None, device))
     z = np.round(z).astype(np.int64)
     return [(z[i], y[i]) for i in range(len(rgbs))]
+
+
+def _file_bits(model: Model, y: np.ndarray, z: np.ndarray) -> list[int]:
+    """Bits of the coded latents of each image of a batch of float (y, z)."""
+    return [8 * sum(map(len, code_latents(model, np.round(zi).astype(np.int64), yi))) for yi, zi in zip(y, z)]
 
 
 def code_latents(model: Model, z: np.ndarray, y: np.ndarray) -> tuple[bytes, bytes]:
