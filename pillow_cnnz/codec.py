@@ -277,9 +277,15 @@ def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | 
     return [(z[i], y[i]) for i in range(len(rgbs))]
 
 
-def _file_bits(model: Model, y: np.ndarray, z: np.ndarray) -> list[int]:
-    """Bits of the coded latents of each image of a batch of float (y, z)."""
-    return [8 * sum(map(len, code_latents(model, np.round(zi).astype(np.int64), yi))) for yi, zi in zip(y, z)]
+def _file_bits(model: Model, y: np.ndarray, z: np.ndarray) -> list[float]:
+    """Bits of the coded latents of each image of a batch of float (y, z); infinite for
+    latents no file should hold (not finite, or beyond 2**20: a refinement that diverged)."""
+    def bits(yi: np.ndarray, zi: np.ndarray) -> float:
+        if not (np.all(np.abs(yi) < 2**20) and np.all(np.abs(zi) < 2**20)):  # also False for NaN
+            return float("inf")
+        return 8.0 * sum(map(len, code_latents(model, np.round(zi).astype(np.int64), yi)))
+
+    return [bits(yi, zi) for yi, zi in zip(y, z)]
 
 
 def code_latents(model: Model, z: np.ndarray, y: np.ndarray) -> tuple[bytes, bytes]:
