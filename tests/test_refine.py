@@ -104,3 +104,26 @@ def test_a_step_size_that_overshoots_keeps_the_analysis_latents(monkeypatch):
     img = photo(64, 96, seed=6)
     monkeypatch.setattr(refine, "LEARNING_RATE", 50.0)  # every step lands far off
     assert codec.encode(img, "RGB", 4.0, method=2) == codec.encode(img, "RGB", 4.0)
+
+
+def test_imageio_imwrite_passes_method_through(tmp_path, photo_array):
+    import imageio.v3 as iio
+
+    fast, small = tmp_path / "fast.cnnz", tmp_path / "small.cnnz"
+    iio.imwrite(fast, photo_array, quality=4)
+    iio.imwrite(small, photo_array, quality=4, method=2)
+    assert fast.read_bytes() != small.read_bytes()
+    assert iio.imread(small).shape == photo_array.shape
+
+
+def test_cli_encode_takes_method_and_rejects_a_bad_one(tmp_path, photo_image):
+    from pillow_cnnz import cli
+
+    src, out = tmp_path / "in.png", tmp_path / "out.cnnz"
+    photo_image.save(src)
+    assert cli.main(["encode", str(src), str(out), "-q", "3", "-m", "2"]) == 0
+    with Image.open(out) as im:
+        assert im.size == photo_image.size
+    before = out.read_bytes()
+    assert cli.main(["encode", str(src), str(out), "-m", "9"]) == 1
+    assert out.read_bytes() == before  # a bad option loses nothing
