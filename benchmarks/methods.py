@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import pillow_cnnz  # noqa: E402,F401  (registers the format)
 from pillow_cnnz import refine  # noqa: E402
-from rd import IMAGE_EXTENSIONS, psnr  # noqa: E402
+from rd import IMAGE_EXTENSIONS, decode, psnr  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 im.save(buf, format="CNNZ", quality=q, method=method)
                 seconds.append(time.perf_counter() - t0)
-                with Image.open(io.BytesIO(buf.getvalue())) as decoded:
-                    db.append(psnr(np.asarray(im), np.asarray(decoded.convert("RGB"))))
+                db.append(psnr(np.asarray(im), decode(buf.getvalue())[0]))
                 bpp.append(buf.tell() * 8 / (im.width * im.height))
             rows.append({"quality": q, "method": method, "steps": steps, "bpp": float(np.mean(bpp)),
                          "psnr": float(np.mean(db)), "encode_s_median": float(np.median(seconds))})

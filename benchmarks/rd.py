@@ -67,7 +67,8 @@ DEFAULT_QUALITIES: dict[str, list[float]] = {
     "jxl": [0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90],
 }
 ALL_CODECS = list(DEFAULT_QUALITIES)
-SLOW_CODECS = ("cnnz-m6",)  # about 25x CNNZ's encode time: run when named in --codecs
+CNNZ_METHODS = {"cnnz": 0, "cnnz-m6": 6}  # CNNZ codec names and the encode effort (``method``) each saves with
+SLOW_CODECS = ("cnnz-m6",)  # about 12x CNNZ's encode time: run when named in --codecs
 
 
 # --------------------------------------------------------------------------- metrics
@@ -202,8 +203,8 @@ def _pil_desc(feature: str, lib: str) -> str:
 def make_codec(name: str) -> tuple[Codec | None, str]:
     """Return (codec, note); codec is None when it cannot be used here."""
     pil = Image.__version__
-    if name in ("cnnz", "cnnz-m6"):
-        method = 6 if name == "cnnz-m6" else 0
+    if name in CNNZ_METHODS:
+        method = CNNZ_METHODS[name]
         try:
             import pillow_cnnz  # noqa: F401  (registers the plugin)
         except Exception as exc:  # the codec may be mid-development
@@ -395,7 +396,7 @@ def summarize(all_results: dict[str, dict], meta: dict, skipped: dict[str, str])
                 entry[f"bd_rate_{key}_vs_{ref}"] = _safe(bd_rate, ra, qa, rb, qb)
                 entry[f"bd_{key}_db_vs_{ref}"] = _safe(bd_psnr, ra, qa, rb, qb)
         summary["codecs"][name] = entry
-    for name in ("cnnz", "cnnz-m6"):
+    for name in CNNZ_METHODS:
         if name in all_results:
             res = all_results[name]["results"]
             order = np.argsort(res["quality"])
@@ -462,7 +463,7 @@ def plot(all_results: dict[str, dict], path: Path, title: str) -> None:
         order = np.argsort(res["bpp"])
         bpp = np.asarray(res["bpp"])[order]
         max_bpp = max(max_bpp, float(bpp.max()))
-        style = dict(marker="o", ms=3.5, lw=2.2 if name.startswith("cnnz") else 1.4, label=name)
+        style = dict(marker="o", ms=3.5, lw=2.2 if name in CNNZ_METHODS else 1.4, label=name)
         axes[0].plot(bpp, np.asarray(res["psnr-rgb"])[order], **style)
         axes[1].plot(bpp, [ms_ssim_db(v) for v in np.asarray(res["ms-ssim-rgb"])[order]], **style)
     for ax, ylabel in zip(axes, ("PSNR-RGB [dB]", "MS-SSIM-RGB [dB]  (-10 log10(1 - MS-SSIM))")):
@@ -519,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         override = getattr(args, f"{c.replace('-', '_')}_qualities")
         if override:
             qualities[c] = _parse_floats(override)
-    if any(not 1.0 <= q <= 8.0 for q in qualities["cnnz"] + qualities["cnnz-m6"]):
+    if any(not 1.0 <= q <= 8.0 for name in CNNZ_METHODS for q in qualities[name]):
         print("error: CNNZ qualities must lie in [1, 8]", file=sys.stderr)
         return 2
 
@@ -588,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ms-ssim-rgb": mean("ms_ssim"),
                 "encoding_time": mean("t_enc"),
                 "decoding_time": mean("t_dec"),
-                "quality": [q if name.startswith("cnnz") else int(q) for q in qs],
+                "quality": [q if name in CNNZ_METHODS else int(q) for q in qs],
             },
             "meta": {k: meta[k] for k in ("dataset", "n_images", "images")},
         }
@@ -618,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         + "".join(f"\n{name} per quality (means over the images; quality monotone in bytes and PSNR: "
                   f"{'yes' if summary[name.replace('-', '_') + '_monotone'] else 'NO'}):\n\n"
                   f"{cnnz_table(all_results[name], all_results.get('jpeg'))}\n"
-                  for name in ("cnnz", "cnnz-m6") if name in all_results)
+                  for name in CNNZ_METHODS if name in all_results)
     )
     plot(all_results, out / "rd.png", f"{data.name}, {len(images)} images")
     print()

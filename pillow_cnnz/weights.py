@@ -63,21 +63,13 @@ class Model:
 
     def log2_gains(self, quality: float) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel log2 (gain, inverse gain) at a fractional quality (linear in log2)."""
-        out = []
-        for key in ("net/log2_gain", "net/log2_inv_gain"):
-            table = self.arrays[key].astype(np.float64)
-            t = min(max(quality - 1, 0.0), table.shape[0] - 1)
-            lo = min(int(t), table.shape[0] - 2)
-            w = t - lo
-            out.append(table[lo] * (1 - w) + table[lo + 1] * w)
-        return out[0], out[1]
+        gain, inv_gain = (_at_quality(self.arrays[key].astype(np.float64), quality)
+                          for key in ("net/log2_gain", "net/log2_inv_gain"))
+        return gain, inv_gain
 
     def lambda_for(self, quality: float) -> float:
-        """The training loss's λ at a fractional quality (geometric between levels)."""
-        table = np.log2(np.asarray(self.meta["lambdas"], np.float64))
-        t = min(max(quality - 1, 0.0), len(table) - 1)
-        lo = min(int(t), len(table) - 2)
-        return float(2 ** (table[lo] * (1 - (t - lo)) + table[lo + 1] * (t - lo)))
+        """The training loss's λ at a fractional quality (geometric between levels, as the gains)."""
+        return float(2 ** _at_quality(np.log2(np.asarray(self.meta["lambdas"], np.float64)), quality))
 
     def numpy_synthesis(self):
         """The synthesis transform in numpy (``synthesis_np``), built once, thread-safe."""
@@ -119,6 +111,13 @@ class Model:
                     p.requires_grad_(False)
                 self._nets[key] = net.to(memory_format=torch.channels_last)  # 1.6x for CPU convs
             return self._nets[key]
+
+
+def _at_quality(table: np.ndarray, quality: float) -> np.ndarray:
+    """Row ``quality`` of a per-level table (level 1 first), linear between levels, clamped."""
+    t = min(max(quality - 1, 0.0), table.shape[0] - 1)
+    lo = min(int(t), table.shape[0] - 2)
+    return table[lo] * (1 - (t - lo)) + table[lo + 1] * (t - lo)
 
 
 _cache: dict[bytes, Model] = {}
