@@ -16,7 +16,8 @@ Parts (all on by default; ``--parts`` picks a subset):
              for torch (``CNNZ_THREADS=1``) and for both: the two thread pools and any
              background job share the cores.
 ``cold``     a new process that imports pillow_cnnz and ``Image.open(x.cnnz).load()``:
-             wall time from spawn to exit, with the first-use costs split out.
+             wall time from spawn to exit, with the first-use costs split out; on a CPU
+             with native bfloat16 also with ``CNNZ_PRECISION=bfloat16`` (torch imported).
 ``import``   ``import pillow_cnnz`` + ``Image.open(x.cnnz).size`` against
              ``Image.open(x.png).size`` without pillow_cnnz (fresh processes, medians),
              and one ``python -X importtime`` run listing what pillow_cnnz pulls in.
@@ -328,8 +329,12 @@ print(json.dumps({"import_s": t1 - t0, "open_s": t2 - t1, "load_s": t3 - t2, "in
 """
 
 
-def part_cold(cnnz_path: Path, args: argparse.Namespace, tmp: Path) -> dict:
+def part_cold(cnnz_path: Path, args: argparse.Namespace, tmp: Path, precision: str | None = None) -> dict:
+    """Median cold start; ``precision`` sets CNNZ_PRECISION (bfloat16: what a decode-only
+    process pays for importing torch to get the faster synthesis)."""
     env = bytecode_env(tmp / "pycache")
+    if precision:
+        env["CNNZ_PRECISION"] = precision
     run_python(COLD_CODE, env=env, args=[str(cnnz_path)])  # fills the bytecode cache; not counted
     runs = []
     for _ in range(args.cold_runs):
@@ -525,12 +530,14 @@ def report(res: dict) -> str:
         m = res["cold"]["median"]
         out += ["", f"### Cold start: new process, `import pillow_cnnz`, `Image.open(x.cnnz).load()` "
                 f"(median of {len(res['cold']['runs'])})", ""]
-        rows = [["process wall (spawn to exit)", f"{1e3 * m['wall_s']:.0f}"],
-                ["in process: import pillow_cnnz + PIL", f"{1e3 * m['import_s']:.0f}"],
-                ["in process: Image.open", f"{1e3 * m['open_s']:.1f}"],
-                ["in process: load() (first decode)", f"{1e3 * m['load_s']:.0f}"]]
-        rows += [[f"  of which {k}", f"{1e3 * v:.0f}"] for k, v in m["stages_s"].items()]
-        out.append(md_table(["step", "ms"], rows))
+        runs = [m] + ([res["cold_bf16"]["median"]] if "cold_bf16" in res else [])
+        rows = [["process wall (spawn to exit)", *(f"{1e3 * r['wall_s']:.0f}" for r in runs)],
+                ["in process: import pillow_cnnz + PIL", *(f"{1e3 * r['import_s']:.0f}" for r in runs)],
+                ["in process: Image.open", *(f"{1e3 * r['open_s']:.1f}" for r in runs)],
+                ["in process: load() (first decode)", *(f"{1e3 * r['load_s']:.0f}" for r in runs)]]
+        rows += [[f"  of which {k}", *(f"{1e3 * r['stages_s'][k]:.0f}" for r in runs)] for k in m["stages_s"]]
+        heads = ["step", "ms (auto: numpy float32)"] + (["ms (CNNZ_PRECISION=bfloat16)"] if len(runs) > 1 else [])
+        out.append(md_table(heads, rows))
     if "import" in res:
         i = res["import"]
         m, d = i["median_ms"], i["difference_ms"]
@@ -638,6 +645,10 @@ def main(argv: list[str] | None = None) -> int:
         if "cold" in parts:
             print("cold start ...", file=sys.stderr)
             res["cold"] = part_cold(cnnz_path, args, tmp)
+            from pillow_cnnz import codec
+
+            if codec._cpu_has_bf16():
+                res["cold_bf16"] = part_cold(cnnz_path, args, tmp, "bfloat16")
         if "import" in parts:
             print("import cost ...", file=sys.stderr)
             res["import"] = part_import(cnnz_path, paths[0], args, tmp)
