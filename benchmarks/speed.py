@@ -531,10 +531,11 @@ def report(res: dict) -> str:
         out += ["", f"### Cold start: new process, `import pillow_cnnz`, `Image.open(x.cnnz).load()` "
                 f"(median of {len(res['cold']['runs'])})", ""]
         runs = [m] + ([res["cold_bf16"]["median"]] if "cold_bf16" in res else [])
-        rows = [["process wall (spawn to exit)", *(f"{1e3 * r['wall_s']:.0f}" for r in runs)],
-                ["in process: import pillow_cnnz + PIL", *(f"{1e3 * r['import_s']:.0f}" for r in runs)],
-                ["in process: Image.open", *(f"{1e3 * r['open_s']:.1f}" for r in runs)],
-                ["in process: load() (first decode)", *(f"{1e3 * r['load_s']:.0f}" for r in runs)]]
+        steps = [("process wall (spawn to exit)", "wall_s", ".0f"),
+                 ("in process: import pillow_cnnz + PIL", "import_s", ".0f"),
+                 ("in process: Image.open", "open_s", ".1f"),
+                 ("in process: load() (first decode)", "load_s", ".0f")]
+        rows = [[label, *(f"{1e3 * r[key]:{spec}}" for r in runs)] for label, key, spec in steps]
         rows += [[f"  of which {k}", *(f"{1e3 * r['stages_s'][k]:.0f}" for r in runs)] for k in m["stages_s"]]
         heads = ["step", "ms (auto: numpy float32)"] + (["ms (CNNZ_PRECISION=bfloat16)"] if len(runs) > 1 else [])
         out.append(md_table(heads, rows))
