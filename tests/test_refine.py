@@ -48,7 +48,7 @@ def test_refinement_in_tiles_matches_one_tile(monkeypatch):
 
 
 def test_batch_refinement_matches_one_at_a_time(monkeypatch):
-    monkeypatch.setenv("CNNZ_PRECISION", "float32")  # bfloat16 convolutions round differently per batch shape
+    monkeypatch.setenv("CNNZ_PRECISION", "float32")  # in bfloat16 a batch can round differently (AMX, one thread)
     a, b = photo(64, 64, seed=4), photo(64, 64, seed=5)
     batch = codec.encode_batch([a, b], ["RGB", "RGB"], 3.0, method=1)
     assert batch == [codec.encode(a, "RGB", 3.0, method=1), codec.encode(b, "RGB", 3.0, method=1)]
