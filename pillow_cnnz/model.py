@@ -29,15 +29,17 @@ from torch import nn
 from .factorized import FactorizedDensity
 from .layers import GDN, CheckerboardContext, ResBlock, SubPixelConv, anchor_mask, conv
 
-# Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE). "wide", the
-# default since step 55,000: geometric from 0.0004 to 0.18, so quality 1..8 spans about
-# 0.1-1.6 bpp on Kodak. "zoo": CompressAI's zoo values, used before; its quality 1 still
-# took 0.26 bpp. :meth:`CnnzNet.remap_gains` moves a network from one table to another.
+# Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE). "wide2", the
+# default since step 145,000: geometric from 0.0004 to 0.2, so quality 1..8 spans about
+# 0.07-1.55 bpp on Kodak ("wide", 0.0004 to 0.18, used from step 55,000, left quality 8 at
+# 1.49 bpp, just short of 1.5). "zoo": CompressAI's zoo values, used before; its quality 1
+# still took 0.26 bpp. :meth:`CnnzNet.remap_gains` moves a network from one table to another.
 LAMBDA_TABLES = {
     "zoo": (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
     "wide": tuple(round(0.0004 * (0.18 / 0.0004) ** (k / 7), 6) for k in range(8)),
+    "wide2": tuple(round(0.0004 * (0.2 / 0.0004) ** (k / 7), 6) for k in range(8)),
 }
-LAMBDAS = LAMBDA_TABLES["wide"]
+LAMBDAS = LAMBDA_TABLES["wide2"]
 QUALITY_MIN, QUALITY_MAX = 1.0, float(len(LAMBDAS))
 SCALE_MIN = 0.11
 

@@ -5,6 +5,7 @@ and decoding on a CPU stay well under a second each.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -12,6 +13,19 @@ import pytest
 from PIL import Image
 
 import pillow_cnnz  # noqa: F401  (registers the format with Pillow and imageio)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Put torch's thread count back after each test: the training code under test calls
+    ``torch.set_num_threads``, which would otherwise change how later tests run (bfloat16
+    kernels round differently at one thread than at two). Torch is not imported for this."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch and before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -376,7 +376,7 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
 - data: `{args['data']}` (594 photos: BSDS500 + USC-SIPI/Waterloo/Wikipedia, see `shared/data/SOURCES.md`);
   validation `{args['val']}`; Kodak never used for training or selection.
 - loss: bpp + λ(q)·255²·MSE, λ interpolated geometrically between the {len(meta['lambdas'])} levels of the
-  table (`--lambdas`: zoo = CompressAI's {list(LAMBDA_TABLES['zoo'])}; wide = {list(LAMBDA_TABLES['wide'])});
+  table (`--lambdas`: {'; '.join(f'{name} = {list(table)}' for name, table in LAMBDA_TABLES.items())});
   the shipped weights use {meta['lambdas']}. q drawn uniformly in [1, 8] per crop; with `--rate-balance B`
   each crop's loss is weighted by (λ/λ_mid)^-B so low qualities are not drowned by high ones.
   A phase on another table than the checkpoint's first remaps the per-quality gains (interpolated in log λ).
