@@ -129,7 +129,8 @@ def _read(model_id: bytes) -> Model:
     entry = models.get(model_id.hex())
     if entry is None:
         msg = (f"this file needs CNNZ model {model_id.hex()}, which is not installed "
-               f"(installed: {', '.join(models) or 'none'}); upgrade pillow-cnnz")
+               f"(installed: {', '.join(models) or 'none'}); open it with a pillow-cnnz release that ships "
+               f"that model (the one that wrote it, or a newer one if the file is newer)")
         raise WeightsError(msg)
     path = weights_dir() / entry["file"]
     try:
