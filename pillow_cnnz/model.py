@@ -11,7 +11,7 @@ With a context (``Config.ctx``), the non-anchor half of the latents gets (μ, lo
 refined from the rounded anchors around it (``layers.CheckerboardContext``).
 ``h_s`` and the context are trained in float here; at export they are turned into integer
 networks (``pillow_cnnz.hyper``, ``pillow_cnnz.context``) so the decoder reproduces the
-encoder's probabilities exactly on any device. ``g_s`` is small on purpose (15-20k multiply-adds per pixel,
+encoder's probabilities exactly on any device. ``g_s`` is small on purpose (15-31k multiply-adds per pixel as it grew,
 ``Config.synthesis_macs``): channels shrink toward full resolution, upsampling is
 sub-pixel, and residual blocks (``Config.res``) add depth only where it pays.
 
