@@ -69,11 +69,20 @@ def _weighted_distortion(torch: Any, net: Any, y_hat: Any, rgbs: list[np.ndarray
     return total
 
 
+def _entropy_parameters(torch: Any, net: Any, z_hat: Any, y: Any) -> tuple[Any, Any]:
+    """(μ, log2 σ) of each image's latents, computed image by image: float32 convolutions
+    on a CPU round differently for a batch than for one image (seen: 5e-6 at one thread),
+    and a bfloat16 synthesis downstream can turn that into other latents, so a batched file
+    would differ from the same image encoded alone."""
+    pairs = [net.entropy_parameters(net.h_s(z_hat[i : i + 1]), y[i : i + 1]) for i in range(y.shape[0])]
+    return torch.cat([mu for mu, _ in pairs]), torch.cat([scale for _, scale in pairs])
+
+
 def _loss(torch: Any, net: Any, y: Any, z: Any, ig: Any, pixels: int, tile_loss: Any, file_bits: Any) -> Any:
     """Per image: the bits of the file these latents make (``file_bits``, the real coder) per
     pixel, plus the weighted distortion of their hard rounding."""
     with torch.no_grad():
-        mu, _ = net.entropy_parameters(net.h_s(torch.round(z)), y)
+        mu, _ = _entropy_parameters(torch, net, torch.round(z), y)
         distortion = tile_loss((torch.round(y - mu) + mu) * ig)
     bits = file_bits(y.cpu().numpy(), z.cpu().numpy())
     return torch.from_numpy(np.asarray(bits, np.float64) / pixels).to(distortion) + distortion
@@ -121,7 +130,7 @@ def refine(net: Any, rgbs: list[np.ndarray], y: np.ndarray, z: np.ndarray, lambd
         opt.zero_grad(set_to_none=True)
         z_hat = round_st(zv)
         bits = -torch.log2(net.density_z.likelihood(z_hat).clamp_min(1e-9)).sum()
-        mu, log2_scale = net.entropy_parameters(net.h_s(z_hat), yv)
+        mu, log2_scale = _entropy_parameters(torch, net, z_hat, yv)
         r = _soft_round(torch, yv - mu, tau, generators)
         bits = bits - torch.log2(gaussian_likelihood(r, (2**log2_scale).clamp_min(SCALE_MIN))).sum()
         y_hat = (r + mu) * ig
