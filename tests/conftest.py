@@ -19,7 +19,9 @@ import pillow_cnnz  # noqa: F401  (registers the format with Pillow and imageio)
 def _torch_threads_restored():
     """Put torch's thread count back after each test: the training code under test calls
     ``torch.set_num_threads``, which would otherwise change how later tests run (bfloat16
-    kernels round differently at one thread than at two). Torch is not imported for this."""
+    kernels round differently at one thread than at two). Torch is not imported for this
+    (whether it is loaded changes the codec's precision under ``auto``), so a test that is the
+    first to import torch has no earlier count to go back to."""
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch else None
     yield
