@@ -11,7 +11,7 @@ With a context (``Config.ctx``), the non-anchor half of the latents gets (μ, lo
 refined from the rounded anchors around it (``layers.CheckerboardContext``).
 ``h_s`` and the context are trained in float here; at export they are turned into integer
 networks (``pillow_cnnz.hyper``, ``pillow_cnnz.context``) so the decoder reproduces the
-encoder's probabilities exactly on any device. ``g_s`` is small on purpose (15-31k multiply-adds per pixel as it grew,
+encoder's probabilities exactly on any device. ``g_s`` is small on purpose (15-39k multiply-adds per pixel as it grew,
 ``Config.synthesis_macs``): channels shrink toward full resolution, upsampling is
 sub-pixel, and residual blocks (``Config.res``) add depth only where it pays.
 
@@ -42,6 +42,7 @@ LAMBDA_TABLES = {
 LAMBDAS = LAMBDA_TABLES["wide2"]
 QUALITY_MIN, QUALITY_MAX = 1.0, float(len(LAMBDAS))
 SCALE_MIN = 0.11
+NEW_LOG2_SCALE = -1.0  # log2 σ that new latent channels start with (CnnzNet.widened)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,20 @@ def grown_key(key: str, old: Config, new: Config) -> str:
     _, index, rest = key.split(".", 2)
     where = {slot: i for i, slot in enumerate(_g_s_slots(new))}
     return f"g_s.{where[_g_s_slots(old)[int(index)]]}.{rest}"
+
+
+def _widened_index(old: int, new: int, old_m: int, new_m: int) -> torch.Tensor:
+    """Where an axis of ``old`` entries lands in a network widened from ``old_m`` to ``new_m``
+    latents: unchanged axes map to themselves, latent axes keep their first entries, and
+    (μ, log2 σ) axes of 2·M keep each half at the start of its new half."""
+    if old == new:
+        return torch.arange(old)
+    if (old, new) == (old_m, new_m):
+        return torch.arange(old_m)
+    if (old, new) == (2 * old_m, 2 * new_m):
+        return torch.cat([torch.arange(old_m), torch.arange(old_m) + new_m])
+    msg = f"an axis of {old} entries cannot widen to {new} ({old_m} -> {new_m} latents)"
+    raise ValueError(msg)
 
 
 def round_st(v: torch.Tensor) -> torch.Tensor:
@@ -176,6 +191,42 @@ class CnnzNet(nn.Module):
         state = net.state_dict()
         for key, value in self.state_dict().items():
             state[grown_key(key, self.config, net.config)] = value.clone()
+        net.load_state_dict(state)
+        return net
+
+    def widened(self, latents: int, scale: float = 0.1) -> CnnzNet:
+        """A copy with ``latents`` latent channels (more than now): the transform's ceiling at
+        high rates is the latents' count, as the unquantized autoencoder shows.
+
+        Everything that reads the new channels (synthesis, hyper analysis, context) starts at
+        zero, so the copy reconstructs what it did before. Their analysis filters start random
+        at ``scale`` of the old filters' spread (zero filters would get no gradient), their
+        gains at the old channels' mean per quality, and the entropy model gives them μ 0 and
+        σ = 2^NEW_LOG2_SCALE: a zero costs about half a bit and a ±1 about three bits, so
+        training can move them either way, and it decides what they carry.
+        """
+        old_m = self.config.M
+        if latents <= old_m:
+            msg = f"can only add latent channels: {old_m} -> {latents}"
+            raise ValueError(msg)
+        net = CnnzNet(replace(self.config, M=latents))
+        state = net.state_dict()
+        with torch.no_grad():
+            for key, value in self.state_dict().items():
+                target = state[key]
+                if target.shape == value.shape:
+                    target.copy_(value)
+                    continue
+                target.zero_()
+                index = [_widened_index(o, n, old_m, latents) for o, n in zip(value.shape, target.shape)]
+                target[torch.meshgrid(*index, indexing="ij")] = value
+            new = slice(old_m, latents)
+            last = f"g_a.{len(self.g_a) - 1}.weight"
+            state[last][new] = torch.randn_like(state[last][new]) * self.state_dict()[last].std() * scale
+            for name in ("log2_gain", "log2_inv_gain"):
+                state[name][:, new] = state[name][:, :old_m].mean(1, keepdim=True)
+            bias = f"h_s.{len(self.h_s) - 1}.bias"
+            state[bias][latents + old_m :] = NEW_LOG2_SCALE
         net.load_state_dict(state)
         return net
 

@@ -225,6 +225,51 @@ def test_growing_keeps_adam_moments_of_every_old_parameter_and_none_for_new_bloc
     new.step()  # the new blocks' state is created on the first step
 
 
+def test_widened_network_reconstructs_as_before_and_gives_old_latents_their_probabilities():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.model import CnnzNet, Config
+
+    torch.manual_seed(0)
+    net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8), ctx=8)).eval()
+    for p in net.context.c3.parameters():  # a trained context: not the zero it starts as
+        torch.nn.init.normal_(p, std=0.1)
+    wide = net.widened(12).eval()
+    assert wide.config.M == 12 and wide.g_a[-1].out_channels == 12
+    x, q = torch.rand(1, 3, 64, 64), torch.tensor([3.5])
+    with torch.no_grad():
+        a, b = net(x, q), wide(x, q)
+        assert torch.allclose(a["x_hat"], b["x_hat"], atol=1e-6)
+        assert torch.equal(a["bits_z"], b["bits_z"])  # the hyper analysis does not read the new channels yet
+        y = net.g_a(x) * net.gains(q)[0]
+        y_wide = wide.g_a(x) * wide.gains(q)[0]
+        assert torch.allclose(y, y_wide[:, :8], atol=1e-6) and y_wide[:, 8:].abs().max() > 0
+        z = torch.round(net.h_a(y))
+        mu, log2_scale = net.entropy_parameters(net.h_s(z), y)
+        mu_w, log2_scale_w = wide.entropy_parameters(wide.h_s(z), y_wide)
+    assert torch.allclose(mu, mu_w[:, :8], atol=1e-6) and torch.allclose(log2_scale, log2_scale_w[:, :8], atol=1e-6)
+    assert torch.all(mu_w[:, 8:] == 0) and torch.all(log2_scale_w[:, 8:] == -1)
+    assert 0 < b["bits"].item() - a["bits"].item() < 0.6 * 4 * 16 * 1.1  # the new zeros cost about half a bit each
+    with pytest.raises(ValueError, match="only add"):
+        wide.widened(12)
+
+
+def test_resuming_with_widen_starts_adam_afresh_and_the_card_reproduces_it(tmp_path):
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.train import __main__ as train_cli
+    from pillow_cnnz.train.export import export, model_card
+
+    common = frozen_fit_args(tmp_path)
+    assert train_cli.main(["fit", "--steps", "1", *common]) == 0
+    before = torch.load(tmp_path / "r" / "last.pt", weights_only=False)["config"]["M"]
+    assert train_cli.main(["fit", "--steps", "2", "--resume", "--widen", str(before + 4), *common]) == 0
+    wide = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    assert wide["config"]["M"] == before + 4 and wide["model"]["log2_gain"].shape[1] == before + 4
+    assert wide["history"][-1]["widened"] == before + 4 and wide["history"][-1]["fresh_optimizer"]
+    info = export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware")
+    card = model_card(info, tmp_path)
+    assert f"--resume --widen {before + 4}" in card and "train slim" not in card
+
+
 def test_synthesis_macs_counts_what_the_layers_compute():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.layers import GDN

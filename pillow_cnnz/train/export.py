@@ -333,14 +333,16 @@ def model_card(info: dict, results: Path) -> str:
         rows.append(f"| {h['from_step']} | {until} | {h['lr']:g} | {dlr:g} | {glr:g} | {table} | {balance:g} | "
                     f"{h['batch']} | {h['crop']} | {'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} |")
         # phases recorded before ``from_slim`` existed: a fresh Adam that neither a λ change nor a grow explains
-        if h.get("from_slim") or (h.get("fresh_optimizer") and not h.get("remapped_gains") and not h.get("grown")):
+        if h.get("from_slim") or (h.get("fresh_optimizer") and not h.get("remapped_gains") and not h.get("grown")
+                                  and not h.get("widened")):
             commands.append("python -m pillow_cnnz.train slim runs/main/last.pt runs/main/last.pt")  # resumed from a slim one
         commands.append(f"python -m pillow_cnnz.train fit --run runs/main --steps {until} --lr {h['lr']:g} "
                         f"--density-lr {dlr:g} --gain-lr {glr:g} --batch {h['batch']} --crop {h['crop']} "
                         f"--lambdas {table} --rate-balance {balance:g} "
                         f"--threads {threads if threads != '?' else 0} {'--bf16' if bf16 else '--no-bf16'}"
                         + (" --resume" if i else "") + (f" --grow {','.join(map(str, h['grown']))}" if h.get("grown") else "")
-                        + (f" --context {h['context']}" if h.get("context") else ""))
+                        + (f" --context {h['context']}" if h.get("context") else "")
+                        + (f" --widen {h['widened']}" if h.get("widened") else ""))
     history = "\n".join(rows)
     switches = [h["from_step"] for h, a, b in zip(hist[1:], tables, tables[1:]) if a != b]
     table_note = "".join(f"; from step {s:,} on, quality 1 and 4 stand for other λ (the λ table changed), so rows "

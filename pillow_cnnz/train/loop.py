@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, metavar="C",
                    help="add a checkerboard context of C channels to a resumed network without one "
                         "(CnnzNet.with_context: it starts as no change; trained with the density's rate)")
+    p.add_argument("--widen", type=int, metavar="M",
+                   help="give a resumed network M latent channels (CnnzNet.widened: it starts reconstructing "
+                        "as before; Adam starts afresh, the parameters' shapes change)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -241,16 +244,20 @@ def run(args: argparse.Namespace) -> int:
     contexted = bool(args.context) and not net.config.ctx
     if contexted:
         net = net.with_context(args.context)
+    widened = bool(args.widen) and args.widen != net.config.M
+    if widened:
+        net = net.widened(args.widen)
     net = net.to(args.device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(param_groups(net), lr=args.lr)
     if state:
-        if "optimizer" in state and not remapped:
+        if "optimizer" in state and not remapped and not widened:
             changed = grown or contexted
             opt_state = grown_adam(state["optimizer"], before, net) if changed else regroup(state["optimizer"], net)
             opt.load_state_dict(opt_state)
         else:
             fresh_adam = True
-            why = "its λ table changed" if remapped else "checkpoint has no optimizer state (slim)"
+            why = ("its λ table changed" if remapped else "the latents were widened" if widened
+                   else "checkpoint has no optimizer state (slim)")
             print(f"{why}: Adam starts afresh", file=sys.stderr)
         step, seconds = state["step"], state["seconds"]
         a = state["args"]
@@ -272,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
                    | ({"from_slim": True} if state and "optimizer" not in state else {})
                    | ({"remapped_gains": True} if remapped else {})
                    | ({"grown": list(net.config.res)} if grown else {})
-                   | ({"context": net.config.ctx} if contexted else {}))
+                   | ({"context": net.config.ctx} if contexted else {})
+                   | ({"widened": net.config.M} if widened else {}))
     val_images = [load_rgb(p) for p in image_paths(args.val)]
     log = open(run_dir / "log.jsonl", "a")
     hist: list[tuple[float, float, float]] = []
