@@ -12,7 +12,8 @@ one image at a time):
 - ``components_over_step``: of the principal components of the gained latents (y at the
   quality's gain, where the quantization step is 1; covariance over all latent positions of
   all images), how many have a standard deviation above one step. When nearly all ``M`` do,
-  every latent channel is busy and the latent count is binding.
+  every latent channel is busy and the latent count may be binding; when widening the
+  latents leaves that count where it was, the new channels are not being used.
 
 With several checkpoints and at least two qualities it also gives each one's BD-rate against
 the first (ideal rate, rounded PSNR): a quick comparison of weights before exporting them.
@@ -25,31 +26,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
+import numpy as np
 from _common import DEFAULT_KODAK, REPO_ROOT, image_paths, load_rgb
 from bdrate import bd_rate
+from rd import psnr
 
 
-def pad_to(x, multiple: int):
-    """Edge-pad an NCHW tensor to a multiple of ``multiple`` (what the codec's tiles do)."""
-    import torch.nn.functional as F
-
-    h, w = x.shape[2:]
-    return F.pad(x, (0, -w % multiple, 0, -h % multiple), mode="replicate")
-
-
-def psnr(a, b) -> float:
-    mse = float(((a.clamp(0, 1) * 255).round().sub(b * 255) ** 2).mean())
-    return 10 * math.log10(255**2 / mse) if mse else float("inf")
+def to_uint8(x) -> np.ndarray:
+    """An NCHW float image in [0, 1] as the HWC uint8 array a decoder would hand out."""
+    return (x[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
 def measure(checkpoint: Path, images: list, qualities: list[float]) -> dict:
     import torch
 
-    from pillow_cnnz.model import round_st
-    from pillow_cnnz.train.loop import load_checkpoint
+    from pillow_cnnz.train.loop import load_checkpoint, pad64
 
     net, state = load_checkpoint(checkpoint)
     net.eval()
@@ -60,16 +53,12 @@ def measure(checkpoint: Path, images: list, qualities: list[float]) -> dict:
             quality = torch.tensor([q])
             gain, inv_gain = net.gains(quality)
             for rgb in images:
-                x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
-                h, w = x.shape[2:]
-                xp = pad_to(x, 64)
-                out = net(xp, quality)
-                y = net.g_a(xp) * gain
-                hyper = net.h_s(torch.round(net.h_a(y)))
-                mu, _ = net.entropy_parameters(hyper, y)
-                y_hat = round_st(y - mu) + mu
-                rounded.append(psnr(net.g_s(y_hat * inv_gain)[..., :h, :w], x))
-                unquantized.append(psnr(net.g_s(y * inv_gain)[..., :h, :w], x))
+                x = pad64(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255)
+                h, w = rgb.shape[:2]
+                out = net(x, quality)  # eval: x̂ from round(y − μ) + μ, bits at the ideal rate
+                y = net.g_a(x) * gain
+                rounded.append(psnr(to_uint8(out["x_hat"][..., :h, :w]), rgb))
+                unquantized.append(psnr(to_uint8(net.g_s(y * inv_gain)[..., :h, :w]), rgb))
                 bpps.append(float(out["bits"]) / (h * w))
                 latents.append(y[0].flatten(1).T)
             flat = torch.cat(latents).double()

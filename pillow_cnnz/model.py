@@ -195,8 +195,8 @@ class CnnzNet(nn.Module):
         return net
 
     def widened(self, latents: int, scale: float = 0.1) -> CnnzNet:
-        """A copy with ``latents`` latent channels (more than now): the transform's ceiling at
-        high rates is the latents' count, as the unquantized autoencoder shows.
+        """A copy with ``latents`` latent channels (more than now), for when the latent count
+        may bind at high rates (``benchmarks/ceiling.py`` measures whether it does).
 
         Everything that reads the new channels (synthesis, hyper analysis, context) starts at
         zero, so the copy reconstructs what it did before. Their analysis filters start random
@@ -210,9 +210,9 @@ class CnnzNet(nn.Module):
             msg = f"can only add latent channels: {old_m} -> {latents}"
             raise ValueError(msg)
         net = CnnzNet(replace(self.config, M=latents))
-        state = net.state_dict()
+        old, state = self.state_dict(), net.state_dict()
         with torch.no_grad():
-            for key, value in self.state_dict().items():
+            for key, value in old.items():
                 target = state[key]
                 if target.shape == value.shape:
                     target.copy_(value)
@@ -222,7 +222,7 @@ class CnnzNet(nn.Module):
                 target[torch.meshgrid(*index, indexing="ij")] = value
             new = slice(old_m, latents)
             last = f"g_a.{len(self.g_a) - 1}.weight"
-            state[last][new] = torch.randn_like(state[last][new]) * self.state_dict()[last].std() * scale
+            state[last][new] = torch.randn_like(state[last][new]) * old[last].std() * scale
             for name in ("log2_gain", "log2_inv_gain"):
                 state[name][:, new] = state[name][:, :old_m].mean(1, keepdim=True)
             bias = f"h_s.{len(self.h_s) - 1}.bias"

@@ -332,7 +332,7 @@ def model_card(info: dict, results: Path) -> str:
         balance = h.get("rate_balance", 0.0)
         rows.append(f"| {h['from_step']} | {until} | {h['lr']:g} | {dlr:g} | {glr:g} | {table} | {balance:g} | "
                     f"{h['batch']} | {h['crop']} | {'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} |")
-        # phases recorded before ``from_slim`` existed: a fresh Adam that neither a λ change nor a grow explains
+        # phases recorded before ``from_slim`` existed: a fresh Adam that no λ change, grow or widening explains
         if h.get("from_slim") or (h.get("fresh_optimizer") and not h.get("remapped_gains") and not h.get("grown")
                                   and not h.get("widened")):
             commands.append("python -m pillow_cnnz.train slim runs/main/last.pt runs/main/last.pt")  # resumed from a slim one
