@@ -29,17 +29,18 @@ from torch import nn
 from .factorized import FactorizedDensity
 from .layers import GDN, CheckerboardContext, ResBlock, SubPixelConv, anchor_mask, conv
 
-# Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE). "wide2", the
-# default since step 145,000: geometric from 0.0004 to 0.2, so quality 1..8 spans about
-# 0.07-1.55 bpp on Kodak ("wide", 0.0004 to 0.18, used from step 55,000, left quality 8 at
-# 1.49 bpp, just short of 1.5). "zoo": CompressAI's zoo values, used before; its quality 1
+# Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE). "wide3", the
+# default since step 226,000: geometric from 0.0004 to 0.22, because with 224 latents "wide2"
+# (0.0004 to 0.2, used from step 145,000) left quality 8 at 1.46 bpp on Kodak, short of 1.5
+# ("wide", 0.0004 to 0.18, used from step 55,000, had left it at 1.49). "zoo": CompressAI's zoo values, used before; its quality 1
 # still took 0.26 bpp. :meth:`CnnzNet.remap_gains` moves a network from one table to another.
 LAMBDA_TABLES = {
     "zoo": (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
     "wide": tuple(round(0.0004 * (0.18 / 0.0004) ** (k / 7), 6) for k in range(8)),
     "wide2": tuple(round(0.0004 * (0.2 / 0.0004) ** (k / 7), 6) for k in range(8)),
+    "wide3": tuple(round(0.0004 * (0.22 / 0.0004) ** (k / 7), 6) for k in range(8)),
 }
-LAMBDAS = LAMBDA_TABLES["wide2"]
+LAMBDAS = LAMBDA_TABLES["wide3"]
 QUALITY_MIN, QUALITY_MAX = 1.0, float(len(LAMBDAS))
 SCALE_MIN = 0.11
 NEW_LOG2_SCALE = -1.0  # log2 σ that new latent channels start with (CnnzNet.widened)
@@ -54,6 +55,7 @@ class Config:
     dec: tuple[int, int, int] = (96, 64, 48)  # synthesis widths, coarse to fine
     res: tuple[int, int, int] = (0, 0, 0)  # residual blocks after each synthesis level (CnnzNet.grown)
     ctx: int = 0  # width of the checkerboard context (0: none; CnnzNet.with_context)
+    ares: tuple[int, int, int] = (0, 0, 0)  # residual blocks after each analysis level, fine to coarse (CnnzNet.grown)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +76,14 @@ class Config:
             cin = width
         return macs + cin * 9 * 12 * area
 
+    def analysis_macs(self) -> float:
+        """Multiply-adds per input pixel of ``g_a`` (what the encoder pays; biases not counted)."""
+        macs, cin, area = 0.0, 3, 1 / 4  # outputs of the current level per input pixel
+        for blocks in self.ares:
+            macs += (cin * 25 + self.N) * self.N * area + self.N * self.N * 18 * blocks * area
+            cin, area = self.N, area / 4
+        return macs + cin * 25 * self.M * area
+
     def synthesis_radius(self) -> float:
         """How far, in latents, an output pixel of ``g_s`` sees: the decoder's tiles need at
         least this much halo (``codec.HALO``) to match an untiled decode."""
@@ -83,6 +93,24 @@ class Config:
             scale *= 2
             radius += 2 * blocks / scale  # two 3x3 convolutions a block
         return radius + 1 / scale
+
+    def analysis_radius(self) -> float:
+        """How far, in latents, a latent of ``g_a`` sees: the encoder's tiles need this much halo
+        to match an untiled encode."""
+        radius, pixel = 0.0, 1 / 16  # latents per pixel of the current level's input
+        for blocks in self.ares:
+            radius += 2 * pixel  # the 5x5 stride-2 convolution, on its input's grid
+            pixel *= 2
+            radius += 2 * blocks * pixel  # two 3x3 convolutions a block, on its output's grid
+        return radius + 2 * pixel
+
+
+def _g_a_slots(config: Config) -> list[tuple]:
+    """What each module of ``g_a`` is (see :func:`_g_s_slots`)."""
+    slots: list[tuple] = []
+    for level, blocks in enumerate(config.ares):
+        slots += [("down", level), ("gdn", level)] + [("res", level, k) for k in range(blocks)]
+    return slots + [("last",)]
 
 
 def _g_s_slots(config: Config) -> list[tuple]:
@@ -95,11 +123,13 @@ def _g_s_slots(config: Config) -> list[tuple]:
 
 def grown_key(key: str, old: Config, new: Config) -> str:
     """Name that ``old``'s parameter ``key`` takes in a network grown to ``new``."""
-    if not key.startswith("g_s."):
+    slots = {"g_a": _g_a_slots, "g_s": _g_s_slots}
+    prefix, _, tail = key.partition(".")
+    if prefix not in slots:
         return key
-    _, index, rest = key.split(".", 2)
-    where = {slot: i for i, slot in enumerate(_g_s_slots(new))}
-    return f"g_s.{where[_g_s_slots(old)[int(index)]]}.{rest}"
+    index, rest = tail.split(".", 1)
+    where = {slot: i for i, slot in enumerate(slots[prefix](new))}
+    return f"{prefix}.{where[slots[prefix](old)[int(index)]]}.{rest}"
 
 
 def _widened_index(old: int, new: int, old_m: int, new_m: int) -> torch.Tensor:
@@ -140,9 +170,11 @@ class CnnzNet(nn.Module):
         N, M, Nz, Nh = config.N, config.M, config.Nz, config.Nh
         d1, d2, d3 = config.dec
         self.config = config
-        self.g_a = nn.Sequential(
-            conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)
-        )
+        analysis, cin = [], 3
+        for blocks in config.ares:
+            analysis += [conv(cin, N), GDN(N)] + [ResBlock(N) for _ in range(blocks)]
+            cin = N
+        self.g_a = nn.Sequential(*analysis, conv(N, M))
         synthesis, cin = [], M
         for width, blocks in zip((d1, d2, d3), config.res):
             synthesis += [SubPixelConv(cin, width), GDN(width, inverse=True)]
@@ -180,14 +212,17 @@ class CnnzNet(nn.Module):
                 new_rows.append(rows[i - 1] * (1 - w) + rows[i] * w)
             param.copy_(torch.stack(new_rows).to(param.dtype))
 
-    def grown(self, res: tuple[int, int, int]) -> CnnzNet:
-        """A copy with ``res`` residual blocks after each synthesis level (at least as many as
-        now): the new blocks start as the identity, so the copy computes the same function."""
-        res = tuple(res)
-        if len(res) != len(self.config.res) or any(n < o for n, o in zip(res, self.config.res)):
-            msg = f"can only add residual blocks: {self.config.res} -> {res}"
-            raise ValueError(msg)
-        net = CnnzNet(replace(self.config, res=res))
+    def grown(self, res: tuple[int, int, int] | None = None, ares: tuple[int, int, int] | None = None) -> CnnzNet:
+        """A copy with ``res`` residual blocks after each synthesis level and ``ares`` after each
+        analysis level (at least as many as now; None keeps them): the new blocks start as the
+        identity, so the copy computes the same function."""
+        res = self.config.res if res is None else tuple(res)
+        ares = self.config.ares if ares is None else tuple(ares)
+        for old, new in ((self.config.res, res), (self.config.ares, ares)):
+            if len(new) != len(old) or any(n < o for n, o in zip(new, old)):
+                msg = f"can only add residual blocks: {old} -> {new}"
+                raise ValueError(msg)
+        net = CnnzNet(replace(self.config, res=res, ares=ares))
         state = net.state_dict()
         for key, value in self.state_dict().items():
             state[grown_key(key, self.config, net.config)] = value.clone()

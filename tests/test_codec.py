@@ -177,6 +177,7 @@ def test_tile_halo_covers_the_shipped_synthesis_receptive_field():
 
     config = Config.from_dict(weights.load().meta["config"])
     assert codec.HALO >= config.synthesis_radius()
+    assert codec.HALO >= config.analysis_radius()
     assert Config().synthesis_radius() == 1 + 1 / 2 + 1 / 4 + 1 / 8
     assert Config(res=(0, 1, 0)).synthesis_radius() == Config().synthesis_radius() + 2 / 4
 

@@ -176,7 +176,8 @@ def test_rate_balance_weighs_low_qualities_up_and_high_ones_down():
     lam = lambda_for(torch.tensor([1.0, 4.5, 8.0]))
     assert torch.allclose(lam[[0, 2]], torch.tensor([LAMBDAS[0], LAMBDAS[-1]]))
     w = sample_weight(lam, 0.5, LAMBDAS)
-    assert torch.allclose(w, torch.tensor([(LAMBDAS[-1] / LAMBDAS[0]) ** 0.25, 1.0, (LAMBDAS[0] / LAMBDAS[-1]) ** 0.25]))
+    ends = (LAMBDAS[-1] / LAMBDAS[0]) ** 0.25
+    assert torch.allclose(w, torch.tensor([ends, 1.0, 1 / ends]), rtol=1e-4)  # the table is rounded to 6 decimals
     assert torch.equal(sample_weight(lam, 0.0, LAMBDAS), torch.ones(3))
 
 
@@ -194,6 +195,54 @@ def test_grown_network_computes_what_it_did_before_and_only_grows():
     assert torch.equal(a["x_hat"], b["x_hat"]) and torch.equal(a["bits"], b["bits"])
     with pytest.raises(ValueError, match="only add"):
         grown.grown((0, 2, 0))
+
+
+def test_grown_analysis_encodes_what_it_did_before_and_keeps_the_old_weights_in_place():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.model import CnnzNet, Config, grown_key
+
+    torch.manual_seed(0)
+    net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8), res=(0, 1, 0))).eval()
+    grown = net.grown(ares=(0, 2, 1)).eval()
+    assert grown.config.ares == (0, 2, 1) and grown.config.res == (0, 1, 0)
+    assert len(grown.g_a) == len(net.g_a) + 3 and len(grown.g_s) == len(net.g_s)
+    assert grown_key("g_a.4.weight", net.config, grown.config) == "g_a.6.weight"
+    assert grown_key("g_a.6.weight", net.config, grown.config) == "g_a.9.weight"
+    x, q = torch.rand(1, 3, 64, 64), torch.tensor([5.25])
+    with torch.no_grad():
+        a, b = net(x, q), grown(x, q)
+        assert torch.equal(net.g_a(x), grown.g_a(x))
+    assert torch.equal(a["x_hat"], b["x_hat"]) and torch.equal(a["bits"], b["bits"])
+    with pytest.raises(ValueError, match="only add"):
+        grown.grown(ares=(0, 1, 1))
+
+
+def test_analysis_macs_and_radius_count_what_the_layers_compute():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.model import CnnzNet, Config
+
+    config = Config(N=8, M=16, Nz=4, Nh=8, dec=(8, 8, 8), ares=(1, 0, 2))
+    net = CnnzNet(config).eval()
+    macs, hooks = [], []
+    for m in net.g_a.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            hooks.append(m.register_forward_hook(
+                lambda m, i, o: macs.append(o[0].numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1])))
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        y = net.g_a(x)
+    gdn = sum(8 * 8 * 128 * 128 / 4**k for k in (1, 2, 3))  # each GDN is a 1x1 convolution of its width
+    assert (sum(macs) + gdn) / (128 * 128) == pytest.approx(config.analysis_macs())
+    assert Config().analysis_macs() == pytest.approx(24_324)
+    # the radius: a changed pixel moves latents up to this far away, and no farther
+    x2 = x.clone()
+    x2[:, :, 64, 64] += 1.0
+    with torch.no_grad():
+        changed = (net.g_a(x2) - y).abs().amax((0, 1)) > 0
+    rows = changed.any(1).nonzero().flatten()
+    reach = max(64 / 16 - rows.min().item(), rows.max().item() + 1 - 64 / 16)
+    assert reach <= config.analysis_radius() + 1
+    assert Config().analysis_radius() == 2 / 16 + 2 / 8 + 2 / 4 + 1
 
 
 def test_growing_keeps_adam_moments_of_every_old_parameter_and_none_for_new_blocks():

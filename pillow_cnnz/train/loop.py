@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="learning rate of the hyper-latent density (it must narrow fast, or ẑ collapses)")
     p.add_argument("--gain-lr", type=float, default=1e-3,
                    help="learning rate of the per-quality gain vectors (rate control per channel)")
-    p.add_argument("--lambdas", choices=sorted(LAMBDA_TABLES), default="wide2",
+    p.add_argument("--lambdas", choices=sorted(LAMBDA_TABLES), default="wide3",
                    help="λ of each integer quality (a checkpoint on another table has its gains remapped)")
     p.add_argument("--rate-balance", type=float, default=0.0,
                    help="weight each sample's loss by (λ/λ_mid)^-B: with B=0.5 a bit saved at quality 1 "
@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grow", type=lambda v: tuple(int(n) for n in v.split(",")), metavar="A,B,C",
                    help="residual blocks after each synthesis level (e.g. 0,1,0): a resumed network gets "
                         "the missing ones as identity blocks (CnnzNet.grown); Adam keeps the old parameters' moments")
+    p.add_argument("--grow-analysis", type=lambda v: tuple(int(n) for n in v.split(",")), metavar="A,B,C",
+                   help="residual blocks after each analysis level, fine to coarse (e.g. 0,2,2): like --grow, "
+                        "for the encoder; they cost encode time only")
     p.add_argument("--context", type=int, metavar="C",
                    help="add a checkerboard context of C channels to a resumed network without one "
                         "(CnnzNet.with_context: it starts as no change; trained with the density's rate)")
@@ -238,9 +241,10 @@ def run(args: argparse.Namespace) -> int:
     if source:
         remapped = adopt_lambdas(net, source, lambdas)
     grown = args.grow is not None and tuple(args.grow) != net.config.res
+    grown_a = args.grow_analysis is not None and tuple(args.grow_analysis) != net.config.ares
     before = net
-    if grown:
-        net = net.grown(args.grow)
+    if grown or grown_a:
+        net = net.grown(args.grow, args.grow_analysis)
     contexted = bool(args.context) and not net.config.ctx
     if contexted:
         net = net.with_context(args.context)
@@ -251,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     opt = torch.optim.Adam(param_groups(net), lr=args.lr)
     if state:
         if "optimizer" in state and not remapped and not widened:
-            changed = grown or contexted
+            changed = grown or grown_a or contexted
             opt_state = grown_adam(state["optimizer"], before, net) if changed else regroup(state["optimizer"], net)
             opt.load_state_dict(opt_state)
         else:
@@ -279,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
                    | ({"from_slim": True} if state and "optimizer" not in state else {})
                    | ({"remapped_gains": True} if remapped else {})
                    | ({"grown": list(net.config.res)} if grown else {})
+                   | ({"grown_analysis": list(net.config.ares)} if grown_a else {})
                    | ({"context": net.config.ctx} if contexted else {})
                    | ({"widened": net.config.M} if widened else {}))
     val_images = [load_rgb(p) for p in image_paths(args.val)]
