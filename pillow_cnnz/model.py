@@ -32,8 +32,8 @@ from .layers import GDN, CheckerboardContext, ResBlock, SubPixelConv, anchor_mas
 # Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE). "wide3", the
 # default since step 226,000: geometric from 0.0004 to 0.22, because with 224 latents "wide2"
 # (0.0004 to 0.2, used from step 145,000) left quality 8 at 1.46 bpp on Kodak, short of 1.5
-# ("wide", 0.0004 to 0.18, used from step 55,000, had left it at 1.49). "zoo": CompressAI's zoo values, used before; its quality 1
-# still took 0.26 bpp. :meth:`CnnzNet.remap_gains` moves a network from one table to another.
+# ("wide", 0.0004 to 0.18, used from step 55,000, had left it at 1.49). "zoo": CompressAI's
+# zoo values, used before; its quality 1 still took 0.26 bpp. :meth:`CnnzNet.remap_gains` moves a network from one table to another.
 LAMBDA_TABLES = {
     "zoo": (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
     "wide": tuple(round(0.0004 * (0.18 / 0.0004) ** (k / 7), 6) for k in range(8)),
@@ -105,25 +105,18 @@ class Config:
         return radius + 2 * pixel
 
 
-def _g_a_slots(config: Config) -> list[tuple]:
-    """What each module of ``g_a`` is (see :func:`_g_s_slots`)."""
+def _slots(blocks: tuple[int, ...], resample: str) -> list[tuple]:
+    """What each module of a transform is (its resampling conv, GDN and residual blocks per
+    level, then the last conv), so grown networks can take over a smaller one's weights."""
     slots: list[tuple] = []
-    for level, blocks in enumerate(config.ares):
-        slots += [("down", level), ("gdn", level)] + [("res", level, k) for k in range(blocks)]
-    return slots + [("last",)]
-
-
-def _g_s_slots(config: Config) -> list[tuple]:
-    """What each module of ``g_s`` is, so grown networks can take over a smaller one's weights."""
-    slots: list[tuple] = []
-    for level, blocks in enumerate(config.res):
-        slots += [("up", level), ("gdn", level)] + [("res", level, k) for k in range(blocks)]
+    for level, count in enumerate(blocks):
+        slots += [(resample, level), ("gdn", level)] + [("res", level, k) for k in range(count)]
     return slots + [("last",)]
 
 
 def grown_key(key: str, old: Config, new: Config) -> str:
     """Name that ``old``'s parameter ``key`` takes in a network grown to ``new``."""
-    slots = {"g_a": _g_a_slots, "g_s": _g_s_slots}
+    slots = {"g_a": lambda c: _slots(c.ares, "down"), "g_s": lambda c: _slots(c.res, "up")}
     prefix, _, tail = key.partition(".")
     if prefix not in slots:
         return key

@@ -82,8 +82,8 @@ def integer_context(net: CnnzNet) -> dict | None:
 def deterministic_npz(arrays: dict[str, np.ndarray]) -> bytes:
     """An ``.npz`` whose bytes depend on the arrays only (fixed zip timestamps), so the
     same checkpoint always exports to the same file and model id. Deflated at level 9:
-    float weights shrink ~20 % (the shipped file stays under the repository's 20 MB limit)
-    for ~40 ms more at the first load."""
+    the float weights shrink by about a fifth, for about 130 ms more at the first load
+    (weights read+verify in ``benchmarks/speed.py``)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for key in sorted(arrays):
