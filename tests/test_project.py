@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from .conftest import _photo as photo
@@ -17,6 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _sh_blocks(text: str) -> list[str]:
     return [b.strip() for b in re.findall(r"```sh\n(.*?)```", text, flags=re.S)]
+
+
+def test_every_committed_file_stays_under_20_mb():
+    """The repository's hosting limit: weights and the resumable checkpoint included."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    sizes = {name: (ROOT / name).stat().st_size for name in listed.stdout.split("\0") if (ROOT / name).is_file()}
+    assert sizes and max(sizes.values()) < 20_000_000, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
 
 
 def test_ci_runs_exactly_the_readme_test_command():

@@ -1,6 +1,7 @@
 """Exporting a training checkpoint gives weights the codec loads and codes with."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pillow_cnnz import codec, container, weights
@@ -34,6 +35,13 @@ def test_exported_checkpoint_loads_and_round_trips_an_image(tmp_path, monkeypatc
     model = weights.load()
     assert model.model_id.hex() == info["model_id"]
     assert model.meta["training"]["step"] == 3 and model.meta["training"]["hardware"] == "test hardware"
+    stored = {k[4:]: v.dtype for k, v in model.arrays.items() if k.startswith("net/")}
+    assert {k for k, d in stored.items() if d == np.float16} == {k for k in stored if k.startswith(("g_a.", "h_a."))}
+    assert {d for k, d in stored.items() if not k.startswith(("g_a.", "h_a."))} == {np.dtype(np.float32)}
+    loaded = model.net("cpu").state_dict()  # encoder-only weights: float16 values, float32 tensors
+    original = net.state_dict()
+    assert torch.equal(loaded["g_a.0.weight"], original["g_a.0.weight"].half().float())
+    assert torch.equal(loaded["g_s.0.conv.weight"], original["g_s.0.conv.weight"])
     data = codec.encode(photo(64, 80), "RGB", 4.0)
     assert codec.decode(data).shape == (64, 80, 3)
 
@@ -55,8 +63,13 @@ def test_slim_checkpoint_drops_the_optimizer_and_still_resumes(tmp_path):
     (tmp_path / "b").mkdir()
     slim = tmp_path / "b" / "last.pt"
     assert train_cli.main(["slim", str(full), str(slim)]) == 0
-    state = torch.load(slim, weights_only=False)
+    from pillow_cnnz.train.loop import read_checkpoint
+
+    state = read_checkpoint(slim)
     assert "optimizer" not in state and state["step"] == 1
+    weights = torch.load(full, weights_only=False)["model"]
+    assert state["model"].keys() == weights.keys()
+    assert all(torch.equal(state["model"][k], v) and state["model"][k].dtype == v.dtype for k, v in weights.items())
     assert [v["step"] for v in state["validation"]] == [1]  # the last step is validated before saving
     assert slim.stat().st_size < 0.5 * full.stat().st_size
 

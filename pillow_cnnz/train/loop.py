@@ -4,8 +4,9 @@ Each sample of a batch draws a fractional quality in [1, 8]; its λ is interpola
 geometrically between the levels' λ, so fractional qualities are trained, not guessed.
 Checkpoints are written atomically every ``--save-every`` steps and ``--resume``
 continues from the last one (optimizer and RNG state included). ``slim`` drops the
-optimizer state (two thirds of the bytes) for the copy committed to the repo; resuming
-from a slim checkpoint starts a fresh Adam and keeps the step, history and RNG state.
+optimizer state (two thirds of the bytes) and packs the weights (:func:`pack_model`) for
+the copy committed to the repo; resuming from a slim checkpoint starts a fresh Adam and
+keeps the step, history and RNG state.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import math
 import os
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +81,43 @@ def checkpoint_net(state: dict) -> CnnzNet:
     return net
 
 
+def pack_model(model: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Weights losslessly packed for the committed checkpoint: each tensor's bytes split into
+    planes (all first bytes, then all second bytes, ...) and deflated. The sign/exponent plane
+    of float32 weights compresses well where interleaved bytes do not: 17.4 MB against 20.4
+    MB stored (18.9 MB deflated without the split), for the 229k checkpoint."""
+    packed = {}
+    for key, value in model.items():
+        a = value.detach().cpu().contiguous().numpy()
+        planes = a.view(np.uint8).reshape(-1, a.itemsize).T.tobytes()
+        # A uint8 tensor, not bytes: torch.save's pickle (protocol 2) would store bytes as
+        # latin-1 text, half again as large.
+        data = torch.frombuffer(bytearray(zlib.compress(planes, 9)), dtype=torch.uint8)
+        packed[key] = {"dtype": a.dtype.str, "shape": list(a.shape), "data": data}
+    return packed
+
+
+def unpack_model(packed: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """The tensors :func:`pack_model` packed, bit for bit."""
+    model = {}
+    for key, entry in packed.items():
+        dtype = np.dtype(entry["dtype"])
+        planes = np.frombuffer(zlib.decompress(entry["data"].numpy().tobytes()), np.uint8).reshape(dtype.itemsize, -1)
+        model[key] = torch.from_numpy(planes.T.copy().view(dtype).reshape(entry["shape"]))
+    return model
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's whole state, as ``fit`` wrote it or as ``slim`` packed it."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "packed_model" in state:
+        state["model"] = unpack_model(state.pop("packed_model"))
+    return state
+
+
 def load_checkpoint(path: Path) -> tuple[CnnzNet, dict]:
     """The network of a training checkpoint (on the CPU) and the checkpoint's whole state."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path)
     return checkpoint_net(state), state
 
 
@@ -234,8 +270,8 @@ def run(args: argparse.Namespace) -> int:
     step, seconds, history, fresh_adam, validation, remapped = 0, 0.0, [], False, [], False
     lambdas = LAMBDA_TABLES[args.lambdas]
     sampler = CropSampler(args.data, args.crop, seed=args.seed)
-    state = torch.load(last, map_location="cpu", weights_only=False) if args.resume and last.exists() else None
-    init = torch.load(args.init, map_location="cpu", weights_only=False) if args.init and state is None else None
+    state = read_checkpoint(last) if args.resume and last.exists() else None
+    init = read_checkpoint(Path(args.init)) if args.init and state is None else None
     source = state or init
     net = checkpoint_net(source) if source else CnnzNet(Config())
     if source:
@@ -334,11 +370,12 @@ def add_slim_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def slim(checkpoint: Path, out: Path) -> dict:
-    """Copy ``checkpoint`` without its optimizer state; ``fit --resume`` accepts the result."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    """Copy ``checkpoint`` without its optimizer state and with its weights packed
+    (:func:`pack_model`); ``fit --resume``, ``--init`` and ``export`` accept the result."""
+    state = read_checkpoint(checkpoint)
     state.pop("optimizer", None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, state)
+    save_checkpoint(out, {k: v for k, v in state.items() if k != "model"} | {"packed_model": pack_model(state["model"])})
     return state
 
 
