@@ -58,7 +58,8 @@ def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None
     limit = Y_LIMIT * 2.0**hyper.FRAC_BITS
     # float32 holds these integers (|v| <= 2**19) exactly; zero border: the band's edges are the context's
     y_anchor = np.zeros((m, rows + 2, width + 2), np.float32)
-    y_anchor[:, 1:-1, 1:-1] = np.where(mask, np.clip(symbols * 2.0**hyper.FRAC_BITS + out[:m], -limit, limit), 0)
+    for c in range(m):  # a channel at a time: float64 temporaries of a whole band are ~60 MB at 50 MP
+        y_anchor[c, 1:-1, 1:-1] = np.where(mask, np.clip(symbols[c] * 2.0**hyper.FRAC_BITS + out[c], -limit, limit), 0)
     refined = out if inplace and out.dtype == np.float64 else out.astype(np.float64)
     chunk = chunk or CHUNK
     with blas.threads(1):  # see hyper.hyper_band
@@ -88,6 +89,10 @@ def band_symbols(hyper_layers: list[dict], context_layers: dict | None, scale: d
     if context_layers is None:
         return symbols, mu, idx, None
     mask = anchors(y.shape[1], y.shape[2])
-    mu_n, idx_n = hyper.means_and_indexes(refine(context_layers, out, symbols, inplace=True), scale)
-    mu, idx = np.where(mask, mu, mu_n), np.where(mask, idx, idx_n)
+    refined = refine(context_layers, out, symbols, inplace=True)
+    m = refined.shape[0] // 2
+    for c in range(0, m, 16):  # non-anchors take the refined μ and index, 16 channels at a time (memory)
+        mu_n, idx_n = hyper.means_and_indexes(refined[np.r_[c : min(c + 16, m), m + c : m + min(c + 16, m)]], scale)
+        np.copyto(mu[c : c + 16], mu_n, where=~mask)
+        np.copyto(idx[c : c + 16], idx_n, where=~mask)
     return np.round(y - mu).astype(np.int32), mu, idx, mask  # anchors unchanged: their μ is the hyperprior's

@@ -75,12 +75,15 @@ class Encoder:
     def push(self, values: np.ndarray, index: np.ndarray) -> None:
         """Code integer ``values`` (any shape), each with the table ``index`` says."""
         tables = self.tables
-        v = np.clip(values.reshape(-1).astype(np.int64), -ESCAPE_LIMIT, ESCAPE_LIMIT)
+        # int32 throughout (ESCAPE_LIMIT and the tables fit): a 50-megapixel band is ~8M symbols
+        v = np.clip(values.reshape(-1), -ESCAPE_LIMIT, ESCAPE_LIMIT).astype(np.int32)
         idx = index.reshape(-1)
-        lo = tables.lo[idx]
-        hi = lo + tables.length[idx] - 1
-        sym = (np.clip(v, lo, hi) - lo).astype(np.int32)
+        lo = tables.lo.astype(np.int32)[idx]
+        hi = lo + tables.length.astype(np.int32)[idx] - 1
+        sym = np.clip(v, lo, hi)
         escaped = (v <= lo) | (v >= hi)
+        sym -= lo
+        del hi
         order, bounds = _groups(idx, len(tables.lo))
         for k in reversed(range(len(self._models))):
             if bounds[k + 1] > bounds[k]:
