@@ -417,7 +417,8 @@ Reproduce: one `fit` call per row (each resumes from `runs/main/last.pt`), then 
 Crops are seeded, but multi-threaded CPU training (float32 or bfloat16) is not bit-reproducible: a rerun
 follows the same recipe and lands within noise of these figures. The resumable checkpoint itself is
 committed as `checkpoints/last.pt` (model, step, phase history and RNG state; no optimizer state, which
-would triple its size, so a resume from it starts a fresh Adam): to continue training,
+would triple its size, so a resume from it starts a fresh Adam; the weights packed losslessly by
+`slim`, which keeps it under 20 MB): to continue training,
 `mkdir -p runs/main && cp checkpoints/last.pt runs/main/ && python -m pillow_cnnz.train fit --run runs/main --resume ...`.
 
 ```sh
