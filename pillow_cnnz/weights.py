@@ -95,7 +95,7 @@ class Model:
                 from .model import CnnzNet, Config
 
                 net = CnnzNet(Config.from_dict(self.meta["config"]))
-                state = {k[4:]: torch.from_numpy(v.astype(np.float32)) for k, v in self.arrays.items()
+                state = {k[4:]: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in self.arrays.items()
                          if k.startswith("net/")}
                 missing, unexpected = net.load_state_dict(state, strict=False)
                 if unexpected or any(not k.startswith(("h_s.", "density_z.", "context.")) for k in missing):
