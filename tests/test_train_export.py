@@ -384,3 +384,23 @@ def test_resuming_with_grow_adds_blocks_once_and_the_card_reproduces_it(tmp_path
     hdr, payloads = container.parse(data_bytes)
     torch_pixels = codec.decode_rgb(hdr, payloads["LATZ"], payloads["LATY"], precision="float64")
     assert numpy_pixels.shape == (64, 80, 3) and abs(numpy_pixels.astype(int) - torch_pixels).max() <= 1
+
+
+def test_encoder_only_phase_moves_the_encoder_and_leaves_every_decoder_parameter_bit_for_bit(tmp_path):
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.train import __main__ as train_cli
+    from pillow_cnnz.train.export import export, model_card
+    from pillow_cnnz.train.loop import ENCODER_PARAMETERS
+
+    common = frozen_fit_args(tmp_path)
+    assert train_cli.main(["fit", "--steps", "1", *common]) == 0
+    before = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    assert train_cli.main(["fit", "--steps", "3", "--resume", "--encoder-only", *common,
+                           "--lr", "1e-3", "--density-lr", "1e-3", "--gain-lr", "1e-3"]) == 0
+    after = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    moved = {k for k, v in before["model"].items() if not torch.equal(v, after["model"][k])}
+    assert moved and all(k.startswith(ENCODER_PARAMETERS) for k in moved)
+    assert any(k.startswith("g_a.") for k in moved) and "log2_inv_gain" not in moved
+    assert after["history"][-1]["encoder_only"] is True
+    card = model_card(export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware"), tmp_path)
+    assert "--resume --encoder-only" in card and "(encoder only)" in card

@@ -352,7 +352,8 @@ def model_card(info: dict, results: Path) -> str:
         threads = h.get("threads", "?")
         table = tables[i]
         balance = h.get("rate_balance", 0.0)
-        rows.append(f"| {h['from_step']} | {until} | {h['lr']:g} | {dlr:g} | {glr:g} | {table} | {balance:g} | "
+        lr = f"{h['lr']:g}" + (" (encoder only)" if h.get("encoder_only") else "")
+        rows.append(f"| {h['from_step']} | {until} | {lr} | {dlr:g} | {glr:g} | {table} | {balance:g} | "
                     f"{h['batch']} | {h['crop']} | {'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} |")
         # phases recorded before ``from_slim`` existed: a fresh Adam that no λ change, grow or widening explains
         if h.get("from_slim") or (h.get("fresh_optimizer") and not h.get("remapped_gains") and not h.get("grown")
@@ -366,7 +367,8 @@ def model_card(info: dict, results: Path) -> str:
                         + (f" --grow-analysis {','.join(map(str, h['grown_analysis']))}"
                            if h.get("grown_analysis") else "")
                         + (f" --context {h['context']}" if h.get("context") else "")
-                        + (f" --widen {h['widened']}" if h.get("widened") else ""))
+                        + (f" --widen {h['widened']}" if h.get("widened") else "")
+                        + (" --encoder-only" if h.get("encoder_only") else ""))
     history = "\n".join(rows)
     switches = [h["from_step"] for h, a, b in zip(hist[1:], tables, tables[1:]) if a != b]
     table_note = "".join(f"; from step {s:,} on, quality 1 and 4 stand for other λ (the λ table changed), so rows "

@@ -64,8 +64,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--widen", type=int, metavar="M",
                    help="give a resumed network M latent channels (CnnzNet.widened: it starts reconstructing "
                         "as before; Adam starts afresh, the parameters' shapes change)")
+    p.add_argument("--encoder-only", action="store_true",
+                   help="train only what the encoder alone runs (ENCODER_PARAMETERS: g_a, h_a, the gains "
+                        "y is scaled by): the decoder's networks stay bit for bit, so a phase can only change "
+                        "which symbols the encoder picks (the export re-measures the latent tables for them)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
+
+
+# Parameters only the encoder uses: the decoder reads ŷ through h_s, the context, the density of ẑ,
+# log2_inv_gain and g_s, never these (``--encoder-only``).
+ENCODER_PARAMETERS = ("g_a.", "h_a.", "log2_gain")
+
+
+def freeze_decoder(net: CnnzNet) -> int:
+    """Stop gradients to every parameter the decoder uses; returns how many stay trainable."""
+    trainable = 0
+    for name, param in net.named_parameters():
+        param.requires_grad_(name.startswith(ENCODER_PARAMETERS))
+        trainable += param.numel() if param.requires_grad else 0
+    return trainable
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -310,6 +328,8 @@ def run(args: argparse.Namespace) -> int:
     for group, lr in zip(opt.param_groups, (args.lr, args.density_lr, args.gain_lr)):
         group["lr"] = lr
     seeded = seed_gdn_off_diagonals(net)
+    if args.encoder_only:
+        print(f"encoder only: {freeze_decoder(net):,} parameters train", file=sys.stderr)
     history.append({"from_step": step, "lr": args.lr, "density_lr": args.density_lr,
                     "gain_lr": args.gain_lr, "lambdas": args.lambdas, "rate_balance": args.rate_balance,
                     "batch": args.batch,
@@ -321,7 +341,8 @@ def run(args: argparse.Namespace) -> int:
                    | ({"grown": list(net.config.res)} if grown else {})
                    | ({"grown_analysis": list(net.config.ares)} if grown_a else {})
                    | ({"context": net.config.ctx} if contexted else {})
-                   | ({"widened": net.config.M} if widened else {}))
+                   | ({"widened": net.config.M} if widened else {})
+                   | ({"encoder_only": True} if args.encoder_only else {}))
     val_images = [load_rgb(p) for p in image_paths(args.val)]
     log = open(run_dir / "log.jsonl", "a")
     hist: list[tuple[float, float, float]] = []
