@@ -42,6 +42,11 @@ LAMBDA_TABLES = {
 }
 LAMBDAS = LAMBDA_TABLES["wide3"]
 QUALITY_MIN, QUALITY_MAX = 1.0, float(len(LAMBDAS))
+# What only the encoder runs: the decoder reads ŷ through h_s, the context, the density of ẑ,
+# log2_inv_gain and g_s, never these. The two transforms are stored in float16 (train.export);
+# with the gains y is scaled by, they are all ``fit --encoder-only`` trains.
+ENCODER_TRANSFORMS = ("g_a.", "h_a.")
+ENCODER_PARAMETERS = (*ENCODER_TRANSFORMS, "log2_gain")
 SCALE_MIN = 0.11
 NEW_LOG2_SCALE = -1.0  # log2 σ that new latent channels start with (CnnzNet.widened)
 

@@ -390,7 +390,7 @@ def test_encoder_only_phase_moves_the_encoder_and_leaves_every_decoder_parameter
     torch = pytest.importorskip("torch")
     from pillow_cnnz.train import __main__ as train_cli
     from pillow_cnnz.train.export import export, model_card
-    from pillow_cnnz.train.loop import ENCODER_PARAMETERS
+    from pillow_cnnz.model import ENCODER_PARAMETERS
 
     common = frozen_fit_args(tmp_path)
     assert train_cli.main(["fit", "--steps", "1", *common]) == 0

@@ -4,7 +4,7 @@ The weights file is a plain ``.npz`` (loaded with ``allow_pickle=False``: no cod
 
 - ``net/<name>``: tensors of the analysis, synthesis and hyper-analysis transforms and the
   per-quality gains: float32, but float16 for the two that only the encoder runs
-  (``ENCODER_ONLY``), which keeps the file under 20 MB. A file decodes the same whatever
+  (``model.ENCODER_TRANSFORMS``), which keeps the file under 20 MB. A file decodes the same whatever
   encoder wrote it, and the rounding is negligible: with the 229k weights on a Kodak image
   it changed 0.0006 % / 0.005 % / 0.07 % of the latent symbols at quality 1 / 4 / 8, each
   by one step (the analysis itself still runs in float32);
@@ -28,7 +28,7 @@ import torch
 
 from .. import context, hyper
 from ..layers import SubPixelConv
-from ..model import LAMBDA_TABLES, SCALE_MIN, CnnzNet, Config
+from ..model import ENCODER_TRANSFORMS, LAMBDA_TABLES, SCALE_MIN, CnnzNet, Config
 from . import calibrate
 from .loop import checkpoint_lambdas, load_checkpoint
 
@@ -39,9 +39,6 @@ SCALE_STEP = 37  # fixed-point width of one scale bin: 64 bins reach a scale of 
 Y_TAIL_SIGMAS = 8
 Z_TAIL_MASS = 1e-6
 Z_RANGE = 256
-
-
-ENCODER_ONLY = ("g_a.", "h_a.")  # stored in float16 (module docstring)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -164,7 +161,7 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str, calibration: d
         # The float entropy model (h_s, density_z, context) is kept for the encoder's latent
         # refinement only; decoding uses the integer copies below.
         if key.startswith(("g_a.", "g_s.", "h_a.", "log2_", "h_s.", "density_z.", "context.")):
-            dtype = np.float16 if key.startswith(ENCODER_ONLY) else np.float32
+            dtype = np.float16 if key.startswith(ENCODER_TRANSFORMS) else np.float32
             arrays[f"net/{key}"] = value.float().numpy().astype(dtype)
     layers = integer_layers(net.h_s)
     for i, layer in enumerate(layers):

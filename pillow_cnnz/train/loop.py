@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..layers import GDN
-from ..model import LAMBDA_TABLES, QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, grown_key, lambda_for
+from ..model import (ENCODER_PARAMETERS, LAMBDA_TABLES, QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, grown_key,
+                     lambda_for)
 from .data import CropSampler, image_paths, load_rgb
 
 
@@ -65,16 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="give a resumed network M latent channels (CnnzNet.widened: it starts reconstructing "
                         "as before; Adam starts afresh, the parameters' shapes change)")
     p.add_argument("--encoder-only", action="store_true",
-                   help="train only what the encoder alone runs (ENCODER_PARAMETERS: g_a, h_a, the gains "
+                   help="train only what the encoder alone runs (model.ENCODER_PARAMETERS: g_a, h_a, the gains "
                         "y is scaled by): the decoder's networks stay bit for bit, so a phase can only change "
                         "which symbols the encoder picks (the export re-measures the latent tables for them)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
-
-
-# Parameters only the encoder uses: the decoder reads ŷ through h_s, the context, the density of ẑ,
-# log2_inv_gain and g_s, never these (``--encoder-only``).
-ENCODER_PARAMETERS = ("g_a.", "h_a.", "log2_gain")
 
 
 def freeze_decoder(net: CnnzNet) -> int:
