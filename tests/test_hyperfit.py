@@ -37,7 +37,7 @@ def test_hyperfit_changes_only_the_hyperprior_and_shortens_the_code(tmp_path):
     data = _images(tmp_path)
     out = tmp_path / "fitted.pt"
     assert train_cli.main(["hyperfit", str(ckpt), str(out), "--data", str(data), "--val", str(data),
-                           "--steps", "40", "--batch", "2", "--lr", "3e-4", "--val-every", "40",
+                           "--steps", "40", "--batch", "2", "--lr", "1e-3", "--val-every", "40",
                            "--threads", "1"]) == 0
     state = torch.load(out, weights_only=False)
     after = state["model"]
@@ -82,3 +82,23 @@ def test_model_card_gives_the_hyperfit_command_and_its_effect(tmp_path):
     assert "train hyperfit runs/main/last.pt runs/main/hyperfit.pt --steps 600 --batch 8" in card
     assert "export runs/main/hyperfit.pt --out weights" in card
     assert "q4 0.800 → 0.500" in card
+
+
+def test_symbol_bits_are_the_real_code_length_and_learn_through_the_bins_not_the_rounding():
+    from pillow_cnnz.model import gaussian_likelihood
+    from pillow_cnnz.train import hyperfit
+
+    y = torch.tensor([0.4, 1.3, -2.45, 0.0])
+    mu = torch.zeros(4, requires_grad=True)
+    scale = torch.full((4,), 0.8, requires_grad=True)
+    bits = hyperfit.symbol_bits(y, mu, scale)
+    real = -torch.log2(gaussian_likelihood(torch.round(y), scale.detach())).sum()
+    assert bits.item() == pytest.approx(real.item(), rel=1e-6)
+    bits.backward()
+    # Each symbol's bin is centred on its ŷ = round(y − μ) + μ: a Gaussian centred on μ already
+    # gives it the most mass when ŷ = μ (symbol 0), so that μ has nothing to gain. Straight-through
+    # rounding would pull it toward y (0.4) instead, the bias that made hyperfit's codes longer.
+    assert mu.grad[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert mu.grad[3].item() == pytest.approx(0.0, abs=1e-6)
+    assert mu.grad[1].item() < 0 and mu.grad[2].item() > 0  # toward the bins of symbols 1 and -2
+    assert scale.grad is not None and torch.all(torch.isfinite(scale.grad))
