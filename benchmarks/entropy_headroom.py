@@ -12,6 +12,7 @@ networks: this measures headroom, so a design is only built into the format when
 Variants:
 
 - ``refit``: the weights' own h_a, h_s, checkerboard context and ẑ density, refitted.
+  With ``--straight-through`` it trains on hyperfit's objective before step 266,000 instead.
 - ``channel``: the same, plus a candidate channel-conditional context (Minnen & Singh 2020;
   He et al. 2022) over two channel groups, with the checkerboard unchanged. Decode order per
   band: anchors of group 0, anchors of group 1 (refined from the group-0 anchors), the
@@ -85,15 +86,22 @@ def entropy_parameters(net: CnnzNet, chan: ChannelContext | None, group0: int, y
 
 
 def code_bits(net: CnnzNet, chan: ChannelContext | None, group0: int, y0: torch.Tensor,
-              qualities: list[float], train: bool) -> torch.Tensor:
-    """Bits per sample of ẑ and the rounded latents (ẑ noisy while training)."""
+              qualities: list[float], train: bool, straight_through: bool = False) -> torch.Tensor:
+    """Bits per sample of ẑ and the rounded latents (ẑ noisy while training). With
+    ``straight_through`` training rounds ẑ and y − μ straight-through instead (hyperfit's
+    objective until step 266,000), to measure what that objective does."""
     gain, _ = net.gains(torch.tensor(qualities, dtype=torch.float32))
     y = y0.float() * gain
     z = net.h_a(y)
-    z_hat = z + torch.empty_like(z).uniform_(-0.5, 0.5) if train else torch.round(z)
+    if train:
+        z_hat = round_st(z) if straight_through else z + torch.empty_like(z).uniform_(-0.5, 0.5)
+    else:
+        z_hat = torch.round(z)
     bits_z = -torch.log2(net.density_z.likelihood(z_hat).clamp_min(1e-9)).sum((1, 2, 3))
     mu, log2_scale = entropy_parameters(net, chan, group0, y, net.h_s(z_hat))
     scale = (2**log2_scale).clamp_min(SCALE_MIN)
+    if train and straight_through:
+        return -torch.log2(gaussian_likelihood(round_st(y - mu), scale)).sum((1, 2, 3)) + bits_z
     bits_y = torch.stack([symbol_bits(y[i], mu[i], scale[i]) for i in range(y.shape[0])])
     return bits_y + bits_z
 
@@ -121,6 +129,8 @@ def main() -> int:
     p.add_argument("--crop", type=int, default=32, help="latent crop side (x16 pixels), a multiple of 4")
     p.add_argument("--lr", type=float, default=1e-4, help="lr of the new context; cosine decay to a tenth")
     p.add_argument("--old-lr", type=float, default=0.3, help="the shipped entropy model's lr, relative to --lr")
+    p.add_argument("--straight-through", action="store_true",
+                   help="train on straight-through rounding of ẑ and y − μ (hyperfit's old objective)")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "entropy_headroom.json"))
@@ -167,7 +177,7 @@ def main() -> int:
             c = 4 * rng.integers(0, (y.shape[3] - crop) // 4 + 1)
             crops.append(y[:, :, r:r + crop, c:c + crop])
         qualities = rng.uniform(QUALITY_MIN, QUALITY_MAX, args.batch).tolist()
-        bits = code_bits(net, chan, args.group0, torch.cat(crops), qualities, True)
+        bits = code_bits(net, chan, args.group0, torch.cat(crops), qualities, True, args.straight_through)
         loss = (bits / bits.detach()).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
