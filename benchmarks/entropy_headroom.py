@@ -4,7 +4,7 @@
 The transforms (``g_a``, ``g_s``) and the per-quality gains stay frozen; ``y = g_a(x)`` is
 computed once per training image (cached under ``runs/``), and only the entropy model trains,
 on random crops of those latents at random qualities, on the real symbols' code length
-(``train.hyperfit.symbol_bits``; ẑ with the training noise; each crop weighted by its own
+(``train.hyperfit.code_bits``; ẑ with the training noise; each crop weighted by its own
 rate). Reported: the model's rate (Gaussian tables, real rounding, whole images) on a
 validation folder before and during training, per quality. No entropy coder, no integer
 networks: this measures headroom, so a design is only built into the format when it pays.
@@ -40,8 +40,8 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(REPO_ROOT))
 from pillow_cnnz.layers import anchor_mask  # noqa: E402
-from pillow_cnnz.model import QUALITY_MAX, QUALITY_MIN, SCALE_MIN, CnnzNet, gaussian_likelihood, round_st  # noqa: E402
-from pillow_cnnz.train.hyperfit import latents, symbol_bits  # noqa: E402
+from pillow_cnnz.model import QUALITY_MAX, QUALITY_MIN, CnnzNet, round_st  # noqa: E402
+from pillow_cnnz.train.hyperfit import code_bits, latents  # noqa: E402
 from pillow_cnnz.train.loop import load_checkpoint  # noqa: E402
 
 VAL_QUALITIES = (1.0, 2.5, 4.0, 6.0, 8.0)
@@ -85,27 +85,6 @@ def entropy_parameters(net: CnnzNet, chan: ChannelContext | None, group0: int, y
     return mu, log2_scale
 
 
-def code_bits(net: CnnzNet, chan: ChannelContext | None, group0: int, y0: torch.Tensor,
-              qualities: list[float], train: bool, straight_through: bool = False) -> torch.Tensor:
-    """Bits per sample of ẑ and the rounded latents (ẑ noisy while training). With
-    ``straight_through`` training rounds ẑ and y − μ straight-through instead (hyperfit's
-    objective until step 266,000), to measure what that objective does."""
-    gain, _ = net.gains(torch.tensor(qualities, dtype=torch.float32))
-    y = y0.float() * gain
-    z = net.h_a(y)
-    if train:
-        z_hat = round_st(z) if straight_through else z + torch.empty_like(z).uniform_(-0.5, 0.5)
-    else:
-        z_hat = torch.round(z)
-    bits_z = -torch.log2(net.density_z.likelihood(z_hat).clamp_min(1e-9)).sum((1, 2, 3))
-    mu, log2_scale = entropy_parameters(net, chan, group0, y, net.h_s(z_hat))
-    scale = (2**log2_scale).clamp_min(SCALE_MIN)
-    if train and straight_through:
-        return -torch.log2(gaussian_likelihood(round_st(y - mu), scale)).sum((1, 2, 3)) + bits_z
-    bits_y = torch.stack([symbol_bits(y[i], mu[i], scale[i]) for i in range(y.shape[0])])
-    return bits_y + bits_z
-
-
 def cached_latents(net: CnnzNet, folder: str, cache: Path) -> tuple[list[torch.Tensor], list[int]]:
     if cache.exists():
         return torch.load(cache)
@@ -145,9 +124,12 @@ def main() -> int:
     val_ys, val_pixels = cached_latents(net, args.val, cache.with_suffix(".val.pt"))
     chan = ChannelContext(net.config.M, args.group0, args.width) if args.variant == "channel" else None
 
+    def parameters(hyper: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return entropy_parameters(net, chan, args.group0, y, hyper)
+
     @torch.no_grad()
     def validate() -> dict[str, float]:
-        return {f"q{q:g}": float(np.mean([code_bits(net, chan, args.group0, y, [q], False).item() / n
+        return {f"q{q:g}": float(np.mean([code_bits(net, y.float(), q, parameters=parameters).item() / n
                                           for y, n in zip(val_ys, val_pixels)])) for q in VAL_QUALITIES}
 
     for param in net.parameters():
@@ -177,7 +159,8 @@ def main() -> int:
             c = 4 * rng.integers(0, (y.shape[3] - crop) // 4 + 1)
             crops.append(y[:, :, r:r + crop, c:c + crop])
         qualities = rng.uniform(QUALITY_MIN, QUALITY_MAX, args.batch).tolist()
-        bits = code_bits(net, chan, args.group0, torch.cat(crops), qualities, True, args.straight_through)
+        bits = code_bits(net, torch.cat(crops).float(), qualities, train=True, parameters=parameters,
+                         straight_through=args.straight_through)
         loss = (bits / bits.detach()).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

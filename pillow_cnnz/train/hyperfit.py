@@ -28,12 +28,13 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..model import QUALITY_MAX, QUALITY_MIN, SCALE_MIN, CnnzNet, gaussian_likelihood
+from ..model import QUALITY_MAX, QUALITY_MIN, SCALE_MIN, CnnzNet, gaussian_likelihood, round_st
 from .data import image_paths, load_rgb
 from .loop import load_checkpoint, pad64, save_checkpoint
 
@@ -68,24 +69,40 @@ def latents(net: CnnzNet, folder: str | Path) -> tuple[list[torch.Tensor], list[
 
 
 def symbol_bits(y: torch.Tensor, mu: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Bits of the symbols ``round(y − μ)`` under N(μ, σ²): the real code length, with
+    """Bits of each symbol ``round(y − μ)`` under N(μ, σ²): the real code length, with
     gradients to μ and σ through each symbol's bin and none through the rounding."""
     mu_now = mu.detach()
     y_hat = torch.round(y.detach() - mu_now) + mu_now  # what the decoder gets; fixed for this step
-    return -torch.log2(gaussian_likelihood(y_hat - mu, scale)).sum()
+    return -torch.log2(gaussian_likelihood(y_hat - mu, scale))
 
 
-def code_bits(net: CnnzNet, y0: torch.Tensor, quality: float, train: bool = False) -> torch.Tensor:
-    """Bits of ẑ and of the rounded latents of one image at ``quality``, as the codec codes them;
-    with ``train``, ẑ is z plus uniform noise (the main loop's proxy) so ``h_a`` gets gradients."""
-    gain, _ = net.gains(torch.tensor([quality]))
+def code_bits(net: CnnzNet, y0: torch.Tensor, quality: float | Sequence[float], train: bool = False,
+              parameters: Callable | None = None, straight_through: bool = False) -> torch.Tensor:
+    """Bits of ẑ and of the rounded latents of each image of ``y0`` (a quality each), as the
+    codec codes them; with ``train``, ẑ is z plus uniform noise (the main loop's proxy) so
+    ``h_a`` gets gradients.
+
+    ``parameters(hyper, y)`` gives (μ, log2 σ), by default ``net.entropy_parameters`` (through
+    the context, if any): a benchmark can try another entropy model on the same objective.
+    ``straight_through`` trains on hyperfit's objective before step 266,000 (ẑ and y − μ
+    rounded straight-through), kept only so ``benchmarks/entropy_headroom.py`` can measure it.
+    """
+    qualities = [quality] if isinstance(quality, (int, float)) else list(quality)
+    gain, _ = net.gains(torch.tensor(qualities, dtype=torch.float32))
     y = y0 * gain
     z = net.h_a(y)
-    z_hat = z + torch.empty_like(z).uniform_(-0.5, 0.5) if train else torch.round(z)
-    bits_z = -torch.log2(net.density_z.likelihood(z_hat).clamp_min(1e-9)).sum()
-    mu, log2_scale = net.entropy_parameters(net.h_s(z_hat), y)  # through the context, if any
+    if not train:
+        z_hat = torch.round(z)
+    else:
+        z_hat = round_st(z) if straight_through else z + torch.empty_like(z).uniform_(-0.5, 0.5)
+    bits_z = -torch.log2(net.density_z.likelihood(z_hat).clamp_min(1e-9)).sum((1, 2, 3))
+    mu, log2_scale = (parameters or net.entropy_parameters)(net.h_s(z_hat), y)
     scale = (2**log2_scale).clamp_min(SCALE_MIN)
-    return symbol_bits(y, mu, scale) + bits_z
+    if train and straight_through:
+        bits_y = -torch.log2(gaussian_likelihood(round_st(y - mu), scale))
+    else:
+        bits_y = symbol_bits(y, mu, scale)
+    return bits_y.sum((1, 2, 3)) + bits_z
 
 
 @torch.no_grad()
