@@ -22,7 +22,7 @@ from .weights import Model, load
 LATENT_STRIDE = 16  # pixels per latent
 PAD_MULTIPLE = 64  # pixels per hyper-latent
 TILE = 64  # latents per tile side (1024 pixels)
-HALO = 6  # latents of context around each tile: more than the transforms' receptive radius (Config.synthesis_radius)
+HALO = 7  # latents of context around each tile: more than the transforms' receptive radius (Config.synthesis_radius)
 
 _torch_lock = threading.Lock()
 _torch_ready = False
