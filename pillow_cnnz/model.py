@@ -39,6 +39,7 @@ LAMBDA_TABLES = {
     "wide": tuple(round(0.0004 * (0.18 / 0.0004) ** (k / 7), 6) for k in range(8)),
     "wide2": tuple(round(0.0004 * (0.2 / 0.0004) ** (k / 7), 6) for k in range(8)),
     "wide3": tuple(round(0.0004 * (0.22 / 0.0004) ** (k / 7), 6) for k in range(8)),
+    "wide4": tuple(round(0.0004 * (0.24 / 0.0004) ** (k / 7), 6) for k in range(8)),
 }
 LAMBDAS = LAMBDA_TABLES["wide3"]
 QUALITY_MIN, QUALITY_MAX = 1.0, float(len(LAMBDAS))

@@ -22,3 +22,38 @@ def test_gdn_in_inference_mode_matches_training_band_by_band_and_reuses_its_inpu
         got = gdn(x_inf)
     assert got.data_ptr() == x_inf.data_ptr()  # overwritten in place: no copy of a tile-sized tensor
     assert torch.allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_residual_block_fuses_relu_and_sum_on_cpu_inference_and_matches_training():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz import layers
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    assert layers._POINTWISE_CONV is not None  # the pinned torch has the fused op: the path below is taken
+    torch.manual_seed(0)
+    block = layers.ResBlock(16)
+    with torch.no_grad():
+        block.conv2.weight.normal_(0, 0.05)
+        block.conv2.bias.normal_(0, 0.05)
+    x = torch.randn(1, 16, 19, 23).contiguous(memory_format=torch.channels_last)
+    x16 = x.to(torch.bfloat16)  # in the decoder the block's input is a bfloat16 conv's output
+    with torch.no_grad():
+        plain = block(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain_bf16 = block(x16)
+            block(x)  # a float32 input under autocast keeps the plain path (its sum is float32)
+    calls = []
+    fused = block._fused
+    block._fused = lambda t: calls.append(t.dtype) or fused(t)
+    with torch.inference_mode():
+        exact = block(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rounded = block(x16)
+            assert block(x).dtype == torch.float32
+    assert calls == [torch.float32, torch.bfloat16]  # the two inference calls in one type took the fused path
+    assert torch.equal(exact, plain)  # float32: the same sums in the same order
+    assert rounded.dtype == plain_bf16.dtype == torch.bfloat16
+    # bfloat16: the sum is rounded once instead of twice, so within one rounding of the output
+    assert torch.allclose(rounded.float(), plain_bf16.float(), rtol=2**-7, atol=2**-7)
+    assert not torch.equal(rounded, plain_bf16)

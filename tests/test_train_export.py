@@ -404,3 +404,19 @@ def test_encoder_only_phase_moves_the_encoder_and_leaves_every_decoder_parameter
     assert after["history"][-1]["encoder_only"] is True
     card = model_card(export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware"), tmp_path)
     assert "--resume --encoder-only" in card and "(encoder only)" in card
+
+
+def test_resuming_on_another_lambda_table_keeps_the_transforms_adam_moments_and_drops_the_gains(tmp_path):
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.train import __main__ as train_cli
+
+    common = frozen_fit_args(tmp_path)
+    assert train_cli.main(["fit", "--steps", "2", "--lambdas", "wide3", *common]) == 0
+    assert train_cli.main(["fit", "--steps", "3", "--resume", "--lambdas", "wide4", *common]) == 0
+    state = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    assert state["history"][-1]["remapped_gains"] is True and not state["history"][-1].get("fresh_optimizer")
+    opt = state["optimizer"]
+    steps = {i: int(s["step"]) for i, s in opt["state"].items()}
+    gains = set(opt["param_groups"][-1]["params"])
+    assert gains and all(steps[i] == 1 for i in gains)  # started afresh at the remap
+    assert all(n == 3 for i, n in steps.items() if i not in gains)  # carried through it

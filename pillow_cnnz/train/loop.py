@@ -274,6 +274,14 @@ def grown_adam(opt_state: dict, old: CnnzNet, new: CnnzNet) -> dict:
     }
 
 
+def forget_gain_moments(opt: torch.optim.Optimizer) -> None:
+    """Drop the Adam moments of the gain group (the last of :func:`param_groups`) only: after
+    a λ remap its rows mean other λs, while the transforms' moments still hold; a fresh Adam
+    for all of them shocks a converged network (see :func:`grown_adam`)."""
+    for p in opt.param_groups[-1]["params"]:
+        opt.state.pop(p, None)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -304,14 +312,16 @@ def run(args: argparse.Namespace) -> int:
     net = net.to(args.device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(param_groups(net), lr=args.lr)
     if state:
-        if "optimizer" in state and not remapped and not widened:
+        if "optimizer" in state and not widened:
             changed = grown or grown_a or contexted
             opt_state = grown_adam(state["optimizer"], before, net) if changed else regroup(state["optimizer"], net)
             opt.load_state_dict(opt_state)
+            if remapped:
+                forget_gain_moments(opt)
+                print("its λ table changed: the gains' Adam moments start afresh", file=sys.stderr)
         else:
             fresh_adam = True
-            why = ("its λ table changed" if remapped else "the latents were widened" if widened
-                   else "checkpoint has no optimizer state (slim)")
+            why = "the latents were widened" if widened else "checkpoint has no optimizer state (slim)"
             print(f"{why}: Adam starts afresh", file=sys.stderr)
         step, seconds = state["step"], state["seconds"]
         a = state["args"]
