@@ -68,6 +68,13 @@ DEFAULT_QUALITIES: dict[str, list[float]] = {
 }
 ALL_CODECS = list(DEFAULT_QUALITIES)
 CNNZ_METHODS = {"cnnz": 0, "cnnz-m6": 6}  # CNNZ codec names and the encode effort (``method``) each saves with
+
+
+def cnnz_model_id() -> str:
+    """The installed default weights: CNNZ results of other weights are not merged by ``--reuse``."""
+    from pillow_cnnz import weights
+
+    return weights.default_model_id().hex()
 SLOW_CODECS = ("cnnz-m6",)  # about 12x CNNZ's encode time: run when named in --codecs
 
 
@@ -593,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             },
             "meta": {k: meta[k] for k in ("dataset", "n_images", "images")},
         }
+        if name in CNNZ_METHODS:
+            doc["meta"]["model"] = cnnz_model_id()
         all_results[name] = doc
         with open(out / f"{name}.json", "w") as f:
             json.dump(doc, f, indent=2)
@@ -603,7 +612,9 @@ def main(argv: list[str] | None = None) -> int:
             if name in all_results or not path.exists():
                 continue
             doc = json.loads(path.read_text())
-            if doc.get("meta", {}).get("images") == image_names:
+            if name in CNNZ_METHODS and doc.get("meta", {}).get("model") != cnnz_model_id():
+                print(f"note: not reusing {path}: made with other weights", file=sys.stderr)
+            elif doc.get("meta", {}).get("images") == image_names:
                 print(f"note: reusing {path} for the summary", file=sys.stderr)
                 all_results[name] = doc
             else:
