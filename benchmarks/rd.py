@@ -68,6 +68,7 @@ DEFAULT_QUALITIES: dict[str, list[float]] = {
 }
 ALL_CODECS = list(DEFAULT_QUALITIES)
 CNNZ_METHODS = {"cnnz": 0, "cnnz-m6": 6}  # CNNZ codec names and the encode effort (``method``) each saves with
+SLOW_CODECS = ("cnnz-m6",)  # about 12x CNNZ's encode time: run when named in --codecs
 
 
 def cnnz_model_id() -> str:
@@ -75,7 +76,6 @@ def cnnz_model_id() -> str:
     from pillow_cnnz import weights
 
     return weights.default_model_id().hex()
-SLOW_CODECS = ("cnnz-m6",)  # about 12x CNNZ's encode time: run when named in --codecs
 
 
 # --------------------------------------------------------------------------- metrics
@@ -580,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_time_s": round(time.perf_counter() - t_start, 2),
     }
     all_results: dict[str, dict] = {}
+    model = cnnz_model_id()
     for name in active:
         qs = qualities[name]
         per_q = [[r["records"][name][k] for r in per_image] for k in range(len(qs))]
@@ -601,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             "meta": {k: meta[k] for k in ("dataset", "n_images", "images")},
         }
         if name in CNNZ_METHODS:
-            doc["meta"]["model"] = cnnz_model_id()
+            doc["meta"]["model"] = model
         all_results[name] = doc
         with open(out / f"{name}.json", "w") as f:
             json.dump(doc, f, indent=2)
@@ -612,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             if name in all_results or not path.exists():
                 continue
             doc = json.loads(path.read_text())
-            if name in CNNZ_METHODS and doc.get("meta", {}).get("model") != cnnz_model_id():
+            if name in CNNZ_METHODS and doc.get("meta", {}).get("model") != model:
                 print(f"note: not reusing {path}: made with other weights", file=sys.stderr)
             elif doc.get("meta", {}).get("images") == image_names:
                 print(f"note: reusing {path} for the summary", file=sys.stderr)
