@@ -267,6 +267,7 @@ def part_codecs(paths: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
                      "decode": cnnz["decode_ms_median"] / s["decode_ms_median"]}
               for name, s in summary.items() if s["format"] != "CNNZ"}
     return {"images": [p.name for p in paths], "torch_threads": torch.get_num_threads(),
+            "analysis_precision": codec.resolve_precision(None, "cpu", analysis=True),
             "repeat": args.repeat, "cnnz_repeat": args.cnnz_repeat, "skipped": skipped,
             "codecs": summary, "cnnz_over_peer": ratios}
 
@@ -502,7 +503,8 @@ def report(res: dict) -> str:
     if "codecs" in res:
         c = res["codecs"]
         out += ["", f"### Encode / decode, median over {len(c['images'])} Kodak image(s) "
-                f"(CNNZ {c['cnnz_repeat']}×, peers {c['repeat']}× per image)", ""]
+                f"(CNNZ {c['cnnz_repeat']}×, peers {c['repeat']}× per image; CNNZ analysis in "
+                f"{c.get('analysis_precision', 'float32')})", ""]
         rows = []
         for name, s in c["codecs"].items():
             r = c["cnnz_over_peer"].get(name)

@@ -154,7 +154,7 @@ def test_bfloat16_transforms_change_pixels_by_at_most_a_few_levels():
 
 def test_auto_precision_is_a_real_float_type():
     assert codec.resolve_precision("auto", "cpu") in ("float32", "bfloat16")
-    assert codec.resolve_precision("auto", "cpu", analysis=True) == "float32"  # same image, same bytes
+    assert codec.resolve_precision("auto", "cpu", analysis=True) in ("float32", "bfloat16")
     with pytest.raises(ValueError, match="unknown precision"):
         codec.resolve_precision("float16")
 
@@ -169,6 +169,27 @@ def test_auto_precision_takes_cpu_bfloat16_only_once_torch_is_imported(monkeypat
     monkeypatch.setattr(codec, "_cpu_has_bf16", lambda: False)
     monkeypatch.setitem(sys.modules, "torch", object())
     assert codec.resolve_precision("auto", "cpu") == "float32"
+
+
+def test_cpu_analysis_takes_bfloat16_only_with_amx(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or object())
+    monkeypatch.setattr(codec, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert codec.resolve_precision("auto", "cpu") == "bfloat16"
+    assert codec.resolve_precision("auto", "cpu", analysis=True) == "float32"  # seen to round differently per call
+    monkeypatch.setattr(codec, "_cpu_flags", lambda: frozenset({"avx512_bf16", "amx_tile", "amx_bf16"}))
+    assert codec.resolve_precision("auto", "cpu", analysis=True) == "bfloat16"
+    monkeypatch.setenv("CNNZ_PRECISION", "float32")  # asked for: always
+    assert codec.resolve_precision(None, "cpu", analysis=True) == "float32"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_same_image_gives_the_same_bytes_from_call_to_call(threads):
+    # under the default precision, whatever this CPU makes of it (bfloat16 analysis on AMX)
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(threads)  # the conftest fixture puts the count back
+    img = photo(256, 384, seed=4)
+    first = codec.encode(img, "RGB", 5.0)
+    assert all(codec.encode(img, "RGB", 5.0) == first for _ in range(3))
 
 
 def test_tile_halo_covers_the_shipped_synthesis_receptive_field():

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Does the encoder's analysis lose anything in bfloat16? (On the shipped weights it gains.)
+
+Encodes a folder at quality 1..8 twice through ``codec.encode`` (real files), once with the
+analysis network in float32 and once in bfloat16; everything else, the decoder included, runs
+as ``auto`` picks. Reports mean bpp / PSNR per quality, BD-rate (PSNR, PCHIP) of bfloat16
+against float32, the analysis time of each on the first image, and how many files differ.
+The weights train under bfloat16 autocast, which is why the bfloat16 analysis can be the
+better one. Needs a CPU with native bfloat16 to be fast (AMX: ``codec._cpu_has_amx``).
+
+Example (from the repository root)::
+
+    python benchmarks/analysis_precision.py --data ../shared/data/kodak
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bdrate import bd_rate  # noqa: E402
+
+from pillow_cnnz import codec  # noqa: E402
+from pillow_cnnz.train.data import image_paths  # noqa: E402
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def analysis_in(precision: str):
+    """``codec.resolve_precision`` answering ``precision`` for the analysis, as before otherwise."""
+    original = codec.resolve_precision
+
+    def resolve(value=None, device="cpu", analysis=False):  # noqa: ANN001, ANN202
+        return precision if analysis else original(value, device, analysis)
+
+    return mock.patch.object(codec, "resolve_precision", resolve)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="../shared/data/kodak")
+    p.add_argument("--out", default="benchmarks/results/analysis_precision.json")
+    args = p.parse_args()
+    import torch  # noqa: F401  (auto decodes in bfloat16 once torch is imported, for both runs alike)
+
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in image_paths(args.data)]
+    if not images:
+        p.error(f"no images in {args.data}")
+    model = codec.load()
+    net = model.net("cpu", "float32")
+    res: dict = {"data": args.data, "images": len(images), "model_id": model.model_id.hex(), "precisions": {}}
+    files = {}
+    for prec in PRECISIONS:
+        codec._analysis(net, images[:1], "cpu", prec)  # warm-up
+        t0 = time.perf_counter()
+        codec._analysis(net, images[:1], "cpu", prec)
+        seconds = time.perf_counter() - t0
+        bpp, quality = np.zeros((8, len(images))), np.zeros((8, len(images)))
+        with analysis_in(prec):
+            for q in range(1, 9):
+                for i, rgb in enumerate(images):
+                    data = codec.encode(rgb, "RGB", float(q))
+                    files[prec, q, i] = data
+                    bpp[q - 1, i] = 8 * len(data) / (rgb.shape[0] * rgb.shape[1])
+                    quality[q - 1, i] = psnr(codec.decode(data), rgb)
+        res["precisions"][prec] = {"bpp": bpp.mean(1).tolist(), "psnr-rgb": quality.mean(1).tolist(),
+                                   "analysis_seconds_first_image": seconds}
+        print(f"{prec}: bpp {np.round(bpp.mean(1), 4).tolist()}", file=sys.stderr)
+        print(f"{prec}: psnr {np.round(quality.mean(1), 3).tolist()}", file=sys.stderr)
+    f32, b16 = (res["precisions"][k] for k in PRECISIONS)
+    res["bd_rate_bfloat16_vs_float32"] = bd_rate(f32["bpp"], f32["psnr-rgb"], b16["bpp"], b16["psnr-rgb"])
+    res["files_differing"] = sum(files["float32", k[1], k[2]] != v for k, v in files.items() if k[0] == "bfloat16")
+    res["files"] = len(files) // 2
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"BD-rate bfloat16 vs float32 analysis: {res['bd_rate_bfloat16_vs_float32']:+.2f} % "
+          f"({res['files_differing']} of {res['files']} files differ); analysis of one image "
+          f"{1e3 * f32['analysis_seconds_first_image']:.0f} ms float32, "
+          f"{1e3 * b16['analysis_seconds_first_image']:.0f} ms bfloat16")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
