@@ -97,10 +97,22 @@ class ResBlock(nn.Module):
         the convolutions, so neither reads and writes the activations again (the finest
         level's are the decoder's largest): 20 % off the shipped synthesis. The sum is taken
         before the conv's output is rounded to ``x.dtype``: within a rounding of the plain path."""
-        w1, b1, w2, b2 = (t.to(x.dtype) for t in (self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias))
+        w1, b1, w2, b2 = self._parameters_in(x.dtype)
         one = [1, 1]
         h = _POINTWISE_CONV(x, w1, b1, one, one, one, 1, "relu", [], None)
         return _POINTWISE_CONV.binary(h, x, w2, b2, one, one, one, 1, "add", None, None, [], None)
+
+    def _parameters_in(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """The convolutions' weights and biases in ``dtype``, cast once and kept until they
+        change (a decode otherwise casts every block's weights again: ~2 ms of a Kodak one)."""
+        params = (self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias)
+        if all(p.dtype == dtype for p in params):
+            return params
+        key = (dtype, *((p.data_ptr(), p._version) for p in params))  # in-place updates bump _version
+        cached = getattr(self, "_cast", None)
+        if cached is None or cached[0] != key:
+            cached = self._cast = (key, tuple(p.detach().to(dtype) for p in params))
+        return cached[1]
 
 
 def _pointwise_conv():

@@ -57,3 +57,18 @@ def test_residual_block_fuses_relu_and_sum_on_cpu_inference_and_matches_training
     # bfloat16: the sum is rounded once instead of twice, so within one rounding of the output
     assert torch.allclose(rounded.float(), plain_bf16.float(), rtol=2**-7, atol=2**-7)
     assert not torch.equal(rounded, plain_bf16)
+
+
+def test_the_fused_block_casts_its_weights_once_and_again_after_they_change():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz import layers
+
+    block = layers.ResBlock(8)
+    first = block._parameters_in(torch.bfloat16)
+    assert block._parameters_in(torch.bfloat16)[0] is first[0]  # cast once, then reused
+    assert block._parameters_in(torch.float32)[0] is block.conv1.weight  # no cast needed
+    with torch.no_grad():
+        block.conv1.weight.add_(1.0)  # in place, as an optimizer step or load_state_dict
+    again = block._parameters_in(torch.bfloat16)
+    assert torch.equal(again[0], block.conv1.weight.to(torch.bfloat16))
+    assert not torch.equal(again[0], first[0])
