@@ -111,13 +111,13 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
     where float32 decodes in numpy without it (a 0.3 s cold start). It changes pixels by
     rounding only: the decoded latents never depend on it.
 
-    The encoder's ``analysis`` takes bfloat16 on a CPU only with AMX: there it is 3x faster
+    The encoder's ``analysis`` takes bfloat16 on a CPU only with AMX: there it is 3-5x faster
     than float32 and was checked to give the same latents from call to call, alone or in a
     batch, at 1 or 2 threads (a test pins the bytes). On AVX512-BF16 without AMX a bfloat16
     analysis was seen to round a latent differently from one call to the next, so it stays
     float32 there: the same image should give the same bytes. The weights train under
-    bfloat16 autocast, and the bfloat16 analysis codes Kodak 0.6 % smaller (BD-rate) than
-    the float32 one.
+    bfloat16 autocast, and the bfloat16 analysis codes Kodak about 0.5 % smaller (BD-rate,
+    ``benchmarks/analysis_precision.py``) than the float32 one.
     """
     precision = precision or os.environ.get("CNNZ_PRECISION") or "auto"
     if precision not in ("auto", "float32", "float64", "bfloat16"):
