@@ -26,6 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bdrate import bd_rate  # noqa: E402
+from rd import psnr  # noqa: E402
 
 from pillow_cnnz import codec  # noqa: E402
 from pillow_cnnz.train.data import image_paths  # noqa: E402
@@ -41,10 +42,6 @@ def analysis_in(precision: str):
         return precision if analysis else original(value, device, analysis)
 
     return mock.patch.object(codec, "resolve_precision", resolve)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
 def main() -> int:
