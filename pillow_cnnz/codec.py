@@ -299,7 +299,11 @@ def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | 
         if y.shape[2] * y.shape[3] > TILE * TILE:  # more than one tile: worth a trim
             _return_freed_heap()
         y *= gains[:, :, None, None]
-        z = _run(torch, net.h_a, torch.from_numpy(y).to(device), precision).float().cpu().numpy()
+        # ẑ in float32 whatever the analysis ran in: h_a is ~1 % of the analysis, and oneDNN's
+        # bfloat16 5x5 stride-2 convolution returns garbage where its output is one column wide
+        # (an image at most 64 pixels wide): ẑ of 3e12 was seen, and calls disagreed
+        z = _run(torch, net.h_a, torch.from_numpy(y).to(device), "float64" if precision == "float64" else "float32")
+        z = z.float().cpu().numpy()
     if steps:
         h, w = rgbs[0].shape[:2]
         windows = list(_windows(-(-h // LATENT_STRIDE), -(-w // LATENT_STRIDE), y.shape[2:]))
