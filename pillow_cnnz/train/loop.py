@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="learning rate of the hyper-latent density (it must narrow fast, or ẑ collapses)")
     p.add_argument("--gain-lr", type=float, default=1e-3,
                    help="learning rate of the per-quality gain vectors (rate control per channel)")
-    p.add_argument("--lambdas", choices=sorted(LAMBDA_TABLES), default="wide4",
+    p.add_argument("--lambdas", choices=sorted(LAMBDA_TABLES), default="wide5",
                    help="λ of each integer quality (a checkpoint on another table has its gains remapped)")
     p.add_argument("--rate-balance", type=float, default=0.0,
                    help="weight each sample's loss by (λ/λ_mid)^-B: with B=0.5 a bit saved at quality 1 "
