@@ -116,8 +116,10 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
     batch, at 1 or 2 threads (a test pins the bytes). On AVX512-BF16 without AMX a bfloat16
     analysis was seen to round a latent differently from one call to the next, so it stays
     float32 there: the same image should give the same bytes. The weights train under
-    bfloat16 autocast, and the bfloat16 analysis codes Kodak about 0.5 % smaller (BD-rate,
-    ``benchmarks/analysis_precision.py``) than the float32 one.
+    bfloat16 autocast, and the bfloat16 analysis codes Kodak as small or smaller (BD-rate
+    −0.08 % with the 347.5k weights, −0.5 % with the 325k ones,
+    ``benchmarks/analysis_precision.py``) than the float32 one. ``analyse_batch`` still runs
+    the hyper-analysis in float32: bfloat16 oneDNN got a one-column ẑ wrong.
     """
     precision = precision or os.environ.get("CNNZ_PRECISION") or "auto"
     if precision not in ("auto", "float32", "float64", "bfloat16"):
@@ -292,18 +294,18 @@ def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | 
     device = resolve_device(device)
     precision = resolve_precision(precision, device, analysis=True)
     model = load()
-    net = model.net(device, "float64" if precision == "float64" else "float32")
+    wide = "float64" if precision == "float64" else "float32"  # the weights', and h_a's
+    net = model.net(device, wide)
     gains = np.stack([2 ** model.log2_gains(q)[0] for q in qualities]).astype(np.float32)
     with torch.inference_mode():
         y = _analysis(net, rgbs, device, precision)
         if y.shape[2] * y.shape[3] > TILE * TILE:  # more than one tile: worth a trim
             _return_freed_heap()
         y *= gains[:, :, None, None]
-        # ẑ in float32 whatever the analysis ran in: h_a is ~1 % of the analysis, and oneDNN's
+        # ẑ in float32 (float64) whatever the analysis ran in: h_a is ~1 % of the analysis; oneDNN's
         # bfloat16 5x5 stride-2 convolution returns garbage where its output is one column wide
         # (an image at most 64 pixels wide): ẑ of 3e12 was seen, and calls disagreed
-        z = _run(torch, net.h_a, torch.from_numpy(y).to(device), "float64" if precision == "float64" else "float32")
-        z = z.float().cpu().numpy()
+        z = _run(torch, net.h_a, torch.from_numpy(y).to(device), wide).float().cpu().numpy()
     if steps:
         h, w = rgbs[0].shape[:2]
         windows = list(_windows(-(-h // LATENT_STRIDE), -(-w // LATENT_STRIDE), y.shape[2:]))
