@@ -52,10 +52,24 @@ def _cuda_possible() -> bool:
     machine, ``torch.cuda.is_available()`` is False anyway, so it need not be asked.
     """
     if "torch" in sys.modules:
-        return sys.modules["torch"].cuda.is_available()
+        return sys.modules["torch"].cuda.is_available() and not _cuda_unusable_here()
     if sys.platform.startswith("linux") and not any(os.path.exists(p) for p in _NVIDIA_PATHS):
         return False
     return _torch().cuda.is_available()
+
+
+def _cuda_unusable_here() -> bool:
+    """Whether this process should not use CUDA by default although the machine has it.
+
+    A fork()ed child of a process that used CUDA cannot (torch raises "Cannot re-initialize
+    CUDA in forked subprocess"), and a DataLoader worker should not: the workers are there to
+    do CPU work beside the training process, and each would hold its own CUDA context (~0.5 GB).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    data = sys.modules.get("torch.utils.data")
+    return torch.cuda._is_in_bad_fork() or (data is not None and data.get_worker_info() is not None)
 
 
 _NVIDIA_PATHS = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg")
@@ -71,6 +85,10 @@ def resolve_device(device: str | None = None) -> str:
         raise ValueError(msg)
     if device.startswith("cuda") and not _torch().cuda.is_available():
         msg = f"device {device!r} was asked for but CUDA is not available"
+        raise ValueError(msg)
+    if device.startswith("cuda") and _torch().cuda._is_in_bad_fork():
+        msg = (f"device {device!r} was asked for in a process forked from one that had used CUDA; "
+               "use the 'spawn' start method, or decode on the CPU here")
         raise ValueError(msg)
     return device
 

@@ -163,7 +163,7 @@ def interp_log2(table: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
 
 
 def lambda_for(quality: torch.Tensor, lambdas: tuple[float, ...] = LAMBDAS) -> torch.Tensor:
-    table = torch.tensor([math.log2(v) for v in lambdas], dtype=torch.float32).unsqueeze(-1)
+    table = torch.tensor([math.log2(v) for v in lambdas], dtype=torch.float32, device=quality.device).unsqueeze(-1)
     return 2 ** interp_log2(table, quality).squeeze(-1)
 
 

@@ -37,7 +37,9 @@ def test_refinement_is_deterministic():
 
 
 def test_refinement_in_tiles_matches_one_tile(monkeypatch):
-    monkeypatch.setenv("CNNZ_PRECISION", "float32")  # bfloat16 rounds differently per tile shape
+    # On the CPU: bfloat16 rounds differently per tile shape, and so do a GPU's convolutions.
+    monkeypatch.setenv("CNNZ_DEVICE", "cpu")
+    monkeypatch.setenv("CNNZ_PRECISION", "float32")
     img = photo(80, 112, seed=1)
     monkeypatch.setattr(codec, "TILE", 3)  # many tiles, each with its halo
     (z_tiled, y_tiled), = codec.analyse_batch([img], [5.0], method=1)
@@ -52,7 +54,9 @@ def test_batch_refinement_matches_one_at_a_time(monkeypatch, precision, threads)
     # bfloat16 at one thread is where a batch used to differ (on an AMX CPU, from 256x384 up):
     # the float32 hyper network rounded two images differently from one, and the bfloat16
     # synthesis turned that into other latents; refine now runs the rate path image by image
+    # (a GPU picks its convolution kernels by batch size, so this pins the CPU only).
     torch = pytest.importorskip("torch")
+    monkeypatch.setenv("CNNZ_DEVICE", "cpu")
     monkeypatch.setenv("CNNZ_PRECISION", precision)
     torch.set_num_threads(threads)  # the conftest fixture puts the count back
     a, b = photo(256, 384, seed=4), photo(256, 384, seed=5)

@@ -81,6 +81,24 @@ def test_slim_checkpoint_drops_the_optimizer_and_still_resumes(tmp_path):
     assert [v["step"] for v in resumed["validation"]] == [1, 2]
 
 
+def test_time_budget_stops_training_early_with_the_last_step_validated_and_saved(tmp_path):
+    torch = pytest.importorskip("torch")
+    from PIL import Image
+
+    from pillow_cnnz.train import __main__ as train_cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(photo(72, 80)).save(data / "0.png")
+    # A budget of ~0 minutes: the first step is past the deadline, so the run stops there
+    # instead of going on to --steps 1000, and the step it stopped at is not lost.
+    assert train_cli.main(["fit", "--run", str(tmp_path / "a"), "--steps", "1000", "--max-minutes", "1e-9",
+                           "--save-every", "500", "--val-every", "500", "--data", str(data), "--val", str(data),
+                           "--batch", "1", "--crop", "64", "--threads", "1", "--no-bf16", "--device", "cpu"]) == 0
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    assert state["step"] == 1 and [v["step"] for v in state["validation"]] == [1]
+
+
 def test_validation_of_older_checkpoints_is_recovered_from_the_run_log(tmp_path):
     pytest.importorskip("torch")
     import json

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", default="../shared/data/val", help="folder of validation images")
     p.add_argument("--run", default="runs/main", help="folder for checkpoints and the log")
     p.add_argument("--steps", type=int, default=100_000, help="stop at this total step count")
+    p.add_argument("--max-minutes", type=float,
+                   help="also stop (validating and saving) after this many minutes of this invocation: "
+                        "for a machine lent for a fixed time")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--crop", type=int, default=192)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -50,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                    help="bfloat16 autocast for the transforms (default on; off for exact float32)")
     p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--val-every", type=int, default=2000)
+    p.add_argument("--val-every", type=int, default=2000,
+                   help="validate every N steps and at the last one (0: never, and --val is not read)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.add_argument("--init", help="start from this checkpoint's weights (fresh optimizer)")
     p.add_argument("--grow", type=lambda v: tuple(int(n) for n in v.split(",")), metavar="A,B,C",
@@ -349,10 +353,13 @@ def run(args: argparse.Namespace) -> int:
                    | ({"context": net.config.ctx} if contexted else {})
                    | ({"widened": net.config.M} if widened else {})
                    | ({"encoder_only": True} if args.encoder_only else {}))
-    val_images = [load_rgb(p) for p in image_paths(args.val)]
+    val_images = [load_rgb(p) for p in image_paths(args.val)] if args.val_every > 0 else []
     log = open(run_dir / "log.jsonl", "a")
     hist: list[tuple[float, float, float]] = []
     start = time.time() - seconds
+    deadline = time.time() + 60 * args.max_minutes if args.max_minutes else math.inf
+    if str(args.device).startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # the crop size never changes: pick the fastest kernels once
     while step < args.steps:
         x = torch.from_numpy(sampler.batch(args.batch)).to(args.device, memory_format=torch.channels_last)
         q = torch.empty(args.batch, device=args.device).uniform_(QUALITY_MIN, QUALITY_MAX)
@@ -367,6 +374,7 @@ def run(args: argparse.Namespace) -> int:
         opt.step()
         step += 1
         hist.append((loss.item(), bpp.mean().item(), (10 * torch.log10(1 / mse.detach())).mean().item()))
+        last_step = step == args.steps or time.time() >= deadline
         if step % 50 == 0:
             l, b, p = np.mean(hist, axis=0)
             hist.clear()
@@ -374,12 +382,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"\rstep {step}/{args.steps} loss {l:.4f} bpp {b:.3f} psnr {p:.2f} "
                   f"[{elapsed / 60:.1f} min, {elapsed / step:.2f} s/step]", end="", file=sys.stderr, flush=True)
             log.write(json.dumps({"step": step, "loss": l, "bpp": b, "psnr": p, "seconds": elapsed}) + "\n")
-        if step % args.val_every == 0 or step == args.steps:
+        if val_images and (step % args.val_every == 0 or last_step):
             v = validate(net, val_images, args.device)
             validation.append({"step": step, **v})
             print(f"\nval step {step}: {json.dumps(v)}", file=sys.stderr, flush=True)
             log.write(json.dumps({"step": step, "val": v}) + "\n")
-        if step % args.save_every == 0 or step == args.steps:
+        if step % args.save_every == 0 or last_step:
             save_checkpoint(last, {
                 "model": net.state_dict(), "optimizer": opt.state_dict(), "config": net.config.to_dict(),
                 "lambdas": list(lambdas), "step": step, "seconds": time.time() - start, "args": vars(args) | {"func": None},
@@ -387,6 +395,8 @@ def run(args: argparse.Namespace) -> int:
                 "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             })
         log.flush()
+        if last_step:
+            break
     return 0
 
 
