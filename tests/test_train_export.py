@@ -139,6 +139,32 @@ def test_model_card_merges_resumes_that_changed_no_setting():
     assert [h["from_step"] for h in phases(history)] == [0, 9, 12]
 
 
+def test_a_phase_on_another_data_folder_is_its_own_phase_and_older_ones_count_as_the_default():
+    from pillow_cnnz.train.export import phases
+    from pillow_cnnz.train.loop import DEFAULT_DATA
+
+    a = {"lr": 1e-5, "batch": 4}
+    history = [{"from_step": 0, **a}, {"from_step": 5, **a, "data": DEFAULT_DATA},
+               {"from_step": 7, **a, "data": "subset"}, {"from_step": 9, **a, "data": DEFAULT_DATA}]
+    assert [h["from_step"] for h in phases(history)] == [0, 7, 9]
+
+
+def test_subset_is_a_seeded_pick_under_the_byte_budget(tmp_path):
+    from pillow_cnnz.train.data import subset
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"a{i:02}.jpg").write_bytes(bytes(100 + i))
+    (src / "b.png").write_bytes(bytes(10))
+    picked = subset(src, tmp_path / "one", "a*.jpg", 700)
+    assert picked == subset(src, tmp_path / "two", "a*.jpg", 700)  # same seed, same pick
+    assert picked != sorted(picked) or len(picked) < 2  # shuffled, not the first names
+    assert sum(f.stat().st_size for f in picked) <= 700 < sum(f.stat().st_size for f in picked) + 120
+    assert sorted(f.name for f in (tmp_path / "one").iterdir()) == sorted(f.name for f in picked)
+    assert all(f.suffix == ".jpg" for f in picked)
+
+
 def test_remapped_gains_keep_each_lambda_where_it_was():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import LAMBDA_TABLES, CnnzNet, Config
@@ -197,6 +223,9 @@ def test_resuming_on_another_lambda_table_remaps_once_and_records_it(tmp_path):
     card = model_card(info, tmp_path)
     assert "--lambdas zoo --rate-balance 0 " in card and "--lambdas wide --rate-balance 0.5 " in card
     assert "from step 1 on, quality 1 and 4 stand for other λ" in card
+    # the phases trained on this test's own folder, not the default one: the commands say so
+    assert card.count(f"--data {tmp_path / 'data'}") == card.count("fit --run runs/main --steps") > 0
+    assert f"| `{tmp_path / 'data'}` |" in card
 
 
 def test_rate_balance_weighs_low_qualities_up_and_high_ones_down():

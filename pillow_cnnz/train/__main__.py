@@ -1,10 +1,10 @@
-"""``python -m pillow_cnnz.train fit|slim|hyperfit|export|card``: train the network, export shipped weights."""
+"""``python -m pillow_cnnz.train fit|slim|hyperfit|export|card|subset``: train the network, export shipped weights."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import export, hyperfit, loop
+from . import data, export, hyperfit, loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     hyperfit.add_arguments(sub.add_parser("hyperfit", help="fit the hyperprior on whole images, transforms frozen"))
     export.add_arguments(sub.add_parser("export", help="checkpoint -> weights file + model card"))
     export.add_card_arguments(sub.add_parser("card", help="rewrite the model card from the weights and results"))
+    data.add_subset_arguments(sub.add_parser("subset", help="a seeded pick of training images under a byte budget"))
     args = parser.parse_args(argv)
     return args.func(args)
 

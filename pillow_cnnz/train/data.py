@@ -1,6 +1,10 @@
 """Image folders as training crops: loaded once into memory, cropped and flipped at random."""
 from __future__ import annotations
 
+import argparse
+import random
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +50,35 @@ class CropSampler:
                 patch = patch.transpose(1, 0, 2)
             out[i] = patch
         return out.transpose(0, 3, 1, 2).astype(np.float32) / 255
+
+
+def subset(src: str | Path, dst: str | Path, pattern: str, max_bytes: int, seed: int = 0) -> list[Path]:
+    """Copy a seeded random pick of ``src``'s files matching ``pattern`` into ``dst``, in
+    shuffled order until the next file would pass ``max_bytes``: a training set that fits
+    a lent GPU machine's upload limit (64 MiB with the repository), the same on every run."""
+    files = sorted(Path(src).glob(pattern))
+    random.Random(seed).shuffle(files)
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    picked, total = [], 0
+    for f in files:
+        if total + f.stat().st_size > max_bytes:
+            break
+        shutil.copy(f, Path(dst) / f.name)
+        picked.append(f)
+        total += f.stat().st_size
+    return picked
+
+
+def add_subset_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="folder of training images")
+    p.add_argument("dst", help="folder to copy the pick into")
+    p.add_argument("--pattern", default="*", help="glob of the files to pick from (default: all)")
+    p.add_argument("--max-bytes", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_subset)
+
+
+def run_subset(args: argparse.Namespace) -> int:
+    picked = subset(args.src, args.dst, args.pattern, args.max_bytes, args.seed)
+    print(f"{args.dst}: {len(picked)} files, {sum(f.stat().st_size for f in picked):,} bytes", file=sys.stderr)
+    return 0

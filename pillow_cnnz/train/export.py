@@ -30,7 +30,7 @@ from .. import context, hyper
 from ..layers import SubPixelConv
 from ..model import ENCODER_TRANSFORMS, LAMBDA_TABLES, SCALE_MIN, CnnzNet, Config
 from . import calibrate
-from .loop import checkpoint_lambdas, load_checkpoint
+from .loop import DEFAULT_DATA, checkpoint_lambdas, load_checkpoint
 
 WEIGHTS_FORMAT = "cnnz-weights-1"
 SCALE_COUNT = 64
@@ -323,14 +323,18 @@ def _context_note(meta: dict) -> str:
 
 def phases(history: list[dict]) -> list[dict]:
     """The history with each resume that changed no setting merged into the phase before it."""
-    def setting(h: dict) -> dict:
-        return {k: v for k, v in h.items() if k not in ("from_step", "seeded_gdn")}
+    def setting(h: dict) -> dict:  # phases recorded before the data folder was: the default one
+        return {k: v for k, v in h.items() if k not in ("from_step", "seeded_gdn")} | {"data": phase_data(h)}
 
     merged: list[dict] = []
     for h in history:
         if not merged or setting(h) != setting(merged[-1]):
             merged.append(h)
     return merged
+
+
+def phase_data(h: dict) -> str:
+    return h.get("data", DEFAULT_DATA)
 
 
 def model_card(info: dict, results: Path) -> str:
@@ -350,12 +354,16 @@ def model_card(info: dict, results: Path) -> str:
         table = tables[i]
         balance = h.get("rate_balance", 0.0)
         lr = f"{h['lr']:g}" + (" (encoder only)" if h.get("encoder_only") else "")
+        data = phase_data(h)
         rows.append(f"| {h['from_step']} | {until} | {lr} | {dlr:g} | {glr:g} | {table} | {balance:g} | "
-                    f"{h['batch']} | {h['crop']} | {'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} |")
+                    f"{h['batch']} | {h['crop']} | {'bfloat16' if bf16 else 'float32'} | {threads} | {h['device']} | "
+                    f"{'all' if data == DEFAULT_DATA else f'`{data}`'} |")
         # phases recorded before ``from_slim`` existed: a fresh Adam that no λ change, grow or widening explains
         if h.get("from_slim") or (h.get("fresh_optimizer") and not h.get("remapped_gains") and not h.get("grown")
                                   and not h.get("widened")):
             commands.append("python -m pillow_cnnz.train slim runs/main/last.pt runs/main/last.pt")  # resumed from a slim one
+        if h.get("data_from"):  # how a phase's own data folder was made (``subset``)
+            commands.append(h["data_from"])
         commands.append(f"python -m pillow_cnnz.train fit --run runs/main --steps {until} --lr {h['lr']:g} "
                         f"--density-lr {dlr:g} --gain-lr {glr:g} --batch {h['batch']} --crop {h['crop']} "
                         f"--lambdas {table} --rate-balance {balance:g} "
@@ -365,7 +373,9 @@ def model_card(info: dict, results: Path) -> str:
                            if h.get("grown_analysis") else "")
                         + (f" --context {h['context']}" if h.get("context") else "")
                         + (f" --widen {h['widened']}" if h.get("widened") else "")
-                        + (" --encoder-only" if h.get("encoder_only") else ""))
+                        + (" --encoder-only" if h.get("encoder_only") else "")
+                        + (f" --data {data}" if data != DEFAULT_DATA else "")
+                        + (f" --device {h['device']}" if h["device"] != "cpu" else ""))
     history = "\n".join(rows)
     switches = [h["from_step"] for h, a, b in zip(hist[1:], tables, tables[1:]) if a != b]
     table_note = "".join(f"; from step {s:,} on, quality 1 and 4 stand for other λ (the λ table changed), so rows "
@@ -398,7 +408,8 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
   `pillow_cnnz/refine.py`) needs the rate as a differentiable function; decoding never reads them.
 
 ## Training
-- data: `{args['data']}` (594 photos: BSDS500 + USC-SIPI/Waterloo/Wikipedia, see `shared/data/SOURCES.md`);
+- data: `{args['data']}` (594 photos: BSDS500 + USC-SIPI/Waterloo/Wikipedia, see `shared/data/SOURCES.md`;
+  a phase whose data column names another folder trained on a subset of it, made by the `subset` command above its `fit`);
   validation `{args['val']}`; Kodak never used for training or selection.
 - loss: bpp + λ(q)·255²·MSE, λ interpolated geometrically between the {len(meta['lambdas'])} levels of the
   table (`--lambdas`: {'; '.join(f'{name} = {list(table)}' for name, table in LAMBDA_TABLES.items())});
@@ -408,8 +419,8 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
   Adam, gradient norm clipped at 1.
 - steps: {train['step']:,}; wall time {train['seconds'] / 3600:.2f} h; hardware: {train['hardware']}.
 
-| from step | to step | lr | density lr | gain lr | λ table | rate balance | batch | crop | transforms | threads | device |
-|---|---|---|---|---|---|---|---|---|---|---|---|
+| from step | to step | lr | density lr | gain lr | λ table | rate balance | batch | crop | transforms | threads | device | data |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {history}
 
 Reproduce: one `fit` call per row (each resumes from `runs/main/last.pt`), then the export.

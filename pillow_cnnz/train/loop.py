@@ -27,9 +27,11 @@ from ..model import (ENCODER_PARAMETERS, LAMBDA_TABLES, QUALITY_MAX, QUALITY_MIN
                      lambda_for)
 from .data import CropSampler, image_paths, load_rgb
 
+DEFAULT_DATA = "../shared/data/train"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="../shared/data/train", help="folder of training images")
+    p.add_argument("--data", default=DEFAULT_DATA, help="folder of training images")
     p.add_argument("--val", default="../shared/data/val", help="folder of validation images")
     p.add_argument("--run", default="runs/main", help="folder for checkpoints and the log")
     p.add_argument("--steps", type=int, default=100_000, help="stop at this total step count")
@@ -342,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"encoder only: {freeze_decoder(net):,} parameters train", file=sys.stderr)
     history.append({"from_step": step, "lr": args.lr, "density_lr": args.density_lr,
                     "gain_lr": args.gain_lr, "lambdas": args.lambdas, "rate_balance": args.rate_balance,
-                    "batch": args.batch,
+                    "batch": args.batch, "data": args.data,
                     "crop": args.crop, "device": args.device, "init": args.init, "bf16": args.bf16,
                     "threads": torch.get_num_threads(), "seeded_gdn": seeded}
                    | ({"fresh_optimizer": True} if fresh_adam else {})
