@@ -360,6 +360,7 @@ def run(args: argparse.Namespace) -> int:
     hist: list[tuple[float, float, float]] = []
     start = time.time() - seconds
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else math.inf
+    lap, lap_step = time.time(), step
     if str(args.device).startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # the crop size never changes: pick the fastest kernels once
     while step < args.steps:
@@ -381,8 +382,11 @@ def run(args: argparse.Namespace) -> int:
             l, b, p = np.mean(hist, axis=0)
             hist.clear()
             elapsed = time.time() - start
+            # the rate of the steps since the last line: a resumed run's average would hide this machine's
+            rate = (time.time() - lap) / (step - lap_step)
+            lap, lap_step = time.time(), step
             print(f"\rstep {step}/{args.steps} loss {l:.4f} bpp {b:.3f} psnr {p:.2f} "
-                  f"[{elapsed / 60:.1f} min, {elapsed / step:.2f} s/step]", end="", file=sys.stderr, flush=True)
+                  f"[{elapsed / 60:.1f} min, {rate:.2f} s/step]", end="", file=sys.stderr, flush=True)
             log.write(json.dumps({"step": step, "loss": l, "bpp": b, "psnr": p, "seconds": elapsed}) + "\n")
         if val_images and (step % args.val_every == 0 or last_step):
             v = validate(net, val_images, args.device)
