@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 import time
 import traceback
@@ -38,16 +37,13 @@ from pathlib import Path
 import _common  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 from PIL import Image
+from rd import psnr
+from speed import scaled_image
 
 import pillow_cnnz
 from pillow_cnnz import codec, container
 
 HERE = Path(__file__).resolve().parent
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * math.log10(255**2 / mse) if mse else math.inf
 
 
 def symbols_sha(data: bytes) -> str:
@@ -145,9 +141,8 @@ def part_sizes(image: np.ndarray, q: float, dev: str, sizes: list[float]) -> lis
 
     rows = []
     for mp in sizes:
-        w = round(math.sqrt(mp * 1e6 * image.shape[1] / image.shape[0]))
-        h = round(mp * 1e6 / w)
-        big = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.LANCZOS))
+        big = np.asarray(scaled_image(Image.fromarray(image), mp))
+        h, w = big.shape[:2]
         if dev.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         f, te = timed(pillow_cnnz.encode, big, q, device=dev)
