@@ -72,3 +72,25 @@ def test_the_fused_block_casts_its_weights_once_and_again_after_they_change():
     again = block._parameters_in(torch.bfloat16)
     assert torch.equal(again[0], block.conv1.weight.to(torch.bfloat16))
     assert not torch.equal(again[0], first[0])
+
+
+def test_gdn_sets_subnormal_gamma_entries_to_zero_in_training_and_inference():
+    """Trained off-diagonal roots below 1e-19 square to float32 subnormals, which made the CPU's
+    convolution ~50x slower (the shipped synthesis has hundreds of them)."""
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.layers import GDN
+
+    gdn = GDN(4, inverse=True)
+    with torch.no_grad():
+        gdn.gamma_sqrt[0, 1] = 1e-21  # square 1e-42: subnormal
+        gdn.gamma_sqrt[1, 0] = 2e-19  # square 4e-38: the smallest kind of normal float32, kept
+    gamma = gdn.gamma()
+    tiny = torch.finfo(torch.float32).tiny
+    assert not torch.any((gamma > 0) & (gamma < tiny))
+    assert gamma[0, 1].item() == 0 and gamma[1, 0].item() == pytest.approx(4e-38, rel=1e-3)
+    x = torch.randn(1, 4, 3, 3)
+    gamma.sum().backward()  # still trainable: the other entries get their gradient
+    assert gdn.gamma_sqrt.grad[1, 1] != 0
+    with torch.inference_mode():
+        assert torch.allclose(gdn(x.clone()), x * torch.nn.functional.conv2d(x.abs(), gamma.detach()[..., None, None],
+                                                                              gdn.beta_sqrt.detach() ** 2 + 1e-6))
