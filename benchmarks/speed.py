@@ -25,6 +25,13 @@ Parts (all on by default; ``--parts`` picks a subset):
              image resized with LANCZOS); each size and operation runs in its own fresh
              process after a small warm-up, which also gives its peak RSS (VmHWM).
              ``--skip-rss`` times the sizes in this process instead (faster, no memory).
+``floor``    what the transforms' arithmetic alone costs on this CPU: the best rate of a
+             dense 3x3 convolution (96 -> 96 channels, 128x192, channels-last, torch, the
+             codec's threads) in float32 and, where the CPU has it natively, bfloat16;
+             multiply-adds per pixel of ``g_a`` / ``g_s`` (``Config.analysis_macs`` /
+             ``synthesis_macs``) at that rate give what a Kodak image's transform costs
+             (the real layers run within ~15 % of it, some faster), and the multiply-adds
+             per pixel a transform could have to fit a time budget.
 ``tiling``   a ~4 MP image decoded with the default tiling and with one tile
              (``pillow_cnnz.codec.TILE`` patched above the latent grid): pixel
              differences; the same comparison of the latents the encoder produces.
@@ -78,7 +85,7 @@ from _common import (  # noqa: E402
 import pillow_cnnz  # noqa: E402,F401  (registers the format)
 from PIL import Image, features  # noqa: E402
 
-PARTS = ("codecs", "stages", "cold", "import", "scaling", "tiling")
+PARTS = ("codecs", "stages", "floor", "cold", "import", "scaling", "tiling")
 PEERS = {
     "jpeg-q75": ("JPEG", {"quality": 75}),
     "jpeg-q85": ("JPEG", {"quality": 85}),
@@ -294,6 +301,40 @@ def part_stages(paths: list[Path], args: argparse.Namespace) -> dict:
                        "hyper": "hyper.hyper_band: integer hyper network, numpy float64 BLAS",
                        "ans_encode/ans_decode": "entropy.Encoder.push+finish / Decoder.pull+finish (both streams), constriction",
                        "other": "the rest: h_a (encode), padding, conversions, container, Pillow"}}
+
+
+def part_floor(args: argparse.Namespace, pixels: int = 768 * 512) -> dict:
+    """What the transforms' multiply-adds cost at this CPU's measured convolution rate: a
+    time bar below it needs a smaller network or faster arithmetic, not faster code."""
+    import torch
+
+    from pillow_cnnz import codec, weights
+    from pillow_cnnz.model import Config
+
+    codec._torch()  # applies CNNZ_THREADS as the codec does
+    x = torch.randn(1, 96, 128, 192).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(96, 96, 3, padding=1).to(memory_format=torch.channels_last).eval()
+    macs = 96 * 96 * 9 * 128 * 192
+    rates = {}
+    dtypes = ["float32"] + (["bfloat16"] if codec._cpu_has_bf16() else [])
+    with torch.inference_mode():
+        for dtype in dtypes:
+            c, xi = conv.to(getattr(torch, dtype)), x.to(getattr(torch, dtype))
+            c(xi)
+            best = math.inf
+            for _ in range(max(5, args.repeat * 3)):
+                t0 = time.perf_counter()
+                c(xi)
+                best = min(best, time.perf_counter() - t0)
+            rates[dtype] = 2 * macs / best / 1e9
+    cfg = Config.from_dict(weights.load().meta["config"])
+    per_pixel = {"g_a": cfg.analysis_macs(), "g_s": cfg.synthesis_macs()}
+    at_rate = {dtype: {k: 1e3 * 2 * v * pixels / (rate * 1e9) for k, v in per_pixel.items()}
+              for dtype, rate in rates.items()}
+    return {"gflops": rates, "macs_per_pixel": per_pixel, "pixels": pixels, "at_rate_ms": at_rate,
+            "threads": torch.get_num_threads(),
+            "macs_per_pixel_for_ms": {dtype: {str(ms): ms * 1e-3 * rate * 1e9 / 2 / pixels for ms in (50, 100, 250)}
+                                      for dtype, rate in rates.items()}}
 
 
 COLD_CODE = r"""
@@ -528,6 +569,15 @@ def report(res: dict) -> str:
                              "other (h_a, glue)"], rows))
         out.append("")
         out.append("torch threads per variant: " + ", ".join(f"{k}: {v['torch_threads']}" for k, v in s["variants"].items()))
+    if "floor" in res:
+        f = res["floor"]
+        out += ["", f"### Arithmetic floor of the transforms ({f['pixels'] / 1e6:.2f} MP, {f['threads']} torch threads)", ""]
+        rows = [[dtype, f"{rate:.0f}", f"{f['at_rate_ms'][dtype]['g_a']:.0f}", f"{f['at_rate_ms'][dtype]['g_s']:.0f}",
+                 " / ".join(f"{v / 1e3:.1f}k" for v in f["macs_per_pixel_for_ms"][dtype].values())]
+                for dtype, rate in f["gflops"].items()]
+        out.append(md_table(["dtype", "3x3 conv GFLOP/s (best)", f"g_a at that rate, ms ({f['macs_per_pixel']['g_a'] / 1e3:.1f}k MAC/px)",
+                             f"g_s at that rate, ms ({f['macs_per_pixel']['g_s'] / 1e3:.1f}k MAC/px)",
+                             "MAC/px that fit 50 / 100 / 250 ms"], rows))
     if "cold" in res:
         m = res["cold"]["median"]
         out += ["", f"### Cold start: new process, `import pillow_cnnz`, `Image.open(x.cnnz).load()` "
@@ -645,6 +695,9 @@ def main(argv: list[str] | None = None) -> int:
         if "stages" in parts:
             print("stages ...", file=sys.stderr)
             res["stages"] = part_stages(paths, args)
+        if "floor" in parts:
+            print("floor ...", file=sys.stderr)
+            res["floor"] = part_floor(args)
         if "cold" in parts:
             print("cold start ...", file=sys.stderr)
             res["cold"] = part_cold(cnnz_path, args, tmp)
