@@ -304,3 +304,22 @@ def test_numpy_api_infers_mode_from_channels():
     assert out.shape == rgba.shape and np.array_equal(out[..., 3], rgba[..., 3])
     with pytest.raises(ValueError, match="shaped"):
         pillow_cnnz.encode(np.zeros((4, 4, 5), np.uint8))
+
+
+def test_weights_arrays_inflate_on_first_use_and_equal_the_file():
+    import io
+
+    stored = {"a": np.arange(6.0).reshape(2, 3), "b": np.ones(4, np.float16), "c": np.array("text")}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **stored)
+    arrays = weights.LazyArrays(buf.getvalue())
+    assert sorted(arrays) == ["a", "b", "c"] and len(arrays) == 3 and "b" in arrays and "d" not in arrays
+    assert arrays.inflated() == frozenset()
+    np.testing.assert_array_equal(arrays["b"], stored["b"])
+    assert arrays["b"] is arrays["b"] and arrays.inflated() == {"b"}  # kept, not inflated again
+    with pytest.raises(KeyError):
+        arrays["d"]
+    for k, v in stored.items():
+        np.testing.assert_array_equal(arrays[k], v)
+        assert arrays[k].dtype == v.dtype
+    assert arrays.inflated() == {"a", "b", "c"}

@@ -225,7 +225,7 @@ def test_open_does_not_import_torch(tmp_path, full_file):
 
 
 @pytest.mark.skipif(codec._cuda_possible(), reason="an NVIDIA driver is present: decoding goes to torch")
-def test_load_on_a_cpu_decodes_without_importing_torch(tmp_path, rgb_file):
+def test_load_on_a_cpu_decodes_without_importing_torch_or_inflating_the_encoder(tmp_path, rgb_file):
     path = tmp_path / "x.cnnz"
     path.write_bytes(rgb_file)
     code = f"""
@@ -233,16 +233,21 @@ def test_load_on_a_cpu_decodes_without_importing_torch(tmp_path, rgb_file):
         import numpy as np
         import pillow_cnnz
         from PIL import Image
+        from pillow_cnnz import weights
         with Image.open({str(path)!r}) as im:
             im.load()
             print(im.size, float(np.asarray(im).std()) > 1, "torch" in sys.modules)
+        read = weights.load().arrays.inflated()
+        print(sorted({{k.split(".")[0] for k in read if k.startswith("net/")}}))
     """
     # the default precision, also on CPUs with native bfloat16: without torch, auto is float32
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNNZ_")}
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                             text=True, cwd=ROOT, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[0] == "(130, 70) True False"
+    lines = result.stdout.splitlines()
+    assert lines[0] == "(130, 70) True False"
+    assert lines[1] == "['net/g_s', 'net/log2_gain', 'net/log2_inv_gain']"  # not g_a, h_a, h_s, context
 
 
 def test_load_decodes_pixels_similar_to_the_original(photo_image):
