@@ -46,13 +46,17 @@ def test_residual_block_fuses_relu_and_sum_on_cpu_inference_and_matches_training
     calls = []
     fused = block._fused
     block._fused = lambda t: calls.append(t.dtype) or fused(t)
+    x_in, x_nchw = x.clone(), x.contiguous()
     with torch.inference_mode():
-        exact = block(x)
+        exact = block(x_in)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            rounded = block(x16)
+            rounded = block(x16.clone())
             assert block(x).dtype == torch.float32
-    assert calls == [torch.float32, torch.bfloat16]  # the two inference calls in one type took the fused path
+        other_layout = block(x_nchw)
+    assert calls == [torch.float32, torch.bfloat16, torch.float32]  # inference calls in one type: the fused path
+    assert exact.data_ptr() == x_in.data_ptr()  # the sum went into the input: one activation fewer at the peak
     assert torch.equal(exact, plain)  # float32: the same sums in the same order
+    assert torch.equal(x_nchw, x) and torch.allclose(other_layout, plain, atol=1e-6)  # not channels-last: a new tensor
     assert rounded.dtype == plain_bf16.dtype == torch.bfloat16
     # bfloat16: the sum is rounded once instead of twice, so within one rounding of the output
     assert torch.allclose(rounded.float(), plain_bf16.float(), rtol=2**-7, atol=2**-7)
