@@ -25,6 +25,9 @@ Parts (all on by default; ``--parts`` picks a subset):
              image resized with LANCZOS); each size and operation runs in its own fresh
              process after a small warm-up, which also gives its peak RSS (VmHWM).
              ``--skip-rss`` times the sizes in this process instead (faster, no memory).
+``batch``    ``encode_batch`` / ``decode_batch`` of the images (batch 8) against one file at a
+             time, and the exact per-file stage of a batch (entropy coding, integer networks)
+             on one thread against a thread per core (``codec._per_file``); medians of 3.
 ``floor``    what the transforms' arithmetic alone costs on this CPU: the best rate of a
              dense 3x3 convolution (96 -> 96 channels, 128x192, channels-last, torch, the
              codec's threads) in float32 and, where the CPU has it natively, bfloat16;
@@ -85,7 +88,7 @@ from _common import (  # noqa: E402
 import pillow_cnnz  # noqa: E402,F401  (registers the format)
 from PIL import Image, features  # noqa: E402
 
-PARTS = ("codecs", "stages", "floor", "cold", "import", "scaling", "tiling")
+PARTS = ("codecs", "stages", "batch", "floor", "cold", "import", "scaling", "tiling")
 PEERS = {
     "jpeg-q75": ("JPEG", {"quality": 75}),
     "jpeg-q85": ("JPEG", {"quality": 85}),
@@ -301,6 +304,47 @@ def part_stages(paths: list[Path], args: argparse.Namespace) -> dict:
                        "hyper": "hyper.hyper_band: integer hyper network, numpy float64 BLAS",
                        "ans_encode/ans_decode": "entropy.Encoder.push+finish / Decoder.pull+finish (both streams), constriction",
                        "other": "the rest: h_a (encode), padding, conversions, container, Pillow"}}
+
+
+def part_batch(paths: list[Path], args: argparse.Namespace) -> dict:
+    """Batch API throughput, and the exact stage of a batch on one thread vs a thread per core."""
+    from pillow_cnnz import codec, container
+
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    files = codec.encode_batch(arrays[:2], ["RGB"] * 2, args.quality)  # warm-up
+    codec.decode_batch(files)
+    pixels = sum(a.shape[0] * a.shape[1] for a in arrays)
+
+    def timed_median(fn, runs: int = 3) -> float:
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return median(times)
+
+    files = codec.encode_batch(arrays, ["RGB"] * len(arrays), args.quality)
+    parsed = [container.parse(f) for f in files]
+
+    def exact_stage() -> None:
+        codec._per_file(lambda hp: codec.decode_y_hat(hp[0], hp[1]["LATZ"], hp[1]["LATY"]), parsed)
+
+    one_core = mock.patch.object(codec.os, "sched_getaffinity", lambda pid: {0}, create=True)
+    with one_core:
+        exact_one = timed_median(exact_stage)
+    exact_all = timed_median(exact_stage)
+    out = {"images": len(arrays), "megapixels": pixels / 1e6, "batch_size": 8,
+           "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+           "exact_decode_stage_ms_per_file": {"one_thread": 1e3 * exact_one / len(files),
+                                              "thread_per_core": 1e3 * exact_all / len(files)}}
+    runs = {"decode_batch": lambda: codec.decode_batch(files, batch_size=8),
+            "decode one at a time": lambda: [codec.decode(f) for f in files],
+            "encode_batch": lambda: codec.encode_batch(arrays, ["RGB"] * len(arrays), args.quality, batch_size=8),
+            "encode one at a time": lambda: [codec.encode(a, "RGB", args.quality) for a in arrays]}
+    for name, fn in runs.items():
+        t = timed_median(fn)
+        out[name] = {"ms_per_file": 1e3 * t / len(files), "mp_per_s": pixels / t / 1e6}
+    return out
 
 
 def part_floor(args: argparse.Namespace, pixels: int = 768 * 512) -> dict:
@@ -569,6 +613,17 @@ def report(res: dict) -> str:
                              "other (h_a, glue)"], rows))
         out.append("")
         out.append("torch threads per variant: " + ", ".join(f"{k}: {v['torch_threads']}" for k, v in s["variants"].items()))
+    if "batch" in res:
+        b = res["batch"]
+        e = b["exact_decode_stage_ms_per_file"]
+        out += ["", f"### Batch API ({b['images']} images, {b['megapixels']:.1f} MP, batch {b['batch_size']}, "
+                f"{b['cores']} cores; medians of 3)", ""]
+        rows = [[name, f"{b[name]['ms_per_file']:.0f}", f"{b[name]['mp_per_s']:.2f}"]
+                for name in ("decode_batch", "decode one at a time", "encode_batch", "encode one at a time")]
+        out.append(md_table(["call", "ms per file", "MP/s"], rows))
+        out += ["", f"Exact per-file stage of a batch decode (entropy decoding, integer hyper and context networks): "
+                f"{e['one_thread']:.1f} ms a file on one thread, {e['thread_per_core']:.1f} ms on a thread per core "
+                f"({e['one_thread'] / e['thread_per_core']:.2f}×)."]
     if "floor" in res:
         f = res["floor"]
         out += ["", f"### Arithmetic floor of the transforms ({f['pixels'] / 1e6:.2f} MP, {f['threads']} torch threads)", ""]
@@ -695,6 +750,9 @@ def main(argv: list[str] | None = None) -> int:
         if "stages" in parts:
             print("stages ...", file=sys.stderr)
             res["stages"] = part_stages(paths, args)
+        if "batch" in parts:
+            print("batch ...", file=sys.stderr)
+            res["batch"] = part_batch(paths, args)
         if "floor" in parts:
             print("floor ...", file=sys.stderr)
             res["floor"] = part_floor(args)

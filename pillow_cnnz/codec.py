@@ -356,6 +356,12 @@ def code_latents(model: Model, z: np.ndarray, y: np.ndarray) -> tuple[bytes, byt
 def _code_latents(model: Model, z: np.ndarray, y: np.ndarray,
                   keep: bool) -> tuple[bytes, bytes, np.ndarray | None, np.ndarray | None]:
     """``code_latents``, and with ``keep`` also the image's symbols and scale indexes."""
+    with blas.threads(1, shared=True):  # see decode_y_hat
+        return _code_latents_in_section(model, z, y, keep)
+
+
+def _code_latents_in_section(model: Model, z: np.ndarray, y: np.ndarray,
+                             keep: bool) -> tuple[bytes, bytes, np.ndarray | None, np.ndarray | None]:
     latz = entropy.encode(z, _channel_index(z.shape), model.z_tables)
     enc = entropy.Encoder(model.y_tables)
     f = hyper.upsampling(model.hyper_layers)
@@ -412,21 +418,26 @@ def _latent_bands(header: container.Header, latz: bytes, laty: bytes):
 
 def decode_latents(header: container.Header, latz: bytes, laty: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Integer ẑ, integer latent symbols and their float means: numpy only, exact."""
-    it = _latent_bands(header, latz, laty)
-    _, z = next(it)
-    parts = list(it)
+    with blas.threads(1, shared=True):  # see decode_y_hat
+        it = _latent_bands(header, latz, laty)
+        _, z = next(it)
+        parts = list(it)
     return z, np.concatenate([p[1] for p in parts], axis=1), np.concatenate([p[2] for p in parts], axis=1)
 
 
 def decode_y_hat(header: container.Header, latz: bytes, laty: bytes) -> np.ndarray:
     """The synthesis input ŷ = (symbols + μ) × inverse gain, (M, h, w) float32, built band by band."""
-    it = _latent_bands(header, latz, laty)
-    model, z = next(it)
-    f = hyper.upsampling(model.hyper_layers)
-    inv_gain = (2 ** model.log2_gains(header.quality)[1]).astype(np.float32)[:, None, None]
-    y_hat = np.empty((model.meta["config"]["M"], z.shape[1] * f, z.shape[2] * f), np.float32)
-    for (a, b), symbols, mu in it:
-        np.multiply(symbols + mu, inv_gain, out=y_hat[:, a:b])
+    # One BLAS section for the whole file, which the integer networks' sections join: BLAS's
+    # count then changes once, not at every band (raising it again lets OpenBLAS's idle
+    # workers spin, which took the cores from the other files of a batch decoding beside it).
+    with blas.threads(1, shared=True):
+        it = _latent_bands(header, latz, laty)
+        model, z = next(it)
+        f = hyper.upsampling(model.hyper_layers)
+        inv_gain = (2 ** model.log2_gains(header.quality)[1]).astype(np.float32)[:, None, None]
+        y_hat = np.empty((model.meta["config"]["M"], z.shape[1] * f, z.shape[2] * f), np.float32)
+        for (a, b), symbols, mu in it:
+            np.multiply(symbols + mu, inv_gain, out=y_hat[:, a:b])
     return y_hat
 
 
@@ -530,14 +541,19 @@ def encode_batch(images: list[np.ndarray], modes: list[str], quality: float = 4.
     for ids in _groups([px.shape[:2] for px in images], batch_size):
         latents = analyse_batch([split[i][0] for i in ids], [quality] * len(ids), device, method=method)
         model = load()
-        for i, (z, y) in zip(ids, latents):
+
+        def exact_stage(job: tuple[int, tuple[np.ndarray, np.ndarray]]) -> bytes:
+            i, (z, y) = job
             sections = {k: v for k, v in (metadata[i] or {}).items() if v}
             alpha = split[i][1]
             if alpha is not None:
                 sections["ALPH"] = zstandard.ZstdCompressor(level=10).compress(np.ascontiguousarray(alpha).tobytes())
             sections["LATZ"], sections["LATY"] = code_latents(model, z, y)
             h, w = images[i].shape[:2]
-            out[i] = container.serialize(w, h, modes[i], quality, model.model_id, sections)
+            return container.serialize(w, h, modes[i], quality, model.model_id, sections)
+
+        for i, data in zip(ids, _per_file(exact_stage, list(zip(ids, latents)))):
+            out[i] = data
     return out
 
 
@@ -603,17 +619,45 @@ def _check_bomb(header: container.Header) -> None:
         raise Image.DecompressionBombError(msg)
 
 
+def _per_file(fn: Any, items: list) -> list:
+    """``[fn(x) for x in items]``, on a thread per CPU core when there are several items.
+
+    For the exact per-file stage of a batch (entropy coding, the integer networks, alpha):
+    numpy and zstd release the GIL for most of it, and its results do not depend on
+    threads (``blas.threads(shared=True)``). On a GPU this stage bounded a batch decode:
+    93 % of it on one core (``benchmarks/gpu.py``). ``fn`` must not run a float BLAS section
+    (the numpy synthesis): it would wait for the shared section held here to end."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    workers = min(len(items), cores)
+    if workers < 2:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    # The workers' BLAS sections join this one, so BLAS's count is set once for the batch:
+    # restored between files, OpenBLAS's idle workers spin and take the cores from the pool.
+    with blas.threads(1, shared=True), ThreadPoolExecutor(workers, thread_name_prefix="cnnz-batch") as pool:
+        return list(pool.map(fn, items))
+
+
 def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device: str | None = None,
                   batch_size: int = 8) -> list[np.ndarray]:
-    """Pixels of parsed files; same-size files share one synthesis pass."""
+    """Pixels of parsed files; same-size files share one synthesis pass, after their
+    entropy decoding ran on a thread per core."""
     for header, _ in files:
         _check_bomb(header)
     out: list[np.ndarray] = [np.empty(0)] * len(files)
+
+    def exact_stage(i: int) -> tuple[np.ndarray | None, np.ndarray]:
+        header, payloads = files[i]
+        return _alpha(header, payloads), decode_y_hat(header, payloads["LATZ"], payloads["LATY"])
+
     for ids in _groups([(f[0].height, f[0].width, f[0].model_id) for f in files], batch_size):
         headers = [files[i][0] for i in ids]
-        alphas = [_alpha(*files[i]) for i in ids]
-        y_hats = [decode_y_hat(h, files[i][1]["LATZ"], files[i][1]["LATY"]) for h, i in zip(headers, ids)]
-        for i, h, a, rgb in zip(ids, headers, alphas, synthesize_batch(headers, y_hats, device)):
+        alphas, y_hats = zip(*_per_file(exact_stage, ids))
+        for i, h, a, rgb in zip(ids, headers, alphas, synthesize_batch(headers, list(y_hats), device)):
             out[i] = _finish(h, rgb, a)
     return out
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +324,24 @@ def test_weights_arrays_inflate_on_first_use_and_equal_the_file():
         np.testing.assert_array_equal(arrays[k], v)
         assert arrays[k].dtype == v.dtype
     assert arrays.inflated() == {"a", "b", "c"}
+
+
+def test_batch_exact_stage_runs_on_a_thread_per_core_with_the_same_results(monkeypatch):
+    images = [photo(64, 96, seed=s) for s in range(4)]
+    files = [codec.encode(im, "RGB", 3.0) for im in images]
+    alone = [codec.decode(f) for f in files]
+    names = set()
+    real = codec.decode_y_hat
+
+    def recording(*args):
+        names.add(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(codec, "decode_y_hat", recording)
+    monkeypatch.setattr(codec.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    batch = codec.decode_batch(files)
+    assert len(names) >= 2 and all(n.startswith("cnnz-batch") for n in names)
+    for one, many in zip(alone, batch):
+        assert np.abs(one.astype(int) - many).max() <= 1  # the same latents; synthesis batched
+    again = codec.encode_batch(images, ["RGB"] * 4, 3.0)
+    assert again == files  # encoder's exact stage on threads: the same bytes
