@@ -56,6 +56,7 @@ from _common import (  # noqa: E402
     median,
     model_info,
     quantized_weights,
+    time_calls,
     write_json,
     weights_note,
 )
@@ -107,15 +108,6 @@ def int_bytes(values: np.ndarray) -> tuple[bytes, str]:
     flat = values.reshape(-1)
     dtype = "<i2" if flat.size == 0 or (flat.min() >= -(2**15) and flat.max() < 2**15) else "<i4"
     return flat.astype(dtype).tobytes(), dtype
-
-
-def time_calls(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return median(times)
 
 
 def measure(path: Path, quality: float, lengths: dict[str, CodeLengths], model: weights.Model,

@@ -81,6 +81,7 @@ from _common import (  # noqa: E402
     model_info,
     patched,
     run_python,
+    time_calls,
     write_json,
     weights_note,
 )
@@ -315,14 +316,6 @@ def part_batch(paths: list[Path], args: argparse.Namespace) -> dict:
     codec.decode_batch(files)
     pixels = sum(a.shape[0] * a.shape[1] for a in arrays)
 
-    def timed_median(fn, runs: int = 3) -> float:
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return median(times)
-
     files = codec.encode_batch(arrays, ["RGB"] * len(arrays), args.quality)
     parsed = [container.parse(f) for f in files]
 
@@ -331,8 +324,8 @@ def part_batch(paths: list[Path], args: argparse.Namespace) -> dict:
 
     one_core = mock.patch.object(codec.os, "sched_getaffinity", lambda pid: {0}, create=True)
     with one_core:
-        exact_one = timed_median(exact_stage)
-    exact_all = timed_median(exact_stage)
+        exact_one = time_calls(exact_stage, 3)
+    exact_all = time_calls(exact_stage, 3)
     out = {"images": len(arrays), "megapixels": pixels / 1e6, "batch_size": 8,
            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
            "exact_decode_stage_ms_per_file": {"one_thread": 1e3 * exact_one / len(files),
@@ -342,7 +335,7 @@ def part_batch(paths: list[Path], args: argparse.Namespace) -> dict:
             "encode_batch": lambda: codec.encode_batch(arrays, ["RGB"] * len(arrays), args.quality, batch_size=8),
             "encode one at a time": lambda: [codec.encode(a, "RGB", args.quality) for a in arrays]}
     for name, fn in runs.items():
-        t = timed_median(fn)
+        t = time_calls(fn, 3)
         out[name] = {"ms_per_file": 1e3 * t / len(files), "mp_per_s": pixels / t / 1e6}
     return out
 
