@@ -52,8 +52,8 @@ class LazyArrays(Mapping[str, np.ndarray]):
     """The arrays of a verified ``.npz``, each inflated on first use, then kept.
 
     A decode reads the synthesis, the integer networks and the tables: inflating the
-    encoder's transforms and the float entropy model too took 100 of a cold start's
-    980 ms. Thread-safe; the compressed bytes are dropped once every array is loaded.
+    encoder's transforms and the float entropy model too cost a cold start about 80 ms.
+    Thread-safe; the compressed bytes are dropped once every array is loaded.
     """
 
     def __init__(self, data: bytes) -> None:
