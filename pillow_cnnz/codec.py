@@ -644,8 +644,9 @@ def _per_file(fn: Any, items: list) -> list:
 
 def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device: str | None = None,
                   batch_size: int = 8) -> list[np.ndarray]:
-    """Pixels of parsed files; same-size files share one synthesis pass, after their
-    entropy decoding ran on a thread per core."""
+    """Pixels of parsed files. Their entropy decoding runs on a thread per core; on a GPU
+    same-size files then share one synthesis pass, on a CPU they are synthesized one at a
+    time (a batch of 8 Kodak images took 189 ms a file against 172 one by one)."""
     for header, _ in files:
         _check_bomb(header)
     out: list[np.ndarray] = [np.empty(0)] * len(files)
@@ -657,7 +658,11 @@ def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device
     for ids in _groups([(f[0].height, f[0].width, f[0].model_id) for f in files], batch_size):
         headers = [files[i][0] for i in ids]
         alphas, y_hats = zip(*_per_file(exact_stage, ids))
-        for i, h, a, rgb in zip(ids, headers, alphas, synthesize_batch(headers, list(y_hats), device)):
+        if resolve_device(device) == "cpu":
+            rgbs = [synthesize_batch([h], [y], device)[0] for h, y in zip(headers, y_hats)]
+        else:
+            rgbs = synthesize_batch(headers, list(y_hats), device)
+        for i, h, a, rgb in zip(ids, headers, alphas, rgbs):
             out[i] = _finish(h, rgb, a)
     return out
 
