@@ -356,7 +356,7 @@ def code_latents(model: Model, z: np.ndarray, y: np.ndarray) -> tuple[bytes, byt
 def _code_latents(model: Model, z: np.ndarray, y: np.ndarray,
                   keep: bool) -> tuple[bytes, bytes, np.ndarray | None, np.ndarray | None]:
     """``code_latents``, and with ``keep`` also the image's symbols and scale indexes."""
-    with blas.threads(1, shared=True):  # see decode_y_hat
+    with blas.threads(1):  # see decode_y_hat
         return _code_latents_in_section(model, z, y, keep)
 
 
@@ -418,7 +418,7 @@ def _latent_bands(header: container.Header, latz: bytes, laty: bytes):
 
 def decode_latents(header: container.Header, latz: bytes, laty: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Integer ẑ, integer latent symbols and their float means: numpy only, exact."""
-    with blas.threads(1, shared=True):  # see decode_y_hat
+    with blas.threads(1):  # see decode_y_hat
         it = _latent_bands(header, latz, laty)
         _, z = next(it)
         parts = list(it)
@@ -427,10 +427,10 @@ def decode_latents(header: container.Header, latz: bytes, laty: bytes) -> tuple[
 
 def decode_y_hat(header: container.Header, latz: bytes, laty: bytes) -> np.ndarray:
     """The synthesis input ŷ = (symbols + μ) × inverse gain, (M, h, w) float32, built band by band."""
-    # One BLAS section for the whole file, which the integer networks' sections join: BLAS's
-    # count then changes once, not at every band (raising it again lets OpenBLAS's idle
-    # workers spin, which took the cores from the other files of a batch decoding beside it).
-    with blas.threads(1, shared=True):
+    # One BLAS section for the whole file, inside which the integer networks' sections just
+    # run: BLAS's count changes once, not at every band (raising it again lets OpenBLAS's
+    # idle workers spin, which took the cores from the other files of a batch).
+    with blas.threads(1):
         it = _latent_bands(header, latz, laty)
         model, z = next(it)
         f = hyper.upsampling(model.hyper_layers)
@@ -624,9 +624,9 @@ def _per_file(fn: Any, items: list) -> list:
 
     For the exact per-file stage of a batch (entropy coding, the integer networks, alpha):
     numpy and zstd release the GIL for most of it, and its results do not depend on
-    threads (``blas.threads(shared=True)``). On a GPU this stage bounded a batch decode:
-    93 % of it on one core (``benchmarks/gpu.py``). ``fn`` must not run a float BLAS section
-    (the numpy synthesis): it would wait for the shared section held here to end."""
+    threads. On a GPU this stage bounded a batch decode: 93 % of it on one core
+    (``benchmarks/gpu.py``). ``fn`` runs in the one-thread BLAS section held here
+    (``blas.lend``), so it must not ask for another count (the float synthesis)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -636,10 +636,10 @@ def _per_file(fn: Any, items: list) -> list:
         return [fn(x) for x in items]
     from concurrent.futures import ThreadPoolExecutor
 
-    # The workers' BLAS sections join this one, so BLAS's count is set once for the batch:
-    # restored between files, OpenBLAS's idle workers spin and take the cores from the pool.
-    with blas.threads(1, shared=True), ThreadPoolExecutor(workers, thread_name_prefix="cnnz-batch") as pool:
-        return list(pool.map(fn, items))
+    # One BLAS section for the batch, lent to the workers: BLAS's count is set once, by this
+    # thread (restored between files, OpenBLAS's idle workers spin and take the cores).
+    with blas.threads(1), ThreadPoolExecutor(workers, thread_name_prefix="cnnz-batch") as pool:
+        return list(pool.map(blas.lend(fn), items))
 
 
 def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device: str | None = None,

@@ -62,7 +62,7 @@ def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None
         y_anchor[c, 1:-1, 1:-1] = np.where(mask, np.clip(symbols[c] * 2.0**hyper.FRAC_BITS + out[c], -limit, limit), 0)
     refined = out if inplace and out.dtype == np.float64 else out.astype(np.float64)
     chunk = chunk or CHUNK
-    with blas.threads(1, shared=True):  # see hyper.hyper_band
+    with blas.threads(1):  # see hyper.hyper_band
         for p in (0, 1):  # rows of parity p: non-anchors in every other column from 1 - p
             cols = np.arange(1 - p, width, 2).size
             if cols == 0:

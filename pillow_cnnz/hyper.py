@@ -100,7 +100,7 @@ def hyper_band(layers: list[dict], z: np.ndarray, top: int, bottom: int, cols: i
     band = None  # filled chunk by chunk: no list of parts and concatenated copy (2x a band's bytes)
     # One BLAS thread: its spinning workers otherwise fight torch's for the cores
     # (measured: hyper network 245 ms -> 25 ms per Kodak image on 2 cores).
-    with blas.threads(1, shared=True):  # exact at any count: other files' bands may run beside it
+    with blas.threads(1):
         for c0 in range(0, width, cols):
             c1 = min(c0 + cols, width)
             left, right = max(c0 - HALO, 0), min(c1 + HALO, width)
