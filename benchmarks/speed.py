@@ -27,7 +27,8 @@ Parts (all on by default; ``--parts`` picks a subset):
              ``--skip-rss`` times the sizes in this process instead (faster, no memory).
 ``batch``    ``encode_batch`` / ``decode_batch`` of the images (batch 8) against one file at a
              time, and the exact per-file stage of a batch (entropy coding, integer networks)
-             on one thread against a thread per core (``codec._per_file``); medians of 3.
+             on one thread against a thread per core (``codec._per_file``); medians of 3
+             rounds, each round running every variant in turn.
 ``floor``    what the transforms' arithmetic alone costs on this CPU: the best rate of a
              dense 3x3 convolution (96 -> 96 channels, 128x192, channels-last, torch, the
              codec's threads) in float32 and, where the CPU has it natively, bfloat16;
@@ -323,20 +324,30 @@ def part_batch(paths: list[Path], args: argparse.Namespace) -> dict:
         codec._per_file(lambda hp: codec.decode_y_hat(hp[0], hp[1]["LATZ"], hp[1]["LATY"]), parsed)
 
     one_core = mock.patch.object(codec.os, "sched_getaffinity", lambda pid: {0}, create=True)
-    with one_core:
-        exact_one = time_calls(exact_stage, 3)
-    exact_all = time_calls(exact_stage, 3)
+
+    def exact_stage_one_thread() -> None:
+        with one_core:
+            exact_stage()
+
     out = {"images": len(arrays), "megapixels": pixels / 1e6, "batch_size": 8,
            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-           "exact_decode_stage_ms_per_file": {"one_thread": 1e3 * exact_one / len(files),
-                                              "thread_per_core": 1e3 * exact_all / len(files)}}
-    runs = {"decode_batch": lambda: codec.decode_batch(files, batch_size=8),
+           "rounds": 3}
+    runs = {"exact one thread": exact_stage_one_thread, "exact thread per core": exact_stage,
+            "decode_batch": lambda: codec.decode_batch(files, batch_size=8),
             "decode one at a time": lambda: [codec.decode(f) for f in files],
             "encode_batch": lambda: codec.encode_batch(arrays, ["RGB"] * len(arrays), args.quality, batch_size=8),
             "encode one at a time": lambda: [codec.encode(a, "RGB", args.quality) for a in arrays]}
-    for name, fn in runs.items():
-        t = time_calls(fn, 3)
-        out[name] = {"ms_per_file": 1e3 * t / len(files), "mp_per_s": pixels / t / 1e6}
+    # Rounds of every call in turn, so a change in the machine's background load hits all of them.
+    seconds = {name: [] for name in runs}
+    for _ in range(out["rounds"]):
+        for name, fn in runs.items():
+            seconds[name].append(time_calls(fn, 1))
+    t = {name: median(v) for name, v in seconds.items()}
+    out["exact_decode_stage_ms_per_file"] = {"one_thread": 1e3 * t["exact one thread"] / len(files),
+                                             "thread_per_core": 1e3 * t["exact thread per core"] / len(files)}
+    for name in list(runs)[2:]:
+        out[name] = {"ms_per_file": 1e3 * t[name] / len(files), "mp_per_s": pixels / t[name] / 1e6,
+                     "per_round_s": seconds[name]}
     return out
 
 
@@ -610,7 +621,7 @@ def report(res: dict) -> str:
         b = res["batch"]
         e = b["exact_decode_stage_ms_per_file"]
         out += ["", f"### Batch API ({b['images']} images, {b['megapixels']:.1f} MP, batch {b['batch_size']}, "
-                f"{b['cores']} cores; medians of 3)", ""]
+                f"{b['cores']} cores; medians of {b['rounds']} rounds, each running every call in turn)", ""]
         rows = [[name, f"{b[name]['ms_per_file']:.0f}", f"{b[name]['mp_per_s']:.2f}"]
                 for name in ("decode_batch", "decode one at a time", "encode_batch", "encode one at a time")]
         out.append(md_table(["call", "ms per file", "MP/s"], rows))
