@@ -14,7 +14,8 @@ Parts, all on the same images in one run:
                and on this machine's CPU (the peer measured in the same run).
 ``batch``      ``encode_batch`` / ``decode_batch`` of all images at several batch sizes: MP/s,
                and the decode split into the CPU part (entropy decoding and the integer
-               hyper network) and the GPU synthesis.
+               hyper network; on one thread, and on a thread per core as ``decode_batch``
+               runs it) and the GPU synthesis.
 ``sizes``      one image resized to ``--sizes`` megapixels: encode / decode MP/s and the
                GPU's peak allocated memory (the codec tiles: it stays bounded).
 
@@ -124,6 +125,7 @@ def part_batch(images: list[np.ndarray], q: float, dev: str, sizes: list[int]) -
                             "encode_s": te, "decode_s": td})
     parsed = [container.parse(f) for f in files]
     y_hats, t_cpu = timed(lambda: [codec.decode_y_hat(h, p["LATZ"], p["LATY"]) for h, p in parsed])
+    _, t_threads = timed(codec._per_file, lambda hp: codec.decode_y_hat(hp[0], hp[1]["LATZ"], hp[1]["LATY"]), parsed)
     bs = max(sizes)
     headers = [h for h, _ in parsed]
 
@@ -132,7 +134,8 @@ def part_batch(images: list[np.ndarray], q: float, dev: str, sizes: list[int]) -
             codec.synthesize_batch([headers[i] for i in ids], [y_hats[i] for i in ids], dev)
 
     _, t_syn = timed(synth)
-    out["decode_split_s"] = {"entropy_and_hyper_cpu": t_cpu, "synthesis": t_syn, "batch_size": bs}
+    out["decode_split_s"] = {"entropy_and_hyper_cpu": t_cpu, "entropy_and_hyper_cpu_thread_per_core": t_threads,
+                             "synthesis": t_syn, "batch_size": bs}
     return out
 
 
