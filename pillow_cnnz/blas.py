@@ -49,15 +49,18 @@ def threads(count: int | None = None) -> Iterator[None]:
     A section inside one this thread already runs in (its own, or one lent to it) just
     runs; it must ask for the same count."""
     held = getattr(_local, "count", None)
-    if held is not None:
-        if (count or _default_count()) != held:
-            msg = f"a BLAS section at {count or _default_count()} threads inside one at {held}"
+    if held is not None:  # _init ran when the outer section began
+        if count is None:
+            count = _default_count()
+        if count != held:
+            msg = f"a BLAS section at {count} threads inside one at {held}"
             raise RuntimeError(msg)
         yield
         return
     with _lock:
         _init()
-        count = count or _default_count()
+        if count is None:
+            count = _default_count()
         with _controller.limit(limits=count, user_api="blas"):
             _local.count = count
             try:

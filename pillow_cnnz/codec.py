@@ -356,23 +356,18 @@ def code_latents(model: Model, z: np.ndarray, y: np.ndarray) -> tuple[bytes, byt
 def _code_latents(model: Model, z: np.ndarray, y: np.ndarray,
                   keep: bool) -> tuple[bytes, bytes, np.ndarray | None, np.ndarray | None]:
     """``code_latents``, and with ``keep`` also the image's symbols and scale indexes."""
-    with blas.threads(1):  # see decode_y_hat
-        return _code_latents_in_section(model, z, y, keep)
-
-
-def _code_latents_in_section(model: Model, z: np.ndarray, y: np.ndarray,
-                             keep: bool) -> tuple[bytes, bytes, np.ndarray | None, np.ndarray | None]:
     latz = entropy.encode(z, _channel_index(z.shape), model.z_tables)
     enc = entropy.Encoder(model.y_tables)
     f = hyper.upsampling(model.hyper_layers)
     kept = []
     bands = hyper.bands(z.shape[1])
-    for top, bottom in reversed(bands):
-        symbols, idx = _encode_band(model, enc, z, top, bottom, y[:, top * f : bottom * f])
-        if len(bands) > 1:
-            _return_freed_heap()  # each band's temporaries otherwise fragment the heap
-        if keep:
-            kept.append((symbols, idx))
+    with blas.threads(1):  # one section for all bands, see decode_y_hat
+        for top, bottom in reversed(bands):
+            symbols, idx = _encode_band(model, enc, z, top, bottom, y[:, top * f : bottom * f])
+            if len(bands) > 1:
+                _return_freed_heap()  # each band's temporaries otherwise fragment the heap
+            if keep:
+                kept.append((symbols, idx))
     if not keep:
         return latz, enc.finish(), None, None
     return (latz, enc.finish(), np.concatenate([k[0] for k in kept[::-1]], axis=1).astype(np.int64),

@@ -61,11 +61,12 @@ def subset(src: str | Path, dst: str | Path, pattern: str, max_bytes: int, seed:
     Path(dst).mkdir(parents=True, exist_ok=True)
     picked, total = [], 0
     for f in files:
-        if total + f.stat().st_size > max_bytes:
+        size = f.stat().st_size
+        if total + size > max_bytes:
             break
         shutil.copy(f, Path(dst) / f.name)
         picked.append(f)
-        total += f.stat().st_size
+        total += size
     return picked
 
 
