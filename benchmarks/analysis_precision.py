@@ -1,16 +1,18 @@
 #!/usr/bin/env python
-"""Does the encoder's analysis lose anything in bfloat16? (On the shipped weights it gains.)
+"""Does the encoder's analysis lose anything in bfloat16 or int8? (bfloat16 gains on the shipped weights.)
 
-Encodes a folder at quality 1..8 twice through ``codec.encode`` (real files), once with the
-analysis network in float32 and once in bfloat16; everything else, the decoder included, runs
-as ``auto`` picks. Reports mean bpp / PSNR per quality, BD-rate (PSNR, PCHIP) of bfloat16
-against float32, the analysis time of each on the first image, and how many files differ.
-The weights train under bfloat16 autocast, which is why the bfloat16 analysis can be the
-better one. Needs a CPU with native bfloat16 to be fast (AMX: ``codec._cpu_has_amx``).
+Encodes a folder at quality 1..8 through ``codec.encode`` (real files) once per precision of
+the analysis network (float32 first, then each of ``--precisions``); everything else, the
+decoder included, runs as ``auto`` picks. Reports mean bpp / PSNR per quality, BD-rate (PSNR,
+PCHIP) of each against float32, the analysis time of each on the first image (after a warm-up),
+and how many files differ. The weights train under bfloat16 autocast, which is why the bfloat16
+analysis can be the better one. bfloat16 needs a CPU with native bfloat16 to be fast (AMX:
+``codec._cpu_has_amx``), int8 one with VNNI (``pillow_cnnz/int8.py``).
 
 Example (from the repository root)::
 
     python benchmarks/analysis_precision.py --data ../shared/data/kodak
+    python benchmarks/analysis_precision.py --precisions int8 --out benchmarks/results/analysis_precision_int8.json
 """
 from __future__ import annotations
 
@@ -31,15 +33,13 @@ from rd import psnr  # noqa: E402
 from pillow_cnnz import codec  # noqa: E402
 from pillow_cnnz.train.data import image_paths  # noqa: E402
 
-PRECISIONS = ("float32", "bfloat16")
-
 
 def analysis_in(precision: str):
     """``codec.resolve_precision`` answering ``precision`` for the analysis, as before otherwise."""
     original = codec.resolve_precision
 
-    def resolve(value=None, device="cpu", analysis=False):  # noqa: ANN001, ANN202
-        return precision if analysis else original(value, device, analysis)
+    def resolve(value=None, device="cpu", analysis=False, int8=False):  # noqa: ANN001, ANN202
+        return precision if analysis else original(value, device, analysis, int8)
 
     return mock.patch.object(codec, "resolve_precision", resolve)
 
@@ -48,7 +48,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data/kodak")
     p.add_argument("--out", default="benchmarks/results/analysis_precision.json")
+    p.add_argument("--precisions", default="bfloat16", help="comma-separated, each compared with float32")
     args = p.parse_args()
+    precisions = ("float32", *args.precisions.split(","))
     import torch  # noqa: F401  (auto decodes in bfloat16 once torch is imported, for both runs alike)
 
     images = [np.asarray(Image.open(path).convert("RGB")) for path in image_paths(args.data)]
@@ -58,10 +60,11 @@ def main() -> int:
     net = model.net("cpu", "float32")
     res: dict = {"data": args.data, "images": len(images), "model_id": model.model_id.hex(), "precisions": {}}
     files = {}
-    for prec in PRECISIONS:
-        codec._analysis(net, images[:1], "cpu", prec)  # warm-up
+    for prec in precisions:
+        g_a = model.int8_analysis() if prec == "int8" else None
+        codec._analysis(net, images[:1], "cpu", prec, g_a)  # warm-up
         t0 = time.perf_counter()
-        codec._analysis(net, images[:1], "cpu", prec)
+        codec._analysis(net, images[:1], "cpu", prec, g_a)
         seconds = time.perf_counter() - t0
         bpp, quality = np.zeros((8, len(images))), np.zeros((8, len(images)))
         with analysis_in(prec):
@@ -75,16 +78,19 @@ def main() -> int:
                                    "analysis_seconds_first_image": seconds}
         print(f"{prec}: bpp {np.round(bpp.mean(1), 4).tolist()}", file=sys.stderr)
         print(f"{prec}: psnr {np.round(quality.mean(1), 3).tolist()}", file=sys.stderr)
-    f32, b16 = (res["precisions"][k] for k in PRECISIONS)
-    res["bd_rate_bfloat16_vs_float32"] = bd_rate(f32["bpp"], f32["psnr-rgb"], b16["bpp"], b16["psnr-rgb"])
-    res["files_differing"] = sum(files["float32", k[1], k[2]] != v for k, v in files.items() if k[0] == "bfloat16")
-    res["files"] = len(files) // 2
+    f32 = res["precisions"]["float32"]
+    for prec in precisions[1:]:
+        other = res["precisions"][prec]
+        res[f"bd_rate_{prec}_vs_float32"] = bd_rate(f32["bpp"], f32["psnr-rgb"], other["bpp"], other["psnr-rgb"])
+        res[f"files_differing_{prec}"] = sum(files["float32", k[1], k[2]] != v for k, v in files.items() if k[0] == prec)
+    res["files"] = len(images) * 8
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(f"BD-rate bfloat16 vs float32 analysis: {res['bd_rate_bfloat16_vs_float32']:+.2f} % "
-          f"({res['files_differing']} of {res['files']} files differ); analysis of one image "
-          f"{1e3 * f32['analysis_seconds_first_image']:.0f} ms float32, "
-          f"{1e3 * b16['analysis_seconds_first_image']:.0f} ms bfloat16")
+    for prec in precisions[1:]:
+        print(f"BD-rate {prec} vs float32 analysis: {res[f'bd_rate_{prec}_vs_float32']:+.3f} % "
+              f"({res[f'files_differing_{prec}']} of {res['files']} files differ); analysis of one image "
+              f"{1e3 * f32['analysis_seconds_first_image']:.0f} ms float32, "
+              f"{1e3 * res['precisions'][prec]['analysis_seconds_first_image']:.0f} ms {prec}")
     return 0
 
 

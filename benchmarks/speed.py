@@ -279,7 +279,7 @@ def part_codecs(paths: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
                      "decode": cnnz["decode_ms_median"] / s["decode_ms_median"]}
               for name, s in summary.items() if s["format"] != "CNNZ"}
     return {"images": [p.name for p in paths], "torch_threads": torch.get_num_threads(),
-            "analysis_precision": codec.resolve_precision(None, "cpu", analysis=True),
+            "analysis_precision": codec.resolve_precision(None, "cpu", analysis=True, int8=codec.load().has_int8),
             "repeat": args.repeat, "cnnz_repeat": args.cnnz_repeat, "skipped": skipped,
             "codecs": summary, "cnnz_over_peer": ratios}
 

@@ -119,8 +119,15 @@ def _cpu_has_amx() -> bool:
     return flags is not None and "amx_bf16" in flags
 
 
-def resolve_precision(precision: str | None = None, device: str = "cpu", analysis: bool = False) -> str:
-    """Float type of the transforms: argument, else ``CNNZ_PRECISION``, else ``auto``.
+def _cpu_has_vnni() -> bool:
+    """8-bit dot-product instructions (AVX512-VNNI or AVX-VNNI): where oneDNN's int8 pays."""
+    flags = _cpu_flags()
+    return flags is not None and ("avx512_vnni" in flags or "avx_vnni" in flags)
+
+
+def resolve_precision(precision: str | None = None, device: str = "cpu", analysis: bool = False,
+                      int8: bool = False) -> str:
+    """Number type of the transforms: argument, else ``CNNZ_PRECISION``, else ``auto``.
 
     ``auto`` is bfloat16 where the hardware runs it natively (CUDA, CPUs with AVX512-BF16
     or AMX: about 1.8x faster synthesis, within 2 levels of float32) and float32 elsewhere.
@@ -132,24 +139,41 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
     The encoder's ``analysis`` takes bfloat16 on a CPU only with AMX: there it is 3-5x faster
     than float32 and was checked to give the same latents from call to call, alone or in a
     batch, at 1 or 2 threads (a test pins the bytes). On AVX512-BF16 without AMX a bfloat16
-    analysis was seen to round a latent differently from one call to the next, so it stays
-    float32 there: the same image should give the same bytes. The weights train under
-    bfloat16 autocast, and the bfloat16 analysis codes Kodak as small or smaller (BD-rate
+    analysis was seen to round a latent differently from one call to the next. There, and on
+    any other CPU with 8-bit dot products (VNNI), it takes ``int8`` when the model ships its
+    ranges (``int8``, ``pillow_cnnz/int8.py``): residual blocks in integers, 2x faster than
+    float32 on a Kodak image (AVX-512 Xeon, 2 cores), latents closer to float32's than
+    bfloat16's, the same bytes at any thread count. ``int8`` is the CPU analysis' only: asked
+    for elsewhere (a synthesis, CUDA) it means ``auto``. The weights train under bfloat16
+    autocast, and the bfloat16 analysis codes Kodak as small or smaller (BD-rate
     −0.08 % with the 347.5k weights, −0.5 % with the 325k ones,
     ``benchmarks/analysis_precision.py``) than the float32 one. ``analyse_batch`` still runs
     the hyper-analysis in float32: bfloat16 oneDNN got a one-column ẑ wrong.
     """
     precision = precision or os.environ.get("CNNZ_PRECISION") or "auto"
-    if precision not in ("auto", "float32", "float64", "bfloat16"):
-        msg = f"unknown precision {precision!r}; use auto, float32, float64 or bfloat16"
+    if precision not in ("auto", "float32", "float64", "bfloat16", "int8"):
+        msg = f"unknown precision {precision!r}; use auto, float32, float64, bfloat16 or int8"
         raise ValueError(msg)
+    if precision == "int8" and not (analysis and device == "cpu"):
+        precision = "auto"
     if precision == "auto":
         if device.startswith("cuda"):
-            fast = _torch().cuda.is_bf16_supported()
+            precision = "bfloat16" if _torch().cuda.is_bf16_supported() else "float32"
+        elif "torch" not in sys.modules:
+            precision = "float32"
+        elif not analysis:
+            precision = "bfloat16" if _cpu_has_bf16() else "float32"
+        elif _cpu_has_amx():
+            precision = "bfloat16"
         else:
-            fast = "torch" in sys.modules and (_cpu_has_amx() if analysis else _cpu_has_bf16())
-        precision = "bfloat16" if fast else "float32"
+            precision = "int8" if int8 and _cpu_has_vnni() and _int8_supported() else "float32"
     return precision
+
+
+def _int8_supported() -> bool:
+    from . import int8
+
+    return int8.supported()
 
 
 def _tiles(size: int) -> list[tuple[int, int]]:
@@ -166,7 +190,10 @@ def _windows(rows: int, cols: int, grid: tuple[int, int]):
 
 
 def _run(torch: Any, layers: Any, x: Any, precision: str) -> Any:
-    """``layers(x)`` in ``precision``: bfloat16 via autocast, so weights stay float32."""
+    """``layers(x)`` in ``precision``: bfloat16 via autocast, so weights stay float32; int8
+    layers (``int8.Int8Analysis``) take float32 and quantize inside."""
+    if precision == "int8":
+        return layers(x)
     if precision == "bfloat16":
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             return layers(x)
@@ -192,13 +219,15 @@ def _hyper_grid(height: int, width: int) -> tuple[int, int]:
     return -(-height // PAD_MULTIPLE), -(-width // PAD_MULTIPLE)
 
 
-def _analysis(net: Any, rgbs: list[np.ndarray], device: str, precision: str) -> np.ndarray:
+def _analysis(net: Any, rgbs: list[np.ndarray], device: str, precision: str, g_a: Any = None) -> np.ndarray:
     """Latents y (N, M, H/16, W/16) float32 of same-size (H, W, 3) uint8 images, tile by tile.
 
     The images are taken as edge-padded to a multiple of 64; each tile pads its own
-    window, so no padded copy of a whole (possibly 50-megapixel) image is made.
+    window, so no padded copy of a whole (possibly 50-megapixel) image is made. ``g_a``
+    replaces ``net.g_a`` (the int8 analysis).
     """
     torch = _torch()
+    g_a = net.g_a if g_a is None else g_a
     h, w = rgbs[0].shape[:2]
     zh, zw = _hyper_grid(h, w)
     grid = (zh * PAD_MULTIPLE // LATENT_STRIDE, zw * PAD_MULTIPLE // LATENT_STRIDE)
@@ -209,7 +238,7 @@ def _analysis(net: Any, rgbs: list[np.ndarray], device: str, precision: str) -> 
         tile = np.stack([im[window] for im in rgbs])
         x = torch.from_numpy(tile).to(device).permute(0, 3, 1, 2)
         x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
-        out = _run(torch, net.g_a, x, precision)
+        out = _run(torch, g_a, x, precision)
         y[:, :, r0:r1, c0:c1] = out[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0].float().cpu().numpy()
     return y
 
@@ -310,13 +339,14 @@ def analyse_batch(rgbs: list[np.ndarray], qualities: list[float], device: str | 
     torch = _torch()
     steps = refine.steps_for(method)
     device = resolve_device(device)
-    precision = resolve_precision(precision, device, analysis=True)
     model = load()
+    precision = resolve_precision(precision, device, analysis=True, int8=model.has_int8)
     wide = "float64" if precision == "float64" else "float32"  # the weights', and h_a's
     net = model.net(device, wide)
+    g_a = model.int8_analysis() if precision == "int8" else net.g_a
     gains = np.stack([2 ** model.log2_gains(q)[0] for q in qualities]).astype(np.float32)
     with torch.inference_mode():
-        y = _analysis(net, rgbs, device, precision)
+        y = _analysis(net, rgbs, device, precision, g_a)
         if y.shape[2] * y.shape[3] > TILE * TILE:  # more than one tile: worth a trim
             _return_freed_heap()
         y *= gains[:, :, None, None]

@@ -99,6 +99,7 @@ class Model:
     y_tables: Tables
     hyper_layers: list[dict]
     context_layers: dict | None = None  # context.py's integer network, when the model has one
+    entry: dict = field(default_factory=dict)  # the model's manifest entry (its files and their hashes)
     _nets: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -120,6 +121,31 @@ class Model:
 
                 self._nets["numpy"] = NumpySynthesis(self)
             return self._nets["numpy"]
+
+    @property
+    def has_int8(self) -> bool:
+        """Whether the model ships the activation ranges its int8 analysis needs."""
+        return "int8" in self.entry
+
+    def int8_analysis(self):
+        """The CPU analysis with int8 residual blocks (``int8.py``), built once, thread-safe."""
+        net = self.net("cpu")
+        with self._lock:
+            if "int8" not in self._nets:
+                from . import int8
+
+                spec = self.entry.get("int8")
+                if spec is None:
+                    msg = f"model {self.model_id.hex()} ships no int8 activation ranges; use precision float32"
+                    raise WeightsError(msg)
+                path = weights_dir() / spec["file"]
+                try:
+                    ranges = int8.load_ranges(_verified(path, spec["sha256"]), self.model_id.hex(), net.g_a)
+                except ValueError as e:
+                    msg = f"{path}: {e}"
+                    raise WeightsError(msg) from e
+                self._nets["int8"] = int8.Int8Analysis(net.g_a, ranges)
+            return self._nets["int8"]
 
     def net(self, device: str, dtype: str = "float32", entropy: bool = False):
         """The torch network on ``device`` in ``dtype`` (built once per pair, thread-safe).
@@ -166,6 +192,21 @@ _cache: dict[bytes, Model] = {}
 _cache_lock = threading.Lock()
 
 
+def _verified(path: Path, sha256: str) -> bytes:
+    """The bytes of a shipped file, or WeightsError if unreadable or not the ones the manifest names."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        msg = f"cannot read weights file {path}: {e}"
+        raise WeightsError(msg) from e
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        msg = (f"weights file {path} is corrupted or was replaced: sha256 {digest}, "
+               f"expected {sha256}; reinstall pillow-cnnz")
+        raise WeightsError(msg)
+    return data
+
+
 def _read(model_id: bytes) -> Model:
     models = manifest()["models"]
     entry = models.get(model_id.hex())
@@ -174,17 +215,7 @@ def _read(model_id: bytes) -> Model:
                f"(installed: {', '.join(models) or 'none'}); open it with a pillow-cnnz release that ships "
                f"that model (the one that wrote it, or a newer one if the file is newer)")
         raise WeightsError(msg)
-    path = weights_dir() / entry["file"]
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        msg = f"cannot read weights file {path}: {e}"
-        raise WeightsError(msg) from e
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
-        msg = (f"weights file {path} is corrupted or was replaced: sha256 {digest}, "
-               f"expected {entry['sha256']}; reinstall pillow-cnnz")
-        raise WeightsError(msg)
+    data = _verified(weights_dir() / entry["file"], entry["sha256"])
     arrays = LazyArrays(data)
     meta = json.loads(str(arrays["meta"]))
     layers = []
@@ -203,7 +234,7 @@ def _read(model_id: bytes) -> Model:
         ctx = {name: {"shift": meta["context"]["shifts"][name],
                       "weight": arrays[f"context/{name}/weight"].astype(np.float64),
                       "bias": arrays[f"context/{name}/bias"].astype(np.float64)} for name in context.NAMES}
-    return Model(model_id, meta, arrays, tables("z"), tables("y"), layers, ctx)
+    return Model(model_id, meta, arrays, tables("z"), tables("y"), layers, ctx, entry)
 
 
 def load(model_id: bytes | None = None) -> Model:

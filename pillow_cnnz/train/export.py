@@ -241,7 +241,7 @@ def run_card(args: argparse.Namespace) -> int:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         meta = json.loads(str(npz["meta"]))
     info = {"model_id": manifest["default"], "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-            "meta": meta, "file": entry["file"]}
+            "meta": meta, "file": entry["file"], "int8": entry.get("int8")}
     (out / "README.md").write_text(model_card(info, Path(args.results)))
     return 0
 
@@ -310,6 +310,16 @@ def _analysis_note(cfg: dict) -> str:
     return (f"- analysis residual blocks ({config.N} channels, added as identity blocks, `fit --grow-analysis`): "
             f"{where}; the analysis costs {config.analysis_macs() / 1e3:.1f}k multiply-adds per pixel "
             f"(encode only).\n")
+
+
+def _int8_note(info: dict) -> str:
+    spec = info.get("int8")
+    if not spec:
+        return ("- int8 analysis: no activation ranges registered yet (`python -m pillow_cnnz.train int8`); "
+                "CPUs with VNNI run the analysis in float32 until then.\n")
+    return (f"- int8 analysis (encoder, CPUs with VNNI, `pillow_cnnz/int8.py`): activation ranges of its residual "
+            f"blocks in `{spec['file']}` (sha256 `{spec['sha256'][:16]}…`), measured on training images by "
+            f"`python -m pillow_cnnz.train int8`.\n")
 
 
 def _context_note(meta: dict) -> str:
@@ -402,7 +412,7 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
 - hyper-analysis 3 convs to Nz={cfg['Nz']} channels; hyper-synthesis (conv, 2 sub-pixel convs, 1×1) exported
   as a fixed-point integer network (`pillow_cnnz/hyper.py`) whose integer scale index picks one of
   {meta['scale']['count']} latent tables; factorized prior tables for ẑ.
-{_analysis_note(cfg)}{_context_note(meta)}- latent tables: {_tables_note(meta)}
+{_analysis_note(cfg)}{_int8_note(info)}{_context_note(meta)}- latent tables: {_tables_note(meta)}
 - parameters: {meta['parameters']:,} in training, of which synthesis {meta['decoder_parameters']:,}. The file also
   keeps the float hyper-synthesis, ẑ prior and context: the encoder's latent refinement (`method` 1-6,
   `pillow_cnnz/refine.py`) needs the rate as a differentiable function; decoding never reads them.
@@ -434,6 +444,7 @@ would triple its size, so a resume from it starts a fresh Adam; the weights pack
 ```sh
 {reproduce}
 python -m pillow_cnnz.train export {export_from} --out weights
+python -m pillow_cnnz.train int8 --out weights
 ```
 {_hyperfit_note(fit)}
 Training-loop validation on `{args['val']}` (bpp / PSNR dB at quality 1, 4 and 8; rounded latents and
