@@ -5,7 +5,8 @@ Encodes a folder at quality 1..8 through ``codec.encode`` (real files) once per 
 the analysis network (float32 first, then each of ``--precisions``); everything else, the
 decoder included, runs as ``auto`` picks. Reports mean bpp / PSNR per quality, BD-rate (PSNR,
 PCHIP) of each against float32, the analysis time of each on the first image (after a warm-up),
-and how many files differ. The weights train under bfloat16 autocast, which is why the bfloat16
+how many files differ, and how far each moves the latents from float32's: the rms and largest
+difference in quantization steps at quality 8 (the finest), over all images. The weights train under bfloat16 autocast, which is why the bfloat16
 analysis can be the better one. bfloat16 needs a CPU with native bfloat16 to be fast (AMX:
 ``codec._cpu_has_amx``), int8 one with VNNI (``pillow_cnnz/int8.py``).
 
@@ -44,6 +45,21 @@ def analysis_in(precision: str):
     return mock.patch.object(codec, "resolve_precision", resolve)
 
 
+def latent_shift(net, images, precision: str, g_a, log2_gain: np.ndarray) -> dict:  # noqa: ANN001
+    """rms and max of (this precision's − float32's) analysis output in quality-8 steps."""
+    import torch
+
+    gain = (2 ** log2_gain).astype(np.float32)[None, :, None, None]
+    squares, count, largest = 0.0, 0, 0.0
+    for rgb in images:
+        with torch.inference_mode():  # as analyse_batch runs it
+            d = (codec._analysis(net, [rgb], "cpu", precision, g_a) - codec._analysis(net, [rgb], "cpu", "float32")) * gain
+        squares += float(np.square(d, dtype=np.float64).sum())
+        count += d.size
+        largest = max(largest, float(np.abs(d).max()))
+    return {"latent_rms_steps_q8": (squares / count) ** 0.5, "latent_max_steps_q8": largest}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data/kodak")
@@ -75,7 +91,8 @@ def main() -> int:
                     bpp[q - 1, i] = 8 * len(data) / (rgb.shape[0] * rgb.shape[1])
                     quality[q - 1, i] = psnr(codec.decode(data), rgb)
         res["precisions"][prec] = {"bpp": bpp.mean(1).tolist(), "psnr-rgb": quality.mean(1).tolist(),
-                                   "analysis_seconds_first_image": seconds}
+                                   "analysis_seconds_first_image": seconds,
+                                   **latent_shift(net, images, prec, g_a, model.log2_gains(8.0)[0])}
         print(f"{prec}: bpp {np.round(bpp.mean(1), 4).tolist()}", file=sys.stderr)
         print(f"{prec}: psnr {np.round(quality.mean(1), 3).tolist()}", file=sys.stderr)
     f32 = res["precisions"]["float32"]
@@ -90,7 +107,9 @@ def main() -> int:
         print(f"BD-rate {prec} vs float32 analysis: {res[f'bd_rate_{prec}_vs_float32']:+.3f} % "
               f"({res[f'files_differing_{prec}']} of {res['files']} files differ); analysis of one image "
               f"{1e3 * f32['analysis_seconds_first_image']:.0f} ms float32, "
-              f"{1e3 * res['precisions'][prec]['analysis_seconds_first_image']:.0f} ms {prec}")
+              f"{1e3 * res['precisions'][prec]['analysis_seconds_first_image']:.0f} ms {prec}; latents moved by "
+              f"{res['precisions'][prec]['latent_rms_steps_q8']:.4f} steps rms at quality 8 "
+              f"(max {res['precisions'][prec]['latent_max_steps_q8']:.2f})")
     return 0
 
 

@@ -127,7 +127,7 @@ class Model:
         """Whether the model ships the activation ranges its int8 analysis needs."""
         return "int8" in self.entry
 
-    def int8_analysis(self):
+    def int8_analysis(self) -> Any:
         """The CPU analysis with int8 residual blocks (``int8.py``), built once, thread-safe."""
         net = self.net("cpu")
         with self._lock:
