@@ -70,6 +70,9 @@ def test_wheel_ships_the_weights_inside_the_package_and_the_cli(tmp_path):
         names = zf.namelist()
         zf.extractall(site)
     assert "pillow_cnnz/weights/manifest.json" in names
+    for entry in json.loads((ROOT / "weights" / "manifest.json").read_text())["models"].values():
+        shipped = [entry["file"], *(spec["file"] for spec in entry.values() if isinstance(spec, dict))]  # + int8 ranges
+        assert all(f"pillow_cnnz/weights/{name}" in names for name in shipped), shipped
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "cnnz = pillow_cnnz.cli:main" in (site / entry_points).read_text()
     # From the unpacked wheel alone (not the checkout), the weights are found and hash-checked.
