@@ -26,6 +26,7 @@ NAMES = ("ctx", "mix", "c2", "c3")
 CROSS = ((0, 1), (1, 0), (1, 2), (2, 1))
 Y_LIMIT = 2**11  # |ŷ| fed to the context; larger values are clipped, as hyper.Z_LIMIT
 CHUNK = 2048  # latents computed at a time (not part of the format)
+ANCHOR_CHUNK = 1 << 18  # latents of the anchors' fixed-point ŷ computed at a time (not part of the format)
 
 
 def anchors(rows: int, cols: int) -> np.ndarray:
@@ -58,8 +59,12 @@ def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None
     limit = Y_LIMIT * 2.0**hyper.FRAC_BITS
     # float32 holds these integers (|v| <= 2**19) exactly; zero border: the band's edges are the context's
     y_anchor = np.zeros((m, rows + 2, width + 2), np.float32)
-    for c in range(m):  # a channel at a time: float64 temporaries of a whole band are ~60 MB at 50 MP
-        y_anchor[c, 1:-1, 1:-1] = np.where(mask, np.clip(symbols[c] * 2.0**hyper.FRAC_BITS + out[c], -limit, limit), 0)
+    # channels a group at a time: float64 temporaries of a whole band are ~60 MB at 50 MP, and
+    # one channel at a time is 224 rounds of numpy calls on a Kodak image's 1,536 latents
+    group = max(1, ANCHOR_CHUNK // (rows * width))
+    for c in range(0, m, group):
+        d = slice(c, min(c + group, m))  # out holds 2M rows: μ first
+        y_anchor[d, 1:-1, 1:-1] = np.where(mask, np.clip(symbols[d] * 2.0**hyper.FRAC_BITS + out[d], -limit, limit), 0)
     refined = out if inplace and out.dtype == np.float64 else out.astype(np.float64)
     chunk = chunk or CHUNK
     with blas.threads(1):  # see hyper.hyper_band
