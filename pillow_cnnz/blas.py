@@ -41,6 +41,14 @@ def _default_count() -> int:
     return int(env) if env else _default
 
 
+def default_count() -> int:
+    """The count a section takes by default (``CNNZ_THREADS``, else BLAS's own default);
+    ask it outside a section."""
+    with _lock:
+        _init()
+    return _default_count()
+
+
 @contextlib.contextmanager
 def threads(count: int | None = None) -> Iterator[None]:
     """Run the body with numpy's BLAS at ``count`` threads (default: ``CNNZ_THREADS``, else

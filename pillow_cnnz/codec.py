@@ -278,8 +278,9 @@ def _numpy_synthesis(model: Model) -> Any:
     synth = model.numpy_synthesis()
 
     def run(y: np.ndarray) -> np.ndarray:
-        with blas.threads():
-            x = synth(y)
+        workers = blas.default_count()
+        with blas.threads(1):  # bands on a thread per core, each sgemm on one (synthesis_np)
+            x = synth(y, workers)
         np.clip(x, 0, 1, out=x)
         x *= 255
         return np.rint(x, out=x).astype(np.uint8).transpose(0, 2, 3, 1)

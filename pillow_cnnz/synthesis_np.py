@@ -19,11 +19,18 @@ How it stays fast with numpy's BLAS:
 * the last layer (48 -> 12 channels) is cheaper the other way round: the products of
   all nine taps ``(9·12, C) @ (C, pixels)`` in one sgemm, then nine shifted adds.
 
-Threads: every sgemm uses numpy's BLAS thread pool; nothing here sets it. Many small
-sgemms make several BLAS threads slow wherever a core is busy (see the benchmark at the
-bottom: ``python -m pillow_cnnz.synthesis_np``).
+Threads: a layer's bands run on ``workers`` threads of a pool made for the call, each
+sgemm on whatever numpy's BLAS is set to (nothing here sets it; the codec sets one thread
+and a worker per core). Many small sgemms made several BLAS threads slow wherever a core is
+busy, and a band's work beside its sgemm (im2col, GDN, the shuffle) ran on one core; bands
+on two workers were 1.15-1.24x faster than one band at a time on two BLAS threads (see the
+benchmark at the bottom: ``python -m pillow_cnnz.synthesis_np``).
 """
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -31,6 +38,19 @@ from numpy.lib.stride_tricks import as_strided
 from .weights import Model
 
 BAND_BYTES = 1 << 21  # target size of a band's im2col (or tap product) matrix
+
+Bands = Callable[[Callable[[int, int], None], list[tuple[int, int]]], None]  # runs fn(r0, r1) for every band
+_scratch = threading.local()  # a worker's band buffers, reused from band to band and layer to layer
+
+
+def _buffer(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """This thread's float32 scratch ``name`` shaped ``shape`` (grown when too small, never shrunk:
+    a worker lives for one synthesis)."""
+    size = int(np.prod(shape))
+    bufs = _scratch.__dict__.setdefault("bufs", {})
+    if name not in bufs or bufs[name].size < size:
+        bufs[name] = np.empty(size, np.float32)
+    return bufs[name][:size].reshape(shape)
 
 
 def _split(a: np.ndarray, axis: int) -> np.ndarray:
@@ -61,39 +81,38 @@ class _Upsample:
         self.gamma_t = np.ascontiguousarray(gamma.T)
         self.beta = np.square(beta_sqrt, dtype=np.float32) + np.float32(1e-6)
 
-    def __call__(self, xp: np.ndarray) -> np.ndarray:
+    def __call__(self, xp: np.ndarray, bands: Bands) -> np.ndarray:
         """Padded (H+2, W+2, Cin) -> padded (2H+2, 2W+2, C), both with zero borders."""
         h, w, cin = xp.shape[0] - 2, xp.shape[1] - 2, xp.shape[2]
         c = self.beta.shape[0]
         rows = max(1, BAND_BYTES // (9 * 4 * cin * w))
         out = np.zeros((2 * h + 2, 2 * w + 2, c), np.float32)
-        cols = np.empty((rows * w, 9 * cin), np.float32)
-        y = np.empty((rows * w, 4 * c), np.float32)
-        absx = np.empty((4 * rows * w, c), np.float32)
-        norm = np.empty_like(absx)
-        for r0, r1 in _bands(h, rows):
+
+        def band(r0: int, r1: int) -> None:
             n = (r1 - r0) * w
-            yb = np.matmul(_im2col(xp, r0, r1, cols), self.weight, out=y[:n])
+            yb = np.matmul(_im2col(xp, r0, r1, _buffer("cols", (n, 9 * cin))), self.weight, out=_buffer("y", (n, 4 * c)))
             yb += self.bias
             x = yb.reshape(4 * n, c)  # one row per output pixel
-            g = np.matmul(np.abs(x, out=absx[: 4 * n]), self.gamma_t, out=norm[: 4 * n])
+            g = np.matmul(np.abs(x, out=_buffer("abs", (4 * n, c))), self.gamma_t, out=_buffer("norm", (4 * n, c)))
             g += self.beta
             x *= g
             dst = _split(_split(out[1 + 2 * r0 : 1 + 2 * r1, 1:-1], 1), 0)  # (R, 2, W, 2, C)
             dst[...] = yb.reshape(r1 - r0, w, 2, 2, c).transpose(0, 2, 1, 3, 4)
+
+        bands(band, _bands(h, rows))
         return out
 
 
 def _im2col(xp: np.ndarray, r0: int, r1: int, cols: np.ndarray) -> np.ndarray:
-    """Rows ``(pixel, 9·Cin)`` of the output rows ``[r0, r1)`` of a 3x3 convolution of padded ``xp``.
+    """Rows ``(pixel, 9·Cin)`` of the output rows ``[r0, r1)`` of a 3x3 convolution of padded
+    ``xp``, written into ``cols`` (exactly that shape).
 
     For each dy, the taps dx = 0, 1, 2 are 3·Cin contiguous floats of ``xp``."""
     w, cin = xp.shape[1] - 2, xp.shape[2]
-    n = (r1 - r0) * w
-    col = cols[:n].reshape(r1 - r0, w, 3, 3 * cin)
+    col = cols.reshape(r1 - r0, w, 3, 3 * cin)
     for dy in range(3):
         col[:, :, dy] = as_strided(xp[r0 + dy :], (r1 - r0, w, 3 * cin), xp.strides)
-    return cols[:n]
+    return cols
 
 
 class _Residual:
@@ -105,22 +124,27 @@ class _Residual:
                             for w in (w1, w2))
         self.b1, self.b2 = np.asarray(b1, np.float32), np.asarray(b2, np.float32)
 
-    def __call__(self, xp: np.ndarray) -> np.ndarray:
+    def __call__(self, xp: np.ndarray, bands: Bands) -> np.ndarray:
         """Padded (H+2, W+2, C) -> the same array, its interior updated; borders stay zero."""
         h, w, c = xp.shape[0] - 2, xp.shape[1] - 2, xp.shape[2]
         rows = max(1, BAND_BYTES // (9 * 4 * c * w))
         hidden = np.zeros_like(xp)  # zero border: conv2 pads relu(conv1(x)) with zeros, as torch does
-        cols = np.empty((rows * w, 9 * c), np.float32)
-        y = np.empty((rows * w, c), np.float32)
-        for r0, r1 in _bands(h, rows):  # all of conv1 first: conv2 reads its rows r0-1..r1
-            yb = np.matmul(_im2col(xp, r0, r1, cols), self.w1, out=y[: (r1 - r0) * w])
+
+        def conv1(r0: int, r1: int) -> None:
+            n = (r1 - r0) * w
+            yb = np.matmul(_im2col(xp, r0, r1, _buffer("cols", (n, 9 * c))), self.w1, out=_buffer("y", (n, c)))
             yb += self.b1
             np.maximum(yb, 0, out=yb)
             hidden[1 + r0 : 1 + r1, 1:-1] = yb.reshape(r1 - r0, w, c)
-        for r0, r1 in _bands(h, rows):
-            yb = np.matmul(_im2col(hidden, r0, r1, cols), self.w2, out=y[: (r1 - r0) * w])
+
+        def conv2(r0: int, r1: int) -> None:
+            n = (r1 - r0) * w
+            yb = np.matmul(_im2col(hidden, r0, r1, _buffer("cols", (n, 9 * c))), self.w2, out=_buffer("y", (n, c)))
             yb += self.b2
             xp[1 + r0 : 1 + r1, 1:-1] += yb.reshape(r1 - r0, w, c)
+
+        bands(conv1, _bands(h, rows))  # all of conv1 first: conv2 reads its rows r0-1..r1
+        bands(conv2, _bands(h, rows))
         return xp
 
 
@@ -133,26 +157,28 @@ class _Last:
         self.weight = np.ascontiguousarray(weight.transpose(2, 3, 0, 1).reshape(9 * self.cout4, cin), np.float32)
         self.bias = np.asarray(bias, np.float32)[:, None]
 
-    def __call__(self, xp: np.ndarray, image: np.ndarray) -> None:
+    def __call__(self, xp: np.ndarray, image: np.ndarray, bands: Bands) -> None:
         """Padded (H+2, W+2, C) -> ``image`` (cout4/4, 2H, 2W), in place."""
         h, w, cin = xp.shape[0] - 2, xp.shape[1] - 2, xp.shape[2]
         k, pw = self.cout4, w + 2
         rows = max(1, BAND_BYTES // (9 * 4 * k * pw))
         flat = xp.reshape(-1, cin)  # padded pixels in raster order; tap (dy, dx) is an offset dy·pw + dx
-        prod = np.empty((9 * k, (rows + 2) * pw), np.float32)
-        acc = np.empty((k, rows * pw), np.float32)
-        for r0, r1 in _bands(h, rows):
+
+        def band(r0: int, r1: int) -> None:
             # Output on the band's padded grid (pw columns a row, the last two unused), whose
             # final two positions would read past the band's input: leave them out.
             m = (r1 - r0) * pw - 2
-            p = np.matmul(self.weight, flat[r0 * pw : (r1 + 2) * pw].T, out=prod[:, : (r1 - r0 + 2) * pw])
+            p = np.matmul(self.weight, flat[r0 * pw : (r1 + 2) * pw].T, out=_buffer("prod", (9 * k, (r1 - r0 + 2) * pw)))
+            acc = _buffer("acc", (k, (r1 - r0) * pw))
             np.add(p[:k, :m], self.bias, out=acc[:, :m])
             for t in range(1, 9):
                 off = (t // 3) * pw + t % 3
                 acc[:, :m] += p[t * k : (t + 1) * k, off : off + m]
-            src = acc[:, : (r1 - r0) * pw].reshape(k // 4, 2, 2, r1 - r0, pw)[..., :w]
+            src = acc.reshape(k // 4, 2, 2, r1 - r0, pw)[..., :w]
             dst = _split(_split(image[:, 2 * r0 : 2 * r1], 2), 1)  # (C, R, 2, W, 2)
             dst[...] = src.transpose(0, 3, 1, 4, 2)
+
+        bands(band, _bands(h, rows))
 
 
 class NumpySynthesis:
@@ -182,25 +208,37 @@ class NumpySynthesis:
         self.channels = arrays["net/g_s.0.conv.weight"].shape[1]
         self.scale = 2 ** (ups + 1)
 
-    def __call__(self, y_hat: np.ndarray) -> np.ndarray:
-        """(N, 3, 16·h, 16·w) float32 pixels (1.0 = 255, not clamped) of (N, M, h, w) latents."""
+    def __call__(self, y_hat: np.ndarray, workers: int = 1) -> np.ndarray:
+        """(N, 3, 16·h, 16·w) float32 pixels (1.0 = 255, not clamped) of (N, M, h, w) latents.
+
+        Each layer's bands run on ``workers`` threads (numpy releases the GIL in sgemm and
+        its array loops); a band's result does not depend on which thread computes it, so
+        neither do the pixels on ``workers``."""
         if y_hat.ndim != 4 or y_hat.shape[1] != self.channels:
             msg = f"expected latents shaped (N, {self.channels}, h, w), got {y_hat.shape}"
             raise ValueError(msg)
         n, m, h, w = y_hat.shape
         out = np.empty((n, self.last.cout4 // 4, self.scale * h, self.scale * w), np.float32)
-        for i in range(n):
-            xp = np.zeros((h + 2, w + 2, m), np.float32)
-            xp[1:-1, 1:-1] = y_hat[i].transpose(1, 2, 0)
-            for layer in self.layers:
-                xp = layer(xp)
-            self.last(xp, out[i])
+        # A pool per call: its threads, and the scratch buffers they hold, end with it.
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="cnnz-synthesis") as pool:
+
+            def bands(fn: Callable[[int, int], None], ranges: list[tuple[int, int]]) -> None:
+                for f in [pool.submit(fn, r0, r1) for r0, r1 in ranges]:
+                    f.result()  # every band of a layer before the next layer (and errors surface)
+
+            for i in range(n):
+                xp = np.zeros((h + 2, w + 2, m), np.float32)
+                xp[1:-1, 1:-1] = y_hat[i].transpose(1, 2, 0)
+                for layer in self.layers:
+                    xp = layer(xp, bands)
+                self.last(xp, out[i], bands)
         return out
 
 
 if __name__ == "__main__":
-    # Benchmark on a Kodak-sized latent (512x768 pixels): numpy vs torch float32 vs torch
-    # bfloat16 autocast (last layer in float32, as codec._synthesis runs it), 1 and 2 threads.
+    # Benchmark on a Kodak-sized latent (512x768 pixels): numpy (one band at a time on BLAS's
+    # threads, or bands on workers of one BLAS thread each, as the codec runs it) vs torch float32
+    # vs torch bfloat16 autocast (last layer in float32, as codec._synthesis runs it), 1 and 2 threads.
     import statistics
     import time
 
@@ -237,7 +275,10 @@ if __name__ == "__main__":
             torch.set_num_threads(threads)
             with threadpool_limits(threads, user_api="blas"):
                 t_np = median_ms(lambda: synth(y))
+            with threadpool_limits(1, user_api="blas"):  # as the codec runs it
+                t_workers = median_ms(lambda: synth(y, threads))
             t_fp32 = median_ms(lambda: net.g_s(x))
             t_bf16 = median_ms(torch_bf16)
-            print(f"{threads} thread(s): numpy {t_np:.0f} ms, torch float32 {t_fp32:.0f} ms, "
+            print(f"{threads} thread(s): numpy {t_np:.0f} ms with {threads} BLAS thread(s), {t_workers:.0f} ms with "
+                  f"{threads} worker(s) of one BLAS thread, torch float32 {t_fp32:.0f} ms, "
                   f"torch bfloat16 {t_bf16:.0f} ms")

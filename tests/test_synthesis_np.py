@@ -54,6 +54,25 @@ def test_band_edges_change_no_pixel(synth, torch_g_s, monkeypatch, band_bytes) -
     assert np.abs(banded - torch_g_s(y)).max() < 1e-4
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_bands_on_several_threads_give_the_same_pixels(synth, monkeypatch, workers) -> None:
+    from threadpoolctl import threadpool_limits
+
+    y = _latents(2, 4, 6, seed=2)
+    monkeypatch.setattr(synthesis_np, "BAND_BYTES", 60_000)  # several bands a layer, to share out
+    with threadpool_limits(1, user_api="blas"):  # as the codec runs it: each sgemm on one thread
+        assert np.array_equal(synth(y, workers), synth(y, 1))
+
+
+def test_a_failing_band_raises_instead_of_leaving_rows_unwritten(synth, monkeypatch) -> None:
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise MemoryError("band")
+
+    monkeypatch.setattr(synthesis_np, "_im2col", broken)
+    with pytest.raises(MemoryError, match="band"):
+        synth(_latents(1, 2, 3), 2)
+
+
 def test_float64_latents_are_accepted_and_give_float32(synth) -> None:
     y = _latents(1, 2, 3)
     out = synth(y.astype(np.float64))
