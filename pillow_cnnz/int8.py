@@ -46,7 +46,7 @@ def _ops() -> Any:
     where this torch build lacks them."""
     try:
         onednn = torch.ops.onednn
-        return onednn.qconv_prepack, onednn.qconv_pointwise, onednn.qconv2d_pointwise.binary
+        return onednn.qconv_prepack, onednn.qconv_pointwise
     except (AttributeError, RuntimeError):
         return None
 
@@ -165,7 +165,7 @@ class _Block:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output for one image's ``x`` (1, C, H, W), written into ``x``."""
-        _, conv, _ = _ops()
+        _, conv = _ops()
         one = [1, 1]
         x_scale, h_scale = self.scales(x)
         qx = self.quantize(x, x_scale)
