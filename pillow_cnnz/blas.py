@@ -42,10 +42,10 @@ def _default_count() -> int:
 
 
 def default_count() -> int:
-    """The count a section takes by default (``CNNZ_THREADS``, else BLAS's own default);
-    ask it outside a section."""
-    with _lock:
-        _init()
+    """The count a section takes by default (``CNNZ_THREADS``, else BLAS's own default)."""
+    if getattr(_local, "count", None) is None:  # inside a section the lock is held and _init ran
+        with _lock:
+            _init()
     return _default_count()
 
 

@@ -65,3 +65,9 @@ def test_nested_sections_must_keep_the_outer_count():
         assert _blas_threads() == 1
     with pytest.raises(RuntimeError, match="outside a BLAS section"):
         blas.lend(print)
+
+
+def test_default_count_is_answered_inside_a_section_without_waiting_for_its_lock():
+    outside = blas.default_count()
+    with blas.threads(1):
+        assert blas.default_count() == outside  # the lock is this thread's: asking again must not deadlock
