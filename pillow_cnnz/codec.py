@@ -234,13 +234,22 @@ def _analysis(net: Any, rgbs: list[np.ndarray], device: str, precision: str, g_a
     y = np.empty((len(rgbs), net.config.M, *grid), np.float32)
     s = LATENT_STRIDE
     for (r0, r1, c0, c1), (a0, a1, b0, b1) in _windows(*grid, grid):
-        window = np.ix_(np.minimum(np.arange(a0 * s, a1 * s), h - 1), np.minimum(np.arange(b0 * s, b1 * s), w - 1))
-        tile = np.stack([im[window] for im in rgbs])
+        tile = np.stack([_edge_padded(im, a0 * s, a1 * s, b0 * s, b1 * s) for im in rgbs])
         x = torch.from_numpy(tile).to(device).permute(0, 3, 1, 2)
         x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
         out = _run(torch, g_a, x, precision)
         y[:, :, r0:r1, c0:c1] = out[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0].float().cpu().numpy()
     return y
+
+
+def _edge_padded(im: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """Rows ``[top, bottom)`` and columns ``[left, right)`` of ``im``, its last row and column
+    repeated past its edges (a slice, padded only where the window leaves the image; indexing
+    the window with clamped indices copied a Kodak image in 7 ms)."""
+    h, w = im.shape[:2]
+    part = im[top:min(bottom, h), left:min(right, w)]
+    pad = ((0, bottom - top - part.shape[0]), (0, right - left - part.shape[1])) + ((0, 0),) * (im.ndim - 2)
+    return np.pad(part, pad, mode="edge") if pad[0][1] or pad[1][1] else part
 
 
 def _synthesis(run: Any, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:

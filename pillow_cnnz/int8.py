@@ -156,7 +156,7 @@ class _Block:
         """uint8 ``round(x / scale) + 128``, a band of rows at a time, in two passes: one
         multiply-add, one truncating cast (of a value in [1.5, 255.5] when ``scale`` covers
         |x| ≤ 127·scale, as ``scales`` makes it: rounding, with no clamp needed)."""
-        q = torch.empty(x.shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+        q = torch.empty(x.shape, dtype=torch.uint8, memory_format=torch.channels_last)
         offset = torch.tensor(self.x_zero + 0.5)
         rows = max(1, self.BAND // max(1, x.shape[0] * x.shape[1] * x.shape[3]))
         for r0 in range(0, x.shape[2], rows):
