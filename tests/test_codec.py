@@ -349,3 +349,13 @@ def test_batch_exact_stage_runs_on_a_thread_per_core_with_the_same_results(monke
         np.testing.assert_array_equal(one, many)  # the same latents; on a CPU the same synthesis, file by file
     again = codec.encode_batch(images, ["RGB"] * 4, 3.0)
     assert again == files  # encoder's exact stage on threads: the same bytes
+
+
+@pytest.mark.parametrize("shape", [(70, 130, 3), (1030, 90, 3), (17, 300, 3)])
+def test_encode_window_repeats_the_edge_pixels_past_the_image(shape):
+    rng = np.random.default_rng(0)
+    im = rng.integers(0, 256, shape, dtype=np.uint8)
+    h, w = shape[:2]
+    for top, bottom, left, right in [(0, h, 0, w), (0, h + 50, 0, w + 13), (h // 2, h + 24, w // 3, w + 1)]:
+        clamped = im[np.ix_(np.minimum(np.arange(top, bottom), h - 1), np.minimum(np.arange(left, right), w - 1))]
+        assert np.array_equal(codec._edge_padded(im, top, bottom, left, right), clamped)
