@@ -482,7 +482,7 @@ def synthesize_batch(headers: list[container.Header], y_hats: list[np.ndarray],
 
     On a CPU in float32 the synthesis runs in numpy until torch is imported anyway (an
     encode, a training pipeline): numpy spares a decode-only process the 1-2 s torch import,
-    and torch's convolutions are then 2.7x faster (202 vs 538 ms a Kodak image, 2 threads,
+    and torch's convolutions are then 2.3x faster (153 vs 357 ms a Kodak image, 2 threads,
     AVX-512 Xeon); the two give the same pixels within float rounding. bfloat16, float64 and
     CUDA run in torch.
     """
