@@ -351,6 +351,35 @@ def part_batch(paths: list[Path], args: argparse.Namespace) -> dict:
     return out
 
 
+def _int8_conv_rate(conv, x, macs: int, runs: int) -> float | None:  # noqa: ANN001
+    """GOP/s of the same convolution in oneDNN int8 as the int8 analysis runs its blocks'
+    first one (uint8 in, uint8 ReLU out; ``pillow_cnnz/int8.py``), on CPUs where it pays (VNNI)."""
+    import torch
+
+    from pillow_cnnz import codec
+
+    if not (codec._cpu_has_vnni() and codec._int8_supported()):
+        return None
+    from pillow_cnnz import int8
+
+    scale = float(x.abs().max()) / 127
+    w, ws, wz, b, pad = int8._Block._prepack(conv.float(), scale, [1, 1])
+    q = torch.empty(x.shape, dtype=torch.uint8, memory_format=torch.channels_last).random_(0, 256)
+    _, qconv = int8._ops()
+    one = [1, 1]
+
+    def run():  # noqa: ANN202
+        return qconv(q, scale, 128, w, ws, wz, b, one, pad, one, 1, 0.05, 0, torch.uint8, "relu", [], "")
+
+    run()
+    best = math.inf
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * macs / best / 1e9
+
+
 def part_floor(args: argparse.Namespace, pixels: int = 768 * 512) -> dict:
     """What the transforms' multiply-adds cost at this CPU's measured convolution rate: a
     time bar below it needs a smaller network or faster arithmetic, not faster code."""
@@ -375,6 +404,9 @@ def part_floor(args: argparse.Namespace, pixels: int = 768 * 512) -> dict:
                 c(xi)
                 best = min(best, time.perf_counter() - t0)
             rates[dtype] = 2 * macs / best / 1e9
+        int8_rate = _int8_conv_rate(conv, x, macs, max(5, args.repeat * 3))
+        if int8_rate is not None:
+            rates["int8"] = int8_rate
     cfg = Config.from_dict(weights.load().meta["config"])
     per_pixel = {"g_a": cfg.analysis_macs(), "g_s": cfg.synthesis_macs()}
     at_rate = {dtype: {k: 1e3 * 2 * v * pixels / (rate * 1e9) for k, v in per_pixel.items()}
@@ -634,7 +666,7 @@ def report(res: dict) -> str:
         rows = [[dtype, f"{rate:.0f}", f"{f['at_rate_ms'][dtype]['g_a']:.0f}", f"{f['at_rate_ms'][dtype]['g_s']:.0f}",
                  " / ".join(f"{v / 1e3:.1f}k" for v in f["macs_per_pixel_for_ms"][dtype].values())]
                 for dtype, rate in f["gflops"].items()]
-        out.append(md_table(["dtype", "3x3 conv GFLOP/s (best)", f"g_a at that rate, ms ({f['macs_per_pixel']['g_a'] / 1e3:.1f}k MAC/px)",
+        out.append(md_table(["dtype", "3x3 conv GFLOP/s (best; int8: GOP/s)", f"g_a at that rate, ms ({f['macs_per_pixel']['g_a'] / 1e3:.1f}k MAC/px)",
                              f"g_s at that rate, ms ({f['macs_per_pixel']['g_s'] / 1e3:.1f}k MAC/px)",
                              "MAC/px that fit 50 / 100 / 250 ms"], rows))
     if "cold" in res:
