@@ -31,7 +31,8 @@ Parts (all on by default; ``--parts`` picks a subset):
              rounds, each round running every variant in turn.
 ``floor``    what the transforms' arithmetic alone costs on this CPU: the best rate of a
              dense 3x3 convolution (96 -> 96 channels, 128x192, channels-last, torch, the
-             codec's threads) in float32 and, where the CPU has it natively, bfloat16;
+             codec's threads) in float32 and, where the CPU has it natively, bfloat16
+             (and, with VNNI, the same convolution in oneDNN int8, as ``pillow_cnnz/int8.py`` runs it);
              multiply-adds per pixel of ``g_a`` / ``g_s`` (``Config.analysis_macs`` /
              ``synthesis_macs``) at that rate give what a Kodak image's transform costs
              (the real layers run within ~15 % of it, some faster), and the multiply-adds
@@ -323,14 +324,13 @@ def part_batch(paths: list[Path], args: argparse.Namespace) -> dict:
     def exact_stage() -> None:
         codec._per_file(lambda hp: codec.decode_y_hat(hp[0], hp[1]["LATZ"], hp[1]["LATY"]), parsed)
 
-    one_core = mock.patch.object(codec.os, "sched_getaffinity", lambda pid: {0}, create=True)
+    one_core = mock.patch.object(codec, "_cores", lambda: 1)
 
     def exact_stage_one_thread() -> None:
         with one_core:
             exact_stage()
 
-    out = {"images": len(arrays), "megapixels": pixels / 1e6, "batch_size": 8,
-           "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    out = {"images": len(arrays), "megapixels": pixels / 1e6, "batch_size": 8, "cores": codec._cores(),
            "rounds": 3}
     runs = {"exact one thread": exact_stage_one_thread, "exact thread per core": exact_stage,
             "decode_batch": lambda: codec.decode_batch(files, batch_size=8),
@@ -372,12 +372,17 @@ def _int8_conv_rate(conv, x, macs: int, runs: int) -> float | None:  # noqa: ANN
         return qconv(q, scale, 128, w, ws, wz, b, one, pad, one, 1, 0.05, 0, torch.uint8, "relu", [], "")
 
     run()
+    return 2 * macs / _best_seconds(run, runs) / 1e9
+
+
+def _best_seconds(fn, runs: int) -> float:  # noqa: ANN001
+    """Fastest wall seconds of ``runs`` calls of ``fn()``: the rate a kernel can reach."""
     best = math.inf
     for _ in range(runs):
         t0 = time.perf_counter()
-        run()
+        fn()
         best = min(best, time.perf_counter() - t0)
-    return 2 * macs / best / 1e9
+    return best
 
 
 def part_floor(args: argparse.Namespace, pixels: int = 768 * 512) -> dict:
@@ -398,12 +403,7 @@ def part_floor(args: argparse.Namespace, pixels: int = 768 * 512) -> dict:
         for dtype in dtypes:
             c, xi = conv.to(getattr(torch, dtype)), x.to(getattr(torch, dtype))
             c(xi)
-            best = math.inf
-            for _ in range(max(5, args.repeat * 3)):
-                t0 = time.perf_counter()
-                c(xi)
-                best = min(best, time.perf_counter() - t0)
-            rates[dtype] = 2 * macs / best / 1e9
+            rates[dtype] = 2 * macs / _best_seconds(lambda: c(xi), max(5, args.repeat * 3)) / 1e9  # noqa: B023
         int8_rate = _int8_conv_rate(conv, x, macs, max(5, args.repeat * 3))
         if int8_rate is not None:
             rates["int8"] = int8_rate

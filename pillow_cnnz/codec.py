@@ -654,6 +654,14 @@ def _check_bomb(header: container.Header) -> None:
         raise Image.DecompressionBombError(msg)
 
 
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _per_file(fn: Any, items: list) -> list:
     """``[fn(x) for x in items]``, on a thread per CPU core when there are several items.
 
@@ -662,11 +670,7 @@ def _per_file(fn: Any, items: list) -> list:
     threads. On a GPU this stage bounded a batch decode: 93 % of it on one core
     (``benchmarks/gpu.py``). ``fn`` runs in the one-thread BLAS section held here
     (``blas.lend``), so it must not ask for another count (the float synthesis)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    workers = min(len(items), cores)
+    workers = min(len(items), _cores())
     if workers < 2:
         return [fn(x) for x in items]
     from concurrent.futures import ThreadPoolExecutor

@@ -164,9 +164,16 @@ def test_ranges_file_that_does_not_fit_is_refused(change, message):
         int8.load_ranges(b"\xff{", model.model_id.hex(), model.net("cpu").g_a)
 
 
-def test_changed_ranges_file_is_reported_not_used(tmp_path, monkeypatch):
+@pytest.fixture
+def weights_copy(tmp_path):
+    """A copy of the shipped weights folder, to change."""
     for f in weights.weights_dir().iterdir():
         shutil.copy(f, tmp_path / f.name)
+    return tmp_path
+
+
+def test_changed_ranges_file_is_reported_not_used(weights_copy, monkeypatch):
+    tmp_path = weights_copy
     model = weights.load()
     ranges_path = tmp_path / model.entry["int8"]["file"]
     ranges_path.write_text(ranges_path.read_text().replace('"input": ', '"input": 1', 1))
@@ -198,11 +205,10 @@ def test_measured_range_is_the_quantile_of_the_magnitudes():
     assert all(r["input"] > 0 and r["hidden"] > 0 for r in ranges.values())
 
 
-def test_int8_command_registers_ranges_with_the_default_weights(tmp_path):
+def test_int8_command_registers_ranges_with_the_default_weights(weights_copy):
     from pillow_cnnz.train.__main__ import main
 
-    for f in weights.weights_dir().iterdir():
-        shutil.copy(f, tmp_path / f.name)
+    tmp_path = weights_copy
     data = tmp_path / "data"
     data.mkdir()
     for seed in range(2):
