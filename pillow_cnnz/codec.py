@@ -131,21 +131,22 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
 
     ``auto`` is bfloat16 where the hardware runs it natively (CUDA, CPUs with AVX512-BF16
     or AMX: about 1.8x faster synthesis, within 2 levels of float32) and float32 elsewhere.
-    On a CPU it takes bfloat16 only once torch is imported anyway (an encode, a training
-    pipeline): bfloat16 runs in torch, and importing torch for a decode costs about 1 s,
-    where float32 decodes in numpy without it (a 0.3 s cold start). It changes pixels by
-    rounding only: the decoded latents never depend on it.
+    On a CPU it takes bfloat16 or int8 only once torch is imported anyway (an encode, a
+    training pipeline): those run in torch, and importing torch for a decode costs about 1 s,
+    where float32 decodes in numpy without it (a 0.3 s cold start). The synthesis' precision
+    changes pixels by rounding only: the decoded latents never depend on it.
 
     The encoder's ``analysis`` takes bfloat16 on a CPU only with AMX: there it is 3-5x faster
     than float32 and was checked to give the same latents from call to call, alone or in a
     batch, at 1 or 2 threads (a test pins the bytes). On AVX512-BF16 without AMX a bfloat16
     analysis was seen to round a latent differently from one call to the next. There, and on
-    any other CPU with 8-bit dot products (VNNI), it takes ``int8`` when the model ships its
-    ranges (``int8``, ``pillow_cnnz/int8.py``): residual blocks in integers, 2x faster than
-    float32 on a Kodak image (AVX-512 Xeon, 2 cores), latents closer to float32's than
-    bfloat16's, the same bytes at any thread count. ``int8`` is the CPU analysis' only: asked
-    for elsewhere (a synthesis, CUDA) it means ``auto``. The weights train under bfloat16
-    autocast, and the bfloat16 analysis codes Kodak as small or smaller (BD-rate
+    any other CPU with 8-bit dot products (VNNI), the analysis takes ``int8`` when the model
+    ships its ranges (``int8``, ``pillow_cnnz/int8.py``): residual blocks in integers, 2x
+    faster than float32 on a Kodak image (AVX-512 Xeon, 2 cores), latents closer to
+    float32's than bfloat16's, the same bytes at any thread count. A synthesis on such a
+    CPU without bfloat16 takes ``int8`` too: the blocks its ranges name in integers.
+    ``int8`` is the CPU's only: asked for on CUDA it means ``auto``. The weights train under
+    bfloat16 autocast, and the bfloat16 analysis codes Kodak as small or smaller (BD-rate
     −0.08 % with the 347.5k weights, −0.5 % with the 325k ones,
     ``benchmarks/analysis_precision.py``) than the float32 one. ``analyse_batch`` still runs
     the hyper-analysis in float32: bfloat16 oneDNN got a one-column ẑ wrong.
@@ -154,16 +155,14 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
     if precision not in ("auto", "float32", "float64", "bfloat16", "int8"):
         msg = f"unknown precision {precision!r}; use auto, float32, float64, bfloat16 or int8"
         raise ValueError(msg)
-    if precision == "int8" and not (analysis and device == "cpu"):
+    if precision == "int8" and device != "cpu":
         precision = "auto"
     if precision == "auto":
         if device.startswith("cuda"):
             precision = "bfloat16" if _torch().cuda.is_bf16_supported() else "float32"
         elif "torch" not in sys.modules:
             precision = "float32"
-        elif not analysis:
-            precision = "bfloat16" if _cpu_has_bf16() else "float32"
-        elif _cpu_has_amx():
+        elif _cpu_has_amx() or (not analysis and _cpu_has_bf16()):
             precision = "bfloat16"
         else:
             precision = "int8" if int8 and _cpu_has_vnni() and _int8_supported() else "float32"
@@ -191,7 +190,7 @@ def _windows(rows: int, cols: int, grid: tuple[int, int]):
 
 def _run(torch: Any, layers: Any, x: Any, precision: str) -> Any:
     """``layers(x)`` in ``precision``: bfloat16 via autocast, so weights stay float32; int8
-    layers (``int8.Int8Analysis``) take float32 and quantize inside."""
+    layers (``int8.Int8Layers``) take float32 and quantize inside."""
     if precision == "int8":
         return layers(x)
     if precision == "bfloat16":
@@ -267,11 +266,11 @@ def _synthesis(run: Any, y_hat: np.ndarray, height: int, width: int) -> np.ndarr
     return out
 
 
-def _torch_synthesis(net: Any, device: str, precision: str) -> Any:
+def _torch_synthesis(net: Any, device: str, precision: str, body: Any = None) -> Any:
     """Tile synthesis in torch; the last, cheap layer runs in float32 so bfloat16 does not
-    round the output pixels."""
+    round the output pixels. ``body`` replaces ``net.g_s[:-1]`` (the int8 synthesis)."""
     torch = _torch()
-    body, last = net.g_s[:-1], net.g_s[-1]
+    body, last = net.g_s[:-1] if body is None else body, net.g_s[-1]
     wide = torch.float64 if precision == "float64" else torch.float32
 
     def run(y: np.ndarray) -> np.ndarray:
@@ -487,15 +486,16 @@ def synthesize_batch(headers: list[container.Header], y_hats: list[np.ndarray],
     CUDA run in torch.
     """
     device = resolve_device(device)
-    precision = resolve_precision(precision, device)
     model = load(headers[0].model_id)
+    precision = resolve_precision(precision, device, int8=model.has_int8)
     y = y_hats[0][None] if len(y_hats) == 1 else np.stack(y_hats)
     if device == "cpu" and precision == "float32" and "torch" not in sys.modules:
         return list(_synthesis(_numpy_synthesis(model), y, headers[0].height, headers[0].width))
     torch = _torch()
     net = model.net(device, "float64" if precision == "float64" else "float32")
+    body = model.int8_synthesis() if precision == "int8" else None
     with torch.inference_mode():
-        return list(_synthesis(_torch_synthesis(net, device, precision), y, headers[0].height, headers[0].width))
+        return list(_synthesis(_torch_synthesis(net, device, precision, body), y, headers[0].height, headers[0].width))
 
 
 def decode_rgb(header: container.Header, latz: bytes, laty: bytes, device: str | None = None,

@@ -1,24 +1,29 @@
-"""The encoder's analysis with its residual blocks in 8-bit integers (oneDNN, x86 CPUs).
+"""Residual blocks of the transforms in 8-bit integers (oneDNN, x86 CPUs with VNNI).
 
-Why: on a CPU without bfloat16 hardware the float32 analysis is most of an encode (300-380 ms
-of a Kodak one on a 2-core AVX-512 Xeon), and its residual blocks are 76 % of its
-multiply-adds. oneDNN runs them in int8 (VNNI) about 4x faster than float32.
+Why: on a CPU without bfloat16 hardware the float32 transforms are most of the time: the
+analysis was 384 of a 449 ms Kodak encode on a 2-core AVX-512 Xeon, and the synthesis is most
+of a decode. Their residual blocks are 76 % of the analysis' multiply-adds and 75 % of the
+synthesis', and oneDNN runs them in int8 (VNNI) about 4x faster than float32.
 
-Why only there: the analysis ends in rounding to integer symbols, so what matters is how far
-its output moves. Quantizing the residual blocks' inputs moves the latents less than a
-bfloat16 analysis does (rms 0.023 against 0.038 quantization steps at quality 8 on ../shared/data/val,
-``benchmarks/analysis_precision.py``), because the error only enters the branch the block adds,
-never the sum it adds to, which stays float32. Quantizing the stride-2 convolutions' inputs
-(the whole signal) moved them 3-5x more than every residual block together, so those,
-GDN and the first convolution stay float32. The decoder never runs this: a file decodes to
-the same latents whichever precision wrote it, and oneDNN's int8 convolutions accumulate in
-integers, so the same pixels give the same bytes at any thread count.
+Why only there: the error of a quantized block input only enters the branch the block adds,
+never the sum it adds to, which stays float32. Quantizing the inputs of the resampling
+convolutions (the whole signal) moved the analysis' latents 3-5x more than every residual
+block together, and cost the synthesis 0.3 dB at quality 8, so those, GDN and the first and
+last convolutions stay float32. Which synthesis blocks run int8 is the ranges file's choice
+(``python -m pillow_cnnz.train int8 --synthesis-levels``): its coarsest and finest levels cost
+0.001-0.002 dB at quality 8 on Kodak, the middle level 0.014 (``benchmarks/int8_synthesis.py``).
+oneDNN's int8 convolutions accumulate in integers: the same input gives the same output at
+any thread count, so the analysis gives the same bytes, and the decoded latents never depend
+on it.
 
-Each block's input is quantized with a symmetric scale, its ReLU output with a non-negative
-one; both come from the activation ranges the training command ``int8`` measured on training
-images (``weights/<name>.int8.json``, verified like the weights), widened for an input that
-goes beyond them (``_Block.scales``). Weights are quantized per output channel when the
-analysis is built.
+Ranges are per channel, from activations the training command ``int8`` measured on training
+images (``weights/<name>.int8.json``, verified like the weights), and folded into the weights
+(cross-layer equalization): a block's input is divided by its channels' (balanced) ranges
+before the per-tensor uint8 quantization oneDNN takes, and the first convolution's weights
+multiplied by them; its ReLU outputs are normalized the same way, through the first
+convolution's rows and the second's columns (``_Block.balanced``). Against one range per
+tensor that moved the analysis' latents 30 % less and halved the synthesis' loss. An input that
+goes beyond its ranges widens the block's scale instead of saturating (``_Block.quantize``).
 """
 from __future__ import annotations
 
@@ -31,14 +36,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import ResBlock
+from .layers import ResBlock, SubPixelConv
 
-FORMAT = 1  # version of the ranges file
-QUANTILE = 0.9999  # of a block's |input| its scale covers (beyond: widened, ``_Block.scales``)
+FORMAT = 2  # version of the ranges file (1: one range per tensor, the analysis only)
+QUANTILE = 0.9999  # of each channel's |input| its scale covers (beyond: widened, ``_Block.quantize``)
 # of the ReLU outputs: those saturate, and their tails are longer (the 0.99999 quantile is 1.2-1.8x
 # the 0.9999 one): at 0.9999 a saturated red disc moved latents by 2 steps, at 0.99999 by 0.15
 HIDDEN_QUANTILE = 0.99999
-_SAMPLE = 1 << 22  # activations a range is measured on, per tensor (torch.quantile's limit is 2**24)
+_POSITIONS = 1 << 16  # pixel positions a channel's range is measured on, per tensor
+_DEAD = 2.0**-10  # the smallest range, relative to the largest of its tensor (see measure_ranges)
 
 
 def _ops() -> Any:
@@ -52,156 +58,200 @@ def _ops() -> Any:
 
 
 def supported() -> bool:
-    """Whether this torch can run the int8 analysis (x86 build with oneDNN's int8 ops)."""
+    """Whether this torch can run int8 blocks (x86 build with oneDNN's int8 ops)."""
     return torch.backends.mkldnn.is_available() and _ops() is not None
 
 
-def residual_blocks(g_a: nn.Sequential) -> list[int]:
-    """Indexes of the analysis' residual blocks: the layers that run in int8."""
-    return [i for i, layer in enumerate(g_a) if isinstance(layer, ResBlock)]
+def residual_blocks(layers: nn.Sequential) -> list[int]:
+    """Indexes of a transform's residual blocks: the layers that can run in int8."""
+    return [i for i, layer in enumerate(layers) if isinstance(layer, ResBlock)]
 
 
-def measure_ranges(g_a: nn.Sequential, images: Iterable[torch.Tensor], seed: int = 0) -> dict[str, dict[str, float]]:
-    """Per residual block, the ``QUANTILE`` of |input| and the ``HIDDEN_QUANTILE`` of its ReLU output over ``images``
-    ((1, 3, H, W) float in [0, 1]), taken on a seeded sample of each tensor; the largest over images."""
-    blocks = set(residual_blocks(g_a))
+def synthesis_levels(g_s: nn.Sequential) -> list[list[int]]:
+    """The synthesis' residual blocks per level, coarse to fine (a level starts at each upsampling)."""
+    levels: list[list[int]] = []
+    for i, layer in enumerate(g_s):
+        if isinstance(layer, SubPixelConv):
+            levels.append([])
+        elif isinstance(layer, ResBlock):
+            levels[-1].append(i)
+    return levels[:-1]  # the last upsampling makes the pixels: no blocks after it
+
+
+def measure_ranges(layers: nn.Sequential, inputs: Iterable[torch.Tensor], blocks: Iterable[int],
+                   seed: int = 0) -> dict[str, dict[str, list[float]]]:
+    """Per block of ``blocks``, each channel's ``QUANTILE`` of |input| and ``HIDDEN_QUANTILE`` of its
+    ReLU output over ``inputs`` ((1, C, H, W) float32, what ``layers`` takes), taken on a seeded sample
+    of positions of each tensor; the largest over inputs."""
+    blocks = set(blocks)
     generator = torch.Generator().manual_seed(seed)
-    ranges: dict[str, dict[str, float]] = {str(i): {"input": 0.0, "hidden": 0.0} for i in sorted(blocks)}
+    found: dict[int, list[torch.Tensor]] = {}
 
-    def quantile(t: torch.Tensor, q: float) -> float:
-        v = t.detach().abs().flatten().float()
-        if v.numel() > _SAMPLE:
-            v = v[torch.randint(v.numel(), (_SAMPLE,), generator=generator)]
-        return float(torch.quantile(v, q))
+    def quantile(t: torch.Tensor, q: float) -> torch.Tensor:
+        v = t.detach().abs().float().flatten(2)[0]  # (C, H*W)
+        if v.shape[1] > _POSITIONS:
+            v = v[:, torch.randint(v.shape[1], (_POSITIONS,), generator=generator)]
+        return torch.quantile(v, q, dim=1)
 
     with torch.inference_mode():
-        for x in images:
-            for i, layer in enumerate(g_a):
+        for x in inputs:
+            for i, layer in enumerate(layers):
                 if i in blocks:
-                    r = ranges[str(i)]
-                    r["input"] = max(r["input"], quantile(x, QUANTILE))
-                    r["hidden"] = max(r["hidden"], quantile(F.relu(layer.conv1(x)), HIDDEN_QUANTILE))
+                    now = [quantile(x, QUANTILE), quantile(F.relu(layer.conv1(x)), HIDDEN_QUANTILE)]
+                    found[i] = [torch.maximum(a, b) for a, b in zip(found[i], now)] if i in found else now
                 x = layer(x)
-    return ranges
+    # a channel never active (a ReLU output that stays 0) gets a range far below the others': any
+    # positive step serves it, and the ranges file holds positive numbers only
+    return {str(i): {part: torch.maximum(r, r.max() * _DEAD).clamp_min(_DEAD).tolist()
+                     for part, r in zip(("input", "hidden"), found[i])} for i in sorted(found)}
 
 
-def ranges_document(model_id: str, ranges: dict[str, dict[str, float]], source: dict) -> dict:
+def ranges_document(model_id: str, analysis: dict, synthesis: dict, source: dict) -> dict:
     """The ranges file's contents (``source`` says what they were measured on)."""
     return {"format": FORMAT, "model": model_id, "quantile": {"input": QUANTILE, "hidden": HIDDEN_QUANTILE},
-            "source": source, "blocks": ranges}
+            "source": source, "analysis": analysis, "synthesis": synthesis}
 
 
-def check_ranges(document: Any, model_id: str, g_a: nn.Sequential) -> dict[str, dict[str, float]]:
-    """The blocks' ranges of a parsed ranges file, or ValueError saying what is wrong with it."""
+def _check_blocks(blocks: Any, layers: nn.Sequential, name: str, every: bool) -> dict[str, dict[str, list[float]]]:
+    possible = {str(i) for i in residual_blocks(layers)}
+    if not isinstance(blocks, dict) or (set(blocks) != possible if every else not set(blocks) <= possible):
+        shown = sorted(blocks) if isinstance(blocks, dict) else blocks
+        msg = f"int8 ranges file has {name} blocks {shown}, the {name} {sorted(possible, key=int)}"
+        raise ValueError(msg)
+    for key, r in blocks.items():
+        width = layers[int(key)].conv1.in_channels
+        values = [r.get(part) if isinstance(r, dict) else None for part in ("input", "hidden")]
+        if not all(isinstance(v, list) and len(v) == width for v in values):
+            msg = f"int8 ranges of {name} block {key} are not two lists of {width} numbers"
+            raise ValueError(msg)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                   for part in values for v in part):
+            msg = f"int8 ranges of {name} block {key} are not positive finite numbers"
+            raise ValueError(msg)
+    return blocks
+
+
+def check_ranges(document: Any, model_id: str, g_a: nn.Sequential,
+                 g_s: nn.Sequential) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
+    """(analysis, synthesis) ranges of a parsed ranges file, or ValueError saying what is wrong with
+    it. Every analysis block has ranges; the synthesis blocks that have them are the ones run in int8."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         msg = f"int8 ranges file is not format {FORMAT}"
         raise ValueError(msg)
     if document.get("model") != model_id:
         msg = f"int8 ranges file is for model {document.get('model')!r}, not {model_id}"
         raise ValueError(msg)
-    blocks = document.get("blocks")
-    expected = {str(i) for i in residual_blocks(g_a)}
-    if not isinstance(blocks, dict) or set(blocks) != expected:
-        msg = f"int8 ranges file has blocks {sorted(blocks) if isinstance(blocks, dict) else blocks}, the analysis {sorted(expected)}"
-        raise ValueError(msg)
-    for key, r in blocks.items():
-        values = [r.get(name) if isinstance(r, dict) else None for name in ("input", "hidden")]
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
-            msg = f"int8 ranges of block {key} are not positive finite numbers: {r!r}"
-            raise ValueError(msg)
-    return blocks
+    return (_check_blocks(document.get("analysis"), g_a, "analysis", every=True),
+            _check_blocks(document.get("synthesis"), g_s, "synthesis", every=False))
 
 
-def load_ranges(data: bytes, model_id: str, g_a: nn.Sequential) -> dict[str, dict[str, float]]:
+def load_ranges(data: bytes, model_id: str, g_a: nn.Sequential, g_s: nn.Sequential) -> tuple[dict, dict]:
     """``check_ranges`` of a ranges file's bytes."""
     try:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         msg = f"int8 ranges file is not JSON: {e}"
         raise ValueError(msg) from e
-    return check_ranges(document, model_id, g_a)
+    return check_ranges(document, model_id, g_a, g_s)
+
+
+def _prepack(weight: torch.Tensor, bias: torch.Tensor, x_scale: float, padding: list[int]) -> tuple:
+    """A convolution's weights as oneDNN takes them: int8, one scale per output channel."""
+    scales = (weight.abs().amax((1, 2, 3)) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+    q = torch.round(weight / scales[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
+    packed = _ops()[0](q, scales, x_scale, 0, [1, 1], padding, [1, 1], 1, None)
+    return packed, scales, torch.zeros(len(scales), dtype=torch.int64), bias.float(), padding
 
 
 class _Block:
     """One residual block in int8: quantize the float32 input, convolve to a uint8 ReLU output,
     convolve that and add it to the float32 input in place."""
 
-    def __init__(self, block: ResBlock, input_range: float, hidden_range: float) -> None:
-        self.x_scale, self.x_zero = input_range / 127.0, 128  # symmetric, in uint8
-        self.h_scale = hidden_range / 255.0  # ReLU output: non-negative
-        self.conv1 = self._prepack(block.conv1, self.x_scale, [1, 1])
-        self.conv2 = self._prepack(block.conv2, self.h_scale, [0, 1])  # runs on bands padded by hand
+    ZERO = 128  # the quantized input's zero point: symmetric, in uint8
+    BAND = 1 << 22  # elements quantized or convolved at a time: band-sized scratch, not a copy of x
+
+    def __init__(self, block: ResBlock, input_range: Any, hidden_range: Any) -> None:
+        w1, b1 = block.conv1.weight.detach().float(), block.conv1.bias.detach().float()
+        w2, b2 = block.conv2.weight.detach().float(), block.conv2.bias.detach().float()
+        step = self.balanced(input_range) / 127.0  # per input channel
+        hidden = self.balanced(hidden_range)  # ReLU outputs scaled to [0, 1]
+        self.inverse_step = (1.0 / step).view(1, -1, 1, 1)
+        self.offset = torch.tensor(self.ZERO + 0.5)
+        self.conv1 = _prepack(w1 * step.view(1, -1, 1, 1) / hidden.view(-1, 1, 1, 1), b1 / hidden, 1.0, [1, 1])
+        self.conv2 = _prepack(w2 * hidden.view(1, -1, 1, 1), b2, 1 / 255.0, [0, 1])  # runs on bands padded by hand
 
     @staticmethod
-    def _prepack(conv: nn.Conv2d, x_scale: float, padding: list[int]) -> tuple:
-        prepack = _ops()[0]
-        w = conv.weight.detach().float()
-        scales = (w.abs().amax((1, 2, 3)) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-        q = torch.round(w / scales[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
-        packed = prepack(q, scales, x_scale, 0, [1, 1], padding, [1, 1], 1, None)
-        return packed, scales, torch.zeros(len(scales), dtype=torch.int64), conv.bias.detach().float(), padding
+    def balanced(ranges: Any) -> torch.Tensor:
+        """Each channel's range as its quantization takes it: the geometric mean of its own and the
+        largest (the square-root balance of cross-layer equalization). Scaling a channel's
+        activations up scales its weights down, and the weights share one int8 scale per output
+        channel: fully per-channel steps starved the small channels' weights. On 8 Kodak images,
+        analysis latents moved 0.013 steps rms at quality 8 (max 0.19) against 0.019 (0.29) with
+        one range per tensor and 0.013 (0.78) fully per channel; the synthesis lost 0.0023 dB
+        against 0.0049 and 0.0034."""
+        r = torch.as_tensor(ranges, dtype=torch.float32)
+        return (r * r.max()).sqrt()
 
-    BAND = 1 << 22  # elements quantized at a time: a band-sized float scratch, not a copy of x
+    def _rows(self, x: torch.Tensor) -> int:
+        return max(1, self.BAND // max(1, x.shape[0] * x.shape[1] * x.shape[3]))
 
-    def scales(self, x: torch.Tensor) -> tuple[float, float]:
-        """(input, hidden) scales for ``x``: the measured ones, widened together where ``x``
-        goes beyond its range, so nothing saturates. Text and flat saturated colours do: with
-        the photos' ranges a drawing lost 0.2-0.3 dB against float32, widened it keeps within
-        0.04 dB. Photos stay inside their range and get the measured scales."""
-        lo, hi = torch.aminmax(x.permute(0, 2, 3, 1).reshape(-1))  # a view of channels-last x: no copy
-        widen = max(1.0, max(-float(lo), float(hi)) / (127.0 * self.x_scale))
-        return self.x_scale * widen, self.h_scale * widen
-
-    def quantize(self, x: torch.Tensor, scale: float) -> torch.Tensor:
-        """uint8 ``round(x / scale) + 128``, a band of rows at a time, in two passes: one
-        multiply-add, one truncating cast (of a value in [1.5, 255.5] when ``scale`` covers
-        |x| ≤ 127·scale, as ``scales`` makes it: rounding, with no clamp needed)."""
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(uint8 ``round(x / (step · widen)) + 128``, widen): each channel divided by its step, the
+        whole by ``widen`` ≥ 1, the smallest that keeps every value in range, so nothing saturates.
+        Text and flat saturated colours need it (with the photos' ranges a drawing lost 0.2-0.3 dB
+        against float32, widened 0.01-0.04 dB); photos mostly stay within their ranges. A band of
+        rows at a time: a multiply-add, a min/max of its result, a truncating cast."""
         q = torch.empty(x.shape, dtype=torch.uint8, memory_format=torch.channels_last)
-        offset = torch.tensor(self.x_zero + 0.5)
-        rows = max(1, self.BAND // max(1, x.shape[0] * x.shape[1] * x.shape[3]))
-        for r0 in range(0, x.shape[2], rows):
-            q[:, :, r0 : r0 + rows].copy_(torch.add(offset, x[:, :, r0 : r0 + rows], alpha=1.0 / scale))
-        return q
+        rows, height, widen, r0 = self._rows(x), x.shape[2], 1.0, 0
+        while r0 < height:
+            band = torch.addcmul(self.offset, x[:, :, r0 : r0 + rows], self.inverse_step, value=1.0 / widen)
+            lo, hi = torch.aminmax(band.permute(0, 2, 3, 1).reshape(-1))
+            reach = max(self.ZERO + 0.5 - float(lo), float(hi) - self.ZERO - 0.5)
+            if reach > 127.0:  # start again, wider: every band must share the scale
+                widen *= reach / 127.0
+                r0 = 0
+                continue
+            q[:, :, r0 : r0 + rows].copy_(band)  # truncates values in [1, 256): rounds
+            r0 += rows
+        return q, widen
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """The block's output for one image's ``x`` (1, C, H, W), written into ``x``."""
+        """The block's output for one image's ``x`` (1, C, H, W) float32 channels-last, written into ``x``."""
         _, conv = _ops()
         one = [1, 1]
-        x_scale, h_scale = self.scales(x)
-        qx = self.quantize(x, x_scale)
+        qx, widen = self.quantize(x)
         w, ws, wz, b, pad = self.conv1
-        h = conv(qx, x_scale, self.x_zero, w, ws, wz, b, one, pad, one, 1, h_scale, 0, torch.uint8, "relu", [], "")
+        h = conv(qx, widen, self.ZERO, w, ws, wz, b, one, pad, one, 1, widen / 255.0, 0, torch.uint8, "relu", [], "")
         del qx
         # The second convolution a band of output rows at a time, each added to x: its float32
         # output is a band, not a copy of x (oneDNN's fused sum cloned x, +37 MB at the peak of a
         # 1248-pixel tile). The rows above and below a band are its padding (zeros at the edges:
         # the ReLU output's zero point is 0); integer sums make the bands exact.
         w, ws, wz, b, pad = self.conv2
-        rows = max(1, self.BAND // max(1, x.shape[0] * x.shape[1] * x.shape[3]))
-        height = x.shape[2]
+        rows, height = self._rows(x), x.shape[2]
         for r0 in range(0, height, rows):
             r1 = min(r0 + rows, height)
             band = h[:, :, max(r0 - 1, 0) : r1 + 1]
             if r0 == 0 or r1 == height:
                 band = F.pad(band, (0, 0, int(r0 == 0), int(r1 == height))).contiguous(memory_format=torch.channels_last)
-            x[:, :, r0:r1].add_(conv(band, h_scale, 0, w, ws, wz, b, one, pad, one, 1, 1.0, 0, torch.float32, "none", [], ""))
+            x[:, :, r0:r1].add_(conv(band, widen / 255.0, 0, w, ws, wz, b, one, pad, one, 1, 1.0, 0,
+                                     torch.float32, "none", [], ""))
         return x
 
 
-class Int8Analysis:
-    """``g_a`` (float32, on the CPU) with its residual blocks in int8; call it like ``g_a``.
+class Int8Layers:
+    """A transform (float32, on the CPU) with the residual blocks that ``ranges`` names in int8;
+    call it like the transform.
 
-    The result's latents differ from float32's by rounding-size amounts (see the module
-    docstring). The images of a batch run one at a time: a scale widened for one image
-    must not change another's bytes (and int8 convolutions gain nothing from a batch)."""
+    The images of a batch run one at a time: a scale widened for one image must not change
+    another's output (and int8 convolutions gain nothing from a batch)."""
 
-    def __init__(self, g_a: nn.Sequential, ranges: dict[str, dict[str, float]]) -> None:
+    def __init__(self, layers: nn.Sequential, ranges: dict[str, dict[str, list[float]]]) -> None:
         if not supported():
             msg = "this torch build has no oneDNN int8 convolutions; use precision float32"
             raise RuntimeError(msg)
-        self.layers = list(g_a)
-        self.blocks = {i: _Block(g_a[i], ranges[str(i)]["input"], ranges[str(i)]["hidden"])
-                       for i in residual_blocks(g_a)}
+        self.layers = list(layers)
+        self.blocks = {int(i): _Block(layers[int(i)], r["input"], r["hidden"]) for i, r in ranges.items()}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self._one(image) for image in x.split(1)]) if x.shape[0] > 1 else self._one(x)

@@ -124,28 +124,44 @@ class Model:
 
     @property
     def has_int8(self) -> bool:
-        """Whether the model ships the activation ranges its int8 analysis needs."""
+        """Whether the model ships the activation ranges its int8 transforms need."""
         return "int8" in self.entry
+
+    def _int8_ranges(self, net: Any) -> tuple[dict, dict]:
+        """(analysis, synthesis) ranges of ``net`` (the CPU float32 network) from the model's verified
+        ranges file."""
+        from . import int8
+
+        spec = self.entry.get("int8")
+        if spec is None:
+            msg = f"model {self.model_id.hex()} ships no int8 activation ranges; use precision float32"
+            raise WeightsError(msg)
+        path = weights_dir() / spec["file"]
+        try:
+            return int8.load_ranges(_verified(path, spec["sha256"]), self.model_id.hex(), net.g_a, net.g_s)
+        except ValueError as e:
+            msg = f"{path}: {e}"
+            raise WeightsError(msg) from e
 
     def int8_analysis(self) -> Any:
         """The CPU analysis with int8 residual blocks (``int8.py``), built once, thread-safe."""
+        return self._int8("analysis")
+
+    def int8_synthesis(self) -> Any:
+        """The CPU synthesis but its last layer, with the residual blocks the ranges file names in
+        int8 (``int8.py``), built once, thread-safe."""
+        return self._int8("synthesis")
+
+    def _int8(self, transform: str) -> Any:
         net = self.net("cpu")
         with self._lock:
-            if "int8" not in self._nets:
+            if ("int8", transform) not in self._nets:
                 from . import int8
 
-                spec = self.entry.get("int8")
-                if spec is None:
-                    msg = f"model {self.model_id.hex()} ships no int8 activation ranges; use precision float32"
-                    raise WeightsError(msg)
-                path = weights_dir() / spec["file"]
-                try:
-                    ranges = int8.load_ranges(_verified(path, spec["sha256"]), self.model_id.hex(), net.g_a)
-                except ValueError as e:
-                    msg = f"{path}: {e}"
-                    raise WeightsError(msg) from e
-                self._nets["int8"] = int8.Int8Analysis(net.g_a, ranges)
-            return self._nets["int8"]
+                analysis, synthesis = self._int8_ranges(net)
+                self._nets["int8", "analysis"] = int8.Int8Layers(net.g_a, analysis)
+                self._nets["int8", "synthesis"] = int8.Int8Layers(net.g_s[:-1], synthesis)
+            return self._nets["int8", transform]
 
     def net(self, device: str, dtype: str = "float32", entropy: bool = False):
         """The torch network on ``device`` in ``dtype`` (built once per pair, thread-safe).

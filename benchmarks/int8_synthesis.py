@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Which synthesis residual blocks can run in int8, at what cost in PSNR, for how much time?
+
+Measures each channel's activation ranges of every synthesis block on training images (as
+``python -m pillow_cnnz.train int8`` does, on ŷ the decoder gets from them), then decodes the
+ŷ of every image of ``--data`` (the float32 analysis' files at each quality) with float32
+``g_s`` and with each level's blocks in int8 (``pillow_cnnz/int8.py``), alone, and with the
+shipped ranges file's choice. Reports mean PSNR against the original per quality and each
+variant's difference from float32, and the median time of ``g_s`` on the first image for
+float32 and the shipped choice, timed interleaved (the machine's speed drifts).
+
+Example (from the repository root; about 6 minutes on 2 cores)::
+
+    python benchmarks/int8_synthesis.py --data ../shared/data/kodak --out benchmarks/results/int8_synthesis.json
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from _common import image_paths, load_rgb, write_json
+
+from pillow_cnnz import codec, int8, weights
+from pillow_cnnz.train.data import image_paths as training_paths
+from pillow_cnnz.train.int8ranges import _decoded_latents
+from pillow_cnnz.train.data import load_rgb as load_training_rgb
+
+
+def _pixels(body, last, y: torch.Tensor, height: int, width: int) -> np.ndarray:  # noqa: ANN001
+    x = last(body(y.clone()))
+    return x.clamp(0, 1).mul(255).round().permute(0, 2, 3, 1)[0, :height, :width].numpy()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="../shared/data/kodak")
+    p.add_argument("--train", default="../shared/data/train", help="images the ranges are measured on")
+    p.add_argument("--calibration", type=int, default=48, help="how many training images (the command's seeded pick)")
+    p.add_argument("--qualities", default="1,4,6,8")
+    p.add_argument("--limit", type=int, default=0, help="first N images of --data (0: all)")
+    p.add_argument("--repeat", type=int, default=9, help="timed runs of each variant")
+    p.add_argument("--out", default="benchmarks/results/int8_synthesis.json")
+    args = p.parse_args()
+    if not int8.supported():
+        p.error("this torch build has no oneDNN int8 convolutions")
+    model = weights.load()
+    net = model.net("cpu")
+    g_s, body, last = net.g_s, net.g_s[:-1], net.g_s[-1]
+    paths = training_paths(args.train)
+    picked = sorted(np.random.default_rng(0).choice(len(paths), min(args.calibration, len(paths)), replace=False))
+    levels = int8.synthesis_levels(g_s)
+    latents = [_decoded_latents(model, load_training_rgb(paths[i]), 1.0 + k % 8) for k, i in enumerate(picked)]
+    ranges = int8.measure_ranges(g_s, latents, [i for level in levels for i in level])
+    shipped = model.int8_synthesis()
+    variants = {f"level {n}": int8.Int8Layers(body, {str(i): ranges[str(i)] for i in level}) for n, level in enumerate(levels)}
+    variants["all levels"] = int8.Int8Layers(body, ranges)
+    variants["shipped"] = shipped
+    qualities = [float(q) for q in args.qualities.split(",")]
+    images = [load_rgb(path) for path in image_paths(args.data, args.limit or None)]
+    psnr: dict[str, dict[str, list[float]]] = {k: {str(q): [] for q in qualities} for k in ["float32", *variants]}
+    with torch.inference_mode():
+        for rgb in images:
+            for q in qualities:
+                y = _decoded_latents(model, rgb, q)
+                for name, run in [("float32", body), *variants.items()]:
+                    out = _pixels(run, last, y, *rgb.shape[:2])
+                    mse = np.mean((out - rgb.astype(np.float64)) ** 2)
+                    psnr[name][str(q)].append(float(10 * np.log10(255**2 / mse)))
+        y = _decoded_latents(model, images[0], qualities[-1])
+        times: dict[str, list[float]] = {"float32": [], "shipped": []}
+        for name, run in (("float32", body), ("shipped", shipped)):
+            _pixels(run, last, y, *images[0].shape[:2])  # warm-up
+        for _ in range(args.repeat):
+            for name, run in (("float32", body), ("shipped", shipped)):
+                t = time.perf_counter()
+                _pixels(run, last, y, *images[0].shape[:2])
+                times[name].append(time.perf_counter() - t)
+    mean = {k: {q: float(np.mean(v)) for q, v in per.items()} for k, per in psnr.items()}
+    delta = {k: {q: mean[k][q] - mean["float32"][q] for q in mean[k]} for k in variants}
+    ms = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+    result = {"data": args.data, "images": len(images), "model_id": model.model_id.hex(),
+              "calibration": {"data": args.train, "images": len(picked)},
+              "levels": levels, "shipped_blocks": sorted(shipped.blocks), "cpu_has_vnni": codec._cpu_has_vnni(),
+              "threads": torch.get_num_threads(), "psnr": mean, "delta_db": delta, "g_s_ms_median": ms,
+              "speedup": ms["float32"] / ms["shipped"]}
+    write_json(args.out, result)
+    print(f"{len(images)} images, PSNR vs float32 (dB):")
+    for k, per in delta.items():
+        print(f"  {k:>10}: " + "  ".join(f"q{float(q):g} {v:+.4f}" for q, v in per.items()))
+    print(f"g_s + last layer, {images[0].shape[1]}x{images[0].shape[0]}: float32 {ms['float32']:.0f} ms, "
+          f"shipped int8 {ms['shipped']:.0f} ms ({result['speedup']:.2f}x), blocks {sorted(shipped.blocks)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
