@@ -177,7 +177,7 @@ def environment() -> dict:
     try:  # what CNNZ_PRECISION=auto picks for a CPU decode here (bfloat16 needs torch)
         from pillow_cnnz import codec
 
-        info["cpu_decode_precision"] = codec.resolve_precision(None, "cpu")
+        info["cpu_decode_precision"] = codec.resolve_precision(None, "cpu", int8=codec.load().has_int8)
     except ValueError as e:
         info["cpu_decode_precision"] = str(e)
     try:

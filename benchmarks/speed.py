@@ -237,9 +237,10 @@ def part_codecs(paths: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
     from pillow_cnnz import codec
 
     # Encoding imported torch, so ``auto`` may now decode in bfloat16 (CPUs with native
-    # bfloat16); then the numpy float32 path, what a decode-only process runs, is timed too.
+    # bfloat16) or int8 (VNNI without it); then float32 is timed too, in torch (a decode-only
+    # process runs numpy's float32: ``--parts scaling``).
     first = next(iter(codecs))
-    precision = {first: codec.resolve_precision(None, "cpu")}
+    precision = {first: codec.resolve_precision(None, "cpu", int8=codec.load().has_int8)}
     if precision[first] != "float32" and not os.environ.get("CNNZ_PRECISION"):
         name = f"{first}-float32"
         codecs = {first: codecs[first], name: codecs[first], **{k: v for k, v in codecs.items() if k != first}}
@@ -363,7 +364,7 @@ def _int8_conv_rate(conv, x, macs: int, runs: int) -> float | None:  # noqa: ANN
     from pillow_cnnz import int8
 
     scale = float(x.abs().max()) / 127
-    w, ws, wz, b, pad = int8._Block._prepack(conv.float(), scale, [1, 1])
+    w, ws, wz, b, pad = int8._prepack(conv.weight.detach().float(), conv.bias.detach(), scale, [1, 1])
     q = torch.empty(x.shape, dtype=torch.uint8, memory_format=torch.channels_last).random_(0, 256)
     _, qconv = int8._ops()
     one = [1, 1]

@@ -232,12 +232,16 @@ def _analysis(net: Any, rgbs: list[np.ndarray], device: str, precision: str, g_a
     grid = (zh * PAD_MULTIPLE // LATENT_STRIDE, zw * PAD_MULTIPLE // LATENT_STRIDE)
     y = np.empty((len(rgbs), net.config.M, *grid), np.float32)
     s = LATENT_STRIDE
-    for (r0, r1, c0, c1), (a0, a1, b0, b1) in _windows(*grid, grid):
+    windows = list(_windows(*grid, grid))
+    for (r0, r1, c0, c1), (a0, a1, b0, b1) in windows:
         tile = np.stack([_edge_padded(im, a0 * s, a1 * s, b0 * s, b1 * s) for im in rgbs])
         x = torch.from_numpy(tile).to(device).permute(0, 3, 1, 2)
         x = x.float().div_(255).contiguous(memory_format=torch.channels_last)
         out = _run(torch, g_a, x, precision)
         y[:, :, r0:r1, c0:c1] = out[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0].float().cpu().numpy()
+        if len(windows) > 1:
+            del tile, x, out
+            _return_freed_heap()
     return y
 
 

@@ -338,3 +338,28 @@ def test_int8_command_refuses_levels_the_synthesis_does_not_have(weights_copy, l
 
     with pytest.raises(SystemExit, match="levels 0 to 2"):
         main(["int8", "--images", "1", "--synthesis-levels", levels, "--out", str(weights_copy)])
+
+
+@needs_int8
+def test_benchmarks_that_reach_into_int8_still_run(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import int8_synthesis
+    import speed
+
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1).to(memory_format=torch.channels_last).eval()
+    x = torch.randn(1, 16, 24, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        rate = speed._int8_conv_rate(conv, x, 16 * 16 * 9 * 24 * 32, 1)
+    assert rate is None or rate > 0  # None: no VNNI, where int8 does not pay
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(photo(96, 128, seed=21)).save(data / "a.png")
+    out = tmp_path / "int8_synthesis.json"
+    monkeypatch.setattr(sys, "argv", ["int8_synthesis.py", "--data", str(data), "--train", str(data), "--calibration", "1",
+                                      "--qualities", "4", "--repeat", "1", "--out", str(out)])
+    assert int8_synthesis.main() == 0
+    result = json.loads(out.read_text())
+    assert set(result["delta_db"]) == {"level 0", "level 1", "level 2", "all levels", "shipped"}
+    assert result["shipped_blocks"] == result["levels"][0] + result["levels"][2]

@@ -315,10 +315,11 @@ def _analysis_note(cfg: dict) -> str:
 def _int8_note(info: dict) -> str:
     spec = info.get("int8")
     if not spec:
-        return ("- int8 analysis: no activation ranges registered yet (`python -m pillow_cnnz.train int8`); "
-                "CPUs with VNNI run the analysis in float32 until then.\n")
-    return (f"- int8 analysis (encoder, CPUs with VNNI, `pillow_cnnz/int8.py`): activation ranges of its residual "
-            f"blocks in `{spec['file']}` (sha256 `{spec['sha256'][:16]}…`), measured on training images by "
+        return ("- int8 transforms: no activation ranges registered yet (`python -m pillow_cnnz.train int8`); "
+                "CPUs with VNNI run the analysis and synthesis in float32 until then.\n")
+    return (f"- int8 transforms (CPUs with VNNI and no bfloat16, `pillow_cnnz/int8.py`): per-channel activation "
+            f"ranges of the analysis' residual blocks and of the synthesis blocks that run in int8 in "
+            f"`{spec['file']}` (sha256 `{spec['sha256'][:16]}…`), measured on training images by "
             f"`python -m pillow_cnnz.train int8`.\n")
 
 
