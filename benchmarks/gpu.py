@@ -124,8 +124,8 @@ def part_batch(images: list[np.ndarray], q: float, dev: str, sizes: list[int]) -
         out["runs"].append({"batch_size": bs, "encode_mp_s": mp / te, "decode_mp_s": mp / td,
                             "encode_s": te, "decode_s": td})
     parsed = [container.parse(f) for f in files]
-    y_hats, t_cpu = timed(lambda: [codec.decode_y_hat(h, p["LATZ"], p["LATY"]) for h, p in parsed])
-    _, t_threads = timed(codec._per_file, lambda hp: codec.decode_y_hat(hp[0], hp[1]["LATZ"], hp[1]["LATY"]), parsed)
+    y_hats, t_cpu = timed(lambda: [codec.y_hat_of(f) for f in parsed])
+    _, t_threads = timed(codec._per_file, codec.y_hat_of, parsed)
     bs = max(sizes)
     headers = [h for h, _ in parsed]
 

@@ -685,6 +685,12 @@ def _per_file(fn: Any, items: list) -> list:
         return list(pool.map(blas.lend(fn), items))
 
 
+def y_hat_of(file: tuple[container.Header, dict[str, bytes]]) -> np.ndarray:
+    """``decode_y_hat`` of a parsed file (header, sections): the exact stage of its decode."""
+    header, payloads = file
+    return decode_y_hat(header, payloads["LATZ"], payloads["LATY"])
+
+
 def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device: str | None = None,
                   batch_size: int = 8) -> list[np.ndarray]:
     """Pixels of parsed files. Their entropy decoding runs on a thread per core; on a GPU
@@ -695,8 +701,7 @@ def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device
     out: list[np.ndarray] = [np.empty(0)] * len(files)
 
     def exact_stage(i: int) -> tuple[np.ndarray | None, np.ndarray]:
-        header, payloads = files[i]
-        return _alpha(header, payloads), decode_y_hat(header, payloads["LATZ"], payloads["LATY"])
+        return _alpha(*files[i]), y_hat_of(files[i])
 
     for ids in _groups([(f[0].height, f[0].width, f[0].model_id) for f in files], batch_size):
         headers = [files[i][0] for i in ids]
