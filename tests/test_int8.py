@@ -336,8 +336,11 @@ def test_int8_command_registers_ranges_with_the_default_weights(weights_copy):
 def test_int8_command_refuses_levels_the_synthesis_does_not_have(weights_copy, levels):
     from pillow_cnnz.train.__main__ import main
 
-    with pytest.raises(SystemExit, match="levels 0 to 2"):
-        main(["int8", "--images", "1", "--synthesis-levels", levels, "--out", str(weights_copy)])
+    before = (weights_copy / "manifest.json").read_bytes()
+    with pytest.raises(SystemExit, match="levels 0 to 2"):  # before any image is read: the folder is not there
+        main(["int8", "--data", str(weights_copy / "none"), "--images", "1", "--synthesis-levels", levels,
+              "--out", str(weights_copy)])
+    assert (weights_copy / "manifest.json").read_bytes() == before
 
 
 @needs_int8

@@ -62,14 +62,14 @@ def run(args: argparse.Namespace) -> int:
     manifest = json.loads(manifest_path.read_text())
     model_id = manifest["default"]
     entry = manifest["models"][model_id]
-    paths = image_paths(args.data)
-    picked = sorted(np.random.default_rng(args.seed).choice(len(paths), min(args.images, len(paths)), replace=False))
     model = weights.load(bytes.fromhex(model_id))
     if codec.load().model_id != model.model_id:
         msg = f"the encoder's default model is {codec.load().model_id.hex()}, the manifest's in {out} {model_id}"
         raise SystemExit(msg)
     net = model.net("cpu")
-    blocks = _levels(args.synthesis_levels, net.g_s)
+    blocks = _levels(args.synthesis_levels, net.g_s)  # before reading any image: a bad argument fails at once
+    paths = image_paths(args.data)
+    picked = sorted(np.random.default_rng(args.seed).choice(len(paths), min(args.images, len(paths)), replace=False))
     images = (torch.from_numpy(load_rgb(paths[i]).copy()).permute(2, 0, 1)[None].float().div(255)
               .contiguous(memory_format=torch.channels_last) for i in picked)
     analysis = int8.measure_ranges(net.g_a, images, int8.residual_blocks(net.g_a), args.seed)
