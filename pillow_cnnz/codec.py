@@ -486,8 +486,8 @@ def synthesize_batch(headers: list[container.Header], y_hats: list[np.ndarray],
     On a CPU in float32 the synthesis runs in numpy until torch is imported anyway (an
     encode, a training pipeline): numpy spares a decode-only process the 1-2 s torch import,
     and torch's convolutions are then 2.3x faster (153 vs 357 ms a Kodak image, 2 threads,
-    AVX-512 Xeon); the two give the same pixels within float rounding. bfloat16, float64 and
-    CUDA run in torch.
+    AVX-512 Xeon); the two give the same pixels within float rounding. bfloat16, int8 (the
+    residual blocks the model's ranges file names, ``int8.py``), float64 and CUDA run in torch.
     """
     device = resolve_device(device)
     model = load(headers[0].model_id)
