@@ -1,10 +1,10 @@
-"""``python -m pillow_cnnz.train fit|slim|hyperfit|export|int8|card|subset``: train the network, export shipped weights."""
+"""``python -m pillow_cnnz.train fit|slim|hyperfit|distill|export|int8|card|subset``: train the network, export shipped weights."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import data, export, hyperfit, int8ranges, loop
+from . import data, distill, export, hyperfit, int8ranges, loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     loop.add_arguments(sub.add_parser("fit", help="train (or resume) a model"))
     loop.add_slim_arguments(sub.add_parser("slim", help="checkpoint without optimizer state (to commit)"))
     hyperfit.add_arguments(sub.add_parser("hyperfit", help="fit the hyperprior on whole images, transforms frozen"))
+    distill.add_arguments(sub.add_parser("distill", help="train a smaller synthesis, the rest of a checkpoint frozen"))
     export.add_arguments(sub.add_parser("export", help="checkpoint -> weights file + model card"))
     int8ranges.add_arguments(sub.add_parser("int8", help="activation ranges of the int8 analysis, after export"))
     export.add_card_arguments(sub.add_parser("card", help="rewrite the model card from the weights and results"))
