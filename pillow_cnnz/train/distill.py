@@ -116,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.run)
     folder.mkdir(parents=True, exist_ok=True)
     step, seconds = 0, 0.0
-    opt = torch.optim.Adam(student.g_s.parameters(), lr=args.lr)
+    student.to(args.device).requires_grad_(False)
+    student.g_s.requires_grad_(True).train()
+    opt = torch.optim.Adam(student.g_s.parameters(), lr=args.lr)  # after the move: its state follows the parameters
     if args.resume and (folder / "last.pt").exists():
         saved = read_checkpoint(folder / "last.pt")
         if saved["config"] != config.to_dict():
@@ -125,8 +127,6 @@ def run(args: argparse.Namespace) -> int:
         student.load_state_dict(saved["model"])
         opt.load_state_dict(saved["distill"]["optimizer"])
         step, seconds = saved["distill"]["step"], saved["distill"]["seconds"]
-    student.to(args.device).requires_grad_(False)
-    student.g_s.requires_grad_(True).train()
     sampler = CropSampler(args.data, args.crop, args.seed + step)
     val = [load_rgb(p) for p in image_paths(args.val)]
     print(f"student synthesis {config.synthesis_macs() / 1e3:.1f}k MAC/px (teacher {teacher.config.synthesis_macs() / 1e3:.1f}k); "
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             step += 1
             if step % 50 == 0:
                 psnr = float(torch.mean(10 * torch.log10(1 / mse.detach().clamp_min(1e-10))))
-                log.write(json.dumps({"step": step, "loss": float(loss), "psnr": psnr,
+                log.write(json.dumps({"step": step, "loss": loss.item(), "psnr": psnr,
                                       "seconds": seconds + time.time() - start}) + "\n")
                 log.flush()
             if step % args.val_every == 0 or step == args.steps:
