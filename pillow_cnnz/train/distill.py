@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     with (folder / "log.jsonl").open("a") as log:
         if step == 0:  # what the student is measured against, and where it starts
             entry = {"step": 0, "teacher_val": validate(teacher, val, args.device), "val": validate(student, val, args.device)}
-            student.g_s.train()
+            teacher.eval()  # validate hands networks back in training mode
             log.write(json.dumps(entry) + "\n")
             print(json.dumps(entry), flush=True)
         while step < args.steps:
