@@ -126,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(msg)
         student.load_state_dict(saved["model"])
         opt.load_state_dict(saved["distill"]["optimizer"])
+        for group in opt.param_groups:  # the saved state carries the old rate: this run's --lr wins
+            group["lr"] = args.lr
         step, seconds = saved["distill"]["step"], saved["distill"]["seconds"]
     sampler = CropSampler(args.data, args.crop, args.seed + step)
     val = [load_rgb(p) for p in image_paths(args.val)]
