@@ -23,9 +23,7 @@ import torch
 from _common import image_paths, load_rgb, write_json
 
 from pillow_cnnz import codec, int8, weights
-from pillow_cnnz.train.data import image_paths as training_paths
-from pillow_cnnz.train.int8ranges import _decoded_latents
-from pillow_cnnz.train.data import load_rgb as load_training_rgb
+from pillow_cnnz.train.int8ranges import calibration_paths, decoded_latents, synthesis_inputs
 
 
 def _pixels(body, last, y: torch.Tensor, height: int, width: int) -> np.ndarray:  # noqa: ANN001
@@ -48,10 +46,9 @@ def main() -> int:
     model = weights.load()
     net = model.net("cpu")
     g_s, body, last = net.g_s, net.g_s[:-1], net.g_s[-1]
-    paths = training_paths(args.train)
-    picked = sorted(np.random.default_rng(0).choice(len(paths), min(args.calibration, len(paths)), replace=False))
+    picked = calibration_paths(args.train, args.calibration, 0)  # the command's pick, at its default seed
     levels = int8.synthesis_levels(g_s)
-    latents = [_decoded_latents(model, load_training_rgb(paths[i]), 1.0 + k % 8) for k, i in enumerate(picked)]
+    latents = synthesis_inputs(model, [load_rgb(p) for p in picked])
     ranges = int8.measure_ranges(g_s, latents, [i for level in levels for i in level])
     shipped = model.int8_synthesis()
     variants = {f"level {n}": int8.Int8Layers(body, {str(i): ranges[str(i)] for i in level}) for n, level in enumerate(levels)}
@@ -63,12 +60,12 @@ def main() -> int:
     with torch.inference_mode():
         for rgb in images:
             for q in qualities:
-                y = _decoded_latents(model, rgb, q)
+                y = decoded_latents(model, rgb, q)
                 for name, run in [("float32", body), *variants.items()]:
                     out = _pixels(run, last, y, *rgb.shape[:2])
                     mse = np.mean((out - rgb.astype(np.float64)) ** 2)
                     psnr[name][str(q)].append(float(10 * np.log10(255**2 / mse)))
-        y = _decoded_latents(model, images[0], qualities[-1])
+        y = decoded_latents(model, images[0], qualities[-1])
         times: dict[str, list[float]] = {"float32": [], "shipped": []}
         for name, run in (("float32", body), ("shipped", shipped)):
             _pixels(run, last, y, *images[0].shape[:2])  # warm-up

@@ -323,7 +323,7 @@ def part_batch(paths: list[Path], args: argparse.Namespace) -> dict:
     parsed = [container.parse(f) for f in files]
 
     def exact_stage() -> None:
-        codec._per_file(lambda hp: codec.decode_y_hat(hp[0], hp[1]["LATZ"], hp[1]["LATY"]), parsed)
+        codec._per_file(codec.y_hat_of, parsed)
 
     one_core = mock.patch.object(codec, "_cores", lambda: 1)
 

@@ -11,7 +11,7 @@ convolutions (the whole signal) moved the analysis' latents 3-5x more than every
 block together, and cost the synthesis 0.3 dB at quality 8, so those, GDN and the first and
 last convolutions stay float32. Which synthesis blocks run int8 is the ranges file's choice
 (``python -m pillow_cnnz.train int8 --synthesis-levels``): its coarsest and finest levels cost
-0.001-0.002 dB at quality 8 on Kodak, the middle level 0.014 (``benchmarks/int8_synthesis.py``).
+0.0002 and 0.0026 dB at quality 8 on Kodak, the middle level 0.021 (``benchmarks/int8_synthesis.py``).
 oneDNN's int8 convolutions accumulate in integers: the same input gives the same output at
 any thread count, so the analysis gives the same bytes, and the decoded latents never depend
 on it.

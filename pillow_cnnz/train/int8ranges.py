@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from .. import codec, container, int8, weights
 from .data import image_paths, load_rgb
 
 # Synthesis levels (coarse to fine) whose blocks run int8 by default. Measured on Kodak at quality 8
-# (benchmarks/int8_synthesis.py): coarsest -0.001 dB, middle -0.014, finest -0.002.
+# (benchmarks/int8_synthesis.py): coarsest -0.0002 dB, middle -0.021, finest -0.0026.
 SYNTHESIS_LEVELS = "0,2"
 
 
@@ -46,14 +47,23 @@ def _levels(text: str, g_s: torch.nn.Sequential) -> list[int]:
     return [i for v in picked for i in levels[v]]
 
 
-def _decoded_latents(model: weights.Model, rgb: np.ndarray, quality: float) -> torch.Tensor:
+def calibration_paths(data: str, images: int, seed: int) -> list[Path]:
+    """The seeded pick of ``images`` training images the ranges are measured on."""
+    paths = image_paths(data)
+    return [paths[i] for i in sorted(np.random.default_rng(seed).choice(len(paths), min(images, len(paths)), replace=False))]
+
+
+def decoded_latents(model: weights.Model, rgb: np.ndarray, quality: float) -> torch.Tensor:
     """ŷ (1, M, h, w) of ``rgb`` as a decoder gets it, the synthesis' input."""
     ((z, y),) = codec.analyse_batch([rgb], [quality], "cpu", precision="float32")
     latz, laty = codec.code_latents(model, z, y)
     data = container.serialize(rgb.shape[1], rgb.shape[0], "RGB", quality, model.model_id, {"LATZ": latz, "LATY": laty})
-    header, sections = container.parse(data)
-    y_hat = codec.decode_y_hat(header, sections["LATZ"], sections["LATY"])
-    return torch.from_numpy(y_hat[None]).contiguous(memory_format=torch.channels_last)
+    return torch.from_numpy(codec.y_hat_of(container.parse(data))[None]).contiguous(memory_format=torch.channels_last)
+
+
+def synthesis_inputs(model: weights.Model, rgbs: list[np.ndarray]) -> Iterator[torch.Tensor]:
+    """What the synthesis' ranges are measured on: each image's ŷ at a quality cycling through the range."""
+    return (decoded_latents(model, rgb, 1.0 + k % 8) for k, rgb in enumerate(rgbs))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,14 +78,12 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(msg)
     net = model.net("cpu")
     blocks = _levels(args.synthesis_levels, net.g_s)  # before reading any image: a bad argument fails at once
-    paths = image_paths(args.data)
-    picked = sorted(np.random.default_rng(args.seed).choice(len(paths), min(args.images, len(paths)), replace=False))
-    images = (torch.from_numpy(load_rgb(paths[i]).copy()).permute(2, 0, 1)[None].float().div(255)
-              .contiguous(memory_format=torch.channels_last) for i in picked)
+    rgbs = [load_rgb(p) for p in calibration_paths(args.data, args.images, args.seed)]
+    images = (torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div(255)
+              .contiguous(memory_format=torch.channels_last) for rgb in rgbs)
     analysis = int8.measure_ranges(net.g_a, images, int8.residual_blocks(net.g_a), args.seed)
-    latents = (_decoded_latents(model, load_rgb(paths[i]), 1.0 + k % 8) for k, i in enumerate(picked))
-    synthesis = int8.measure_ranges(net.g_s, latents, blocks, args.seed) if blocks else {}
-    source = {"data": args.data, "images": len(picked), "seed": args.seed, "synthesis_levels": args.synthesis_levels,
+    synthesis = int8.measure_ranges(net.g_s, synthesis_inputs(model, rgbs), blocks, args.seed) if blocks else {}
+    source = {"data": args.data, "images": len(rgbs), "seed": args.seed, "synthesis_levels": args.synthesis_levels,
               "command": "python -m pillow_cnnz.train int8"}
     name = Path(entry["file"]).stem + ".int8.json"
     data = (json.dumps(int8.ranges_document(model_id, analysis, synthesis, source)) + "\n").encode()
