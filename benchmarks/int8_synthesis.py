@@ -4,10 +4,11 @@
 Measures each channel's activation ranges of every synthesis block on training images (as
 ``python -m pillow_cnnz.train int8`` does, on ŷ the decoder gets from them), then decodes the
 ŷ of every image of ``--data`` (the float32 analysis' files at each quality) with float32
-``g_s`` and with each level's blocks in int8 (``pillow_cnnz/int8.py``), alone, and with the
-shipped ranges file's choice. Reports mean PSNR against the original per quality and each
-variant's difference from float32, and the median time of ``g_s`` on the first image for
-float32 and the shipped choice, timed interleaved (the machine's speed drifts).
+``g_s`` and with each level's blocks in int8 (``pillow_cnnz/int8.py``), alone, in one and in two
+passes (the input's rounding residual quantized too), every block in one pass, and the shipped
+ranges file's choice. Reports mean PSNR against the original per quality and each variant's
+difference from float32, and the median time of ``g_s`` on the first image for float32, the
+shipped choice and every block in one pass, timed interleaved (the machine's speed drifts).
 
 Example (from the repository root; about 6 minutes on 2 cores)::
 
@@ -51,7 +52,10 @@ def main() -> int:
     latents = synthesis_inputs(model, [load_rgb(p) for p in picked])
     ranges = int8.measure_ranges(g_s, latents, [i for level in levels for i in level])
     shipped = model.int8_synthesis()
-    variants = {f"level {n}": int8.Int8Layers(body, {str(i): ranges[str(i)] for i in level}) for n, level in enumerate(levels)}
+    variants = {}
+    for n, level in enumerate(levels):
+        variants[f"level {n}"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in level})
+        variants[f"level {n} two-pass"] = int8.Int8Layers(body, {str(i): {**ranges[str(i)], "passes": 2} for i in level})
     variants["all levels"] = int8.Int8Layers(body, ranges)
     variants["shipped"] = shipped
     qualities = [float(q) for q in args.qualities.split(",")]
@@ -66,11 +70,12 @@ def main() -> int:
                     mse = np.mean((out - rgb.astype(np.float64)) ** 2)
                     psnr[name][str(q)].append(float(10 * np.log10(255**2 / mse)))
         y = decoded_latents(model, images[0], qualities[-1])
-        times: dict[str, list[float]] = {"float32": [], "shipped": []}
-        for name, run in (("float32", body), ("shipped", shipped)):
+        timed = (("float32", body), ("shipped", shipped), ("all levels", variants["all levels"]))
+        times: dict[str, list[float]] = {name: [] for name, _ in timed}
+        for name, run in timed:
             _pixels(run, last, y, *images[0].shape[:2])  # warm-up
         for _ in range(args.repeat):
-            for name, run in (("float32", body), ("shipped", shipped)):
+            for name, run in timed:
                 t = time.perf_counter()
                 _pixels(run, last, y, *images[0].shape[:2])
                 times[name].append(time.perf_counter() - t)
@@ -79,7 +84,9 @@ def main() -> int:
     ms = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
     result = {"data": args.data, "images": len(images), "model_id": model.model_id.hex(),
               "calibration": {"data": args.train, "images": len(picked)},
-              "levels": levels, "shipped_blocks": sorted(shipped.blocks), "cpu_has_vnni": codec._cpu_has_vnni(),
+              "levels": levels, "shipped_blocks": sorted(shipped.blocks),
+              "shipped_two_pass": sorted(i for i, b in shipped.blocks.items() if b.fine is not None),
+              "cpu_has_vnni": codec._cpu_has_vnni(),
               "threads": torch.get_num_threads(), "psnr": mean, "delta_db": delta, "g_s_ms_median": ms,
               "speedup": ms["float32"] / ms["shipped"]}
     write_json(args.out, result)
@@ -87,7 +94,8 @@ def main() -> int:
     for k, per in delta.items():
         print(f"  {k:>10}: " + "  ".join(f"q{float(q):g} {v:+.4f}" for q, v in per.items()))
     print(f"g_s + last layer, {images[0].shape[1]}x{images[0].shape[0]}: float32 {ms['float32']:.0f} ms, "
-          f"shipped int8 {ms['shipped']:.0f} ms ({result['speedup']:.2f}x), blocks {sorted(shipped.blocks)}")
+          f"shipped int8 {ms['shipped']:.0f} ms ({result['speedup']:.2f}x), blocks {sorted(shipped.blocks)} "
+          f"(two-pass {result['shipped_two_pass']}), every block in one pass {ms['all levels']:.0f} ms")
     return 0
 
 

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from .layers import ResBlock, SubPixelConv
 
-FORMAT = 2  # version of the ranges file (1: one range per tensor, the analysis only)
+FORMAT = 3  # version of the ranges file (1: one range per tensor, the analysis only; 2: no "passes")
 QUANTILE = 0.9999  # of each channel's |input| its scale covers (beyond: widened, ``_Block.quantize``)
 # of the ReLU outputs: those saturate, and their tails are longer (the 0.99999 quantile is 1.2-1.8x
 # the 0.9999 one): at 0.9999 a saturated red disc moved latents by 2 steps, at 0.99999 by 0.15
@@ -106,8 +106,12 @@ def measure_ranges(layers: nn.Sequential, inputs: Iterable[torch.Tensor], blocks
                      for part, r in zip(("input", "hidden"), found[i])} for i in sorted(found)}
 
 
-def ranges_document(model_id: str, analysis: dict, synthesis: dict, source: dict) -> dict:
-    """The ranges file's contents (``source`` says what they were measured on)."""
+def ranges_document(model_id: str, analysis: dict, synthesis: dict, source: dict,
+                    two_pass: Iterable[int] = ()) -> dict:
+    """The ranges file's contents (``source`` says what they were measured on); the synthesis blocks
+    of ``two_pass`` quantize their input in two passes (``_Block.quantize``)."""
+    two_pass = {str(i) for i in two_pass}
+    synthesis = {key: {**r, "passes": 2} if key in two_pass else r for key, r in synthesis.items()}
     return {"format": FORMAT, "model": model_id, "quantile": {"input": QUANTILE, "hidden": HIDDEN_QUANTILE},
             "source": source, "analysis": analysis, "synthesis": synthesis}
 
@@ -127,6 +131,9 @@ def _check_blocks(blocks: Any, layers: nn.Sequential, name: str, every: bool) ->
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
                    for part in values for v in part):
             msg = f"int8 ranges of {name} block {key} are not positive finite numbers"
+            raise ValueError(msg)
+        if set(r) - {"input", "hidden", "passes"} or r.get("passes", 1) not in (1, 2) or isinstance(r.get("passes"), bool):
+            msg = f"int8 ranges of {name} block {key} have keys {sorted(r)}; passes, if given, is 1 or 2"
             raise ValueError(msg)
     return blocks
 
@@ -168,17 +175,21 @@ class _Block:
     convolve that and add it to the float32 input in place."""
 
     ZERO = 128  # the quantized input's zero point: symmetric, in uint8
+    FINE = 254.0  # steps of the second pass per step of the first (its residual stays within ±127)
     BAND = 1 << 22  # elements quantized or convolved at a time: band-sized scratch, not a copy of x
 
-    def __init__(self, block: ResBlock, input_range: Any, hidden_range: Any) -> None:
+    def __init__(self, block: ResBlock, input_range: Any, hidden_range: Any, passes: int = 1) -> None:
         w1, b1 = block.conv1.weight.detach().float(), block.conv1.bias.detach().float()
         w2, b2 = block.conv2.weight.detach().float(), block.conv2.bias.detach().float()
         step = self.balanced(input_range) / 127.0  # per input channel
         hidden = self.balanced(hidden_range)  # ReLU outputs scaled to [0, 1]
         self.inverse_step = (1.0 / step).view(1, -1, 1, 1)
         self.offset = torch.tensor(self.ZERO + 0.5)
-        self.conv1 = _prepack(w1 * step.view(1, -1, 1, 1) / hidden.view(-1, 1, 1, 1), b1 / hidden, 1.0, [1, 1])
+        w1 = w1 * step.view(1, -1, 1, 1) / hidden.view(-1, 1, 1, 1)
+        self.conv1 = _prepack(w1, b1 / hidden, 1.0, [1, 1])
         self.conv2 = _prepack(w2 * hidden.view(1, -1, 1, 1), b2, 1 / 255.0, [0, 1])  # runs on bands padded by hand
+        # the same int8 weights without the bias, for the input's rounding residual (``passes`` 2)
+        self.fine = _prepack(w1, torch.zeros_like(b1), 1.0, [1, 1]) if passes == 2 else None
 
     @staticmethod
     def balanced(ranges: Any) -> torch.Tensor:
@@ -195,13 +206,16 @@ class _Block:
     def _rows(self, x: torch.Tensor) -> int:
         return max(1, self.BAND // max(1, x.shape[0] * x.shape[1] * x.shape[3]))
 
-    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """(uint8 ``round(x / (step · widen)) + 128``, widen): each channel divided by its step, the
-        whole by ``widen`` ≥ 1, the smallest that keeps every value in range, so nothing saturates.
-        Text and flat saturated colours need it (with the photos' ranges a drawing lost 0.2-0.3 dB
-        against float32, widened 0.01-0.04 dB); photos mostly stay within their ranges. A band of
-        rows at a time: a multiply-add, a min/max of its result, a truncating cast."""
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """(uint8 ``round(x / (step · widen)) + 128``, its residual or None, widen): each channel
+        divided by its step, the whole by ``widen`` ≥ 1, the smallest that keeps every value in
+        range, so nothing saturates. Text and flat saturated colours need it (with the photos'
+        ranges a drawing lost 0.2-0.3 dB against float32, widened 0.01-0.04 dB); photos mostly stay
+        within their ranges. With two passes the rounding residual, in [-0.5, 0.5] steps, is
+        quantized too, as ``round(residual · 254) + 128``: the input then carries ~15 bits.
+        A band of rows at a time: a multiply-add, a min/max of its result, truncating casts."""
         q = torch.empty(x.shape, dtype=torch.uint8, memory_format=torch.channels_last)
+        fine = None if self.fine is None else torch.empty_like(q)
         rows, height, widen, r0 = self._rows(x), x.shape[2], 1.0, 0
         while r0 < height:
             band = torch.addcmul(self.offset, x[:, :, r0 : r0 + rows], self.inverse_step, value=1.0 / widen)
@@ -211,18 +225,24 @@ class _Block:
                 widen *= reach / 127.0
                 r0 = 0
                 continue
-            q[:, :, r0 : r0 + rows].copy_(band)  # truncates values in [1, 256): rounds
+            coarse = q[:, :, r0 : r0 + rows]
+            coarse.copy_(band)  # truncates values in [1, 256): rounds
+            if fine is not None:  # (band - coarse - 0.5) · 254 + 128.5, in [1.5, 255.5): truncation rounds
+                fine[:, :, r0 : r0 + rows].copy_(band.sub_(coarse).mul_(self.FINE).add_(self.ZERO + 0.5 - self.FINE / 2))
             r0 += rows
-        return q, widen
+        return q, fine, widen
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output for one image's ``x`` (1, C, H, W) float32 channels-last, written into ``x``."""
         _, conv = _ops()
         one = [1, 1]
-        qx, widen = self.quantize(x)
+        qx, fine, widen = self.quantize(x)
         w, ws, wz, b, pad = self.conv1
-        h = conv(qx, widen, self.ZERO, w, ws, wz, b, one, pad, one, 1, widen / 255.0, 0, torch.uint8, "relu", [], "")
-        del qx
+        if fine is None:
+            h = conv(qx, widen, self.ZERO, w, ws, wz, b, one, pad, one, 1, widen / 255.0, 0, torch.uint8, "relu", [], "")
+        else:
+            h = self._two_pass(qx, fine, widen)
+        del qx, fine
         # The second convolution a band of output rows at a time, each added to x: its float32
         # output is a band, not a copy of x (oneDNN's fused sum cloned x, +37 MB at the peak of a
         # 1248-pixel tile). The rows above and below a band are its padding (zeros at the edges:
@@ -238,6 +258,20 @@ class _Block:
                                      torch.float32, "none", [], ""))
         return x
 
+    def _two_pass(self, qx: torch.Tensor, fine: torch.Tensor, widen: float) -> torch.Tensor:
+        """The first convolution's uint8 ReLU output from a two-pass input: both passes in float32
+        (integer sums, then one rounding each), added, rectified and quantized as one pass'
+        output is."""
+        _, conv = _ops()
+        one = [1, 1]
+        w, ws, wz, b, pad = self.conv1
+        h = conv(qx, widen, self.ZERO, w, ws, wz, b, one, pad, one, 1, 1.0, 0, torch.float32, "none", [], "")
+        w, ws, wz, b, pad = self.fine
+        h.add_(conv(fine, widen / self.FINE, self.ZERO, w, ws, wz, b, one, pad, one, 1, 1.0, 0, torch.float32, "none", [], ""))
+        h.clamp_(0.0, widen).mul_(255.0 / widen).add_(0.5)  # as oneDNN's uint8 output: ReLU, round, saturate
+        out = torch.empty(h.shape, dtype=torch.uint8, memory_format=torch.channels_last)
+        return out.copy_(h)
+
 
 class Int8Layers:
     """A transform (float32, on the CPU) with the residual blocks that ``ranges`` names in int8;
@@ -251,7 +285,8 @@ class Int8Layers:
             msg = "this torch build has no oneDNN int8 convolutions; use precision float32"
             raise RuntimeError(msg)
         self.layers = list(layers)
-        self.blocks = {int(i): _Block(layers[int(i)], r["input"], r["hidden"]) for i, r in ranges.items()}
+        self.blocks = {int(i): _Block(layers[int(i)], r["input"], r["hidden"], r.get("passes", 1))
+                       for i, r in ranges.items()}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self._one(image) for image in x.split(1)]) if x.shape[0] > 1 else self._one(x)

@@ -19,9 +19,11 @@ import torch
 from .. import codec, container, int8, weights
 from .data import image_paths, load_rgb
 
-# Synthesis levels (coarse to fine) whose blocks run int8 by default. Measured on Kodak at quality 8
-# (benchmarks/int8_synthesis.py): coarsest -0.0002 dB, middle -0.021, finest -0.0026.
-SYNTHESIS_LEVELS = "0,2"
+# Synthesis levels (coarse to fine) whose blocks run int8 by default, and those of them whose blocks
+# quantize their input in two passes. Measured on Kodak at quality 8 (benchmarks/int8_synthesis.py):
+# coarsest -0.0002 dB, middle -0.021 in one pass, finest -0.0026.
+SYNTHESIS_LEVELS = "0,1,2"
+TWO_PASS_LEVELS = "1"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,11 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthesis-levels", default=SYNTHESIS_LEVELS,
                    help="synthesis levels whose residual blocks run int8, 0 = coarsest, comma-separated ('' for none)")
+    p.add_argument("--two-pass-levels", default=None,
+                   help="of those, the levels whose blocks quantize their input in two passes (~15 bits, 1.5x the "
+                        f"int8 work; default: {TWO_PASS_LEVELS} where among --synthesis-levels)")
     p.add_argument("--out", default="weights", help="folder of the weights and manifest.json")
     p.set_defaults(func=run)
 
 
-def _levels(text: str, g_s: torch.nn.Sequential) -> list[int]:
+def _levels(text: str, g_s: torch.nn.Sequential, option: str = "--synthesis-levels") -> list[int]:
     """Block indexes of the synthesis levels ``text`` names."""
     levels = int8.synthesis_levels(g_s)
     try:
@@ -42,7 +47,7 @@ def _levels(text: str, g_s: torch.nn.Sequential) -> list[int]:
     except ValueError:
         picked = [-1]
     if any(not 0 <= v < len(levels) for v in picked):
-        msg = f"--synthesis-levels takes levels 0 to {len(levels) - 1}, got {text!r}"
+        msg = f"{option} takes levels 0 to {len(levels) - 1}, got {text!r}"
         raise SystemExit(msg)
     return [i for v in picked for i in levels[v]]
 
@@ -78,21 +83,29 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(msg)
     net = model.net("cpu")
     blocks = _levels(args.synthesis_levels, net.g_s)  # before reading any image: a bad argument fails at once
+    given = TWO_PASS_LEVELS if args.two_pass_levels is None else args.two_pass_levels
+    two_pass = _levels(given, net.g_s, "--two-pass-levels")
+    if args.two_pass_levels is None:
+        two_pass = [i for i in two_pass if i in blocks]
+    elif not set(two_pass) <= set(blocks):
+        msg = f"--two-pass-levels {args.two_pass_levels!r} are not all among --synthesis-levels {args.synthesis_levels!r}"
+        raise SystemExit(msg)
     rgbs = [load_rgb(p) for p in calibration_paths(args.data, args.images, args.seed)]
     images = (torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div(255)
               .contiguous(memory_format=torch.channels_last) for rgb in rgbs)
     analysis = int8.measure_ranges(net.g_a, images, int8.residual_blocks(net.g_a), args.seed)
     synthesis = int8.measure_ranges(net.g_s, synthesis_inputs(model, rgbs), blocks, args.seed) if blocks else {}
     source = {"data": args.data, "images": len(rgbs), "seed": args.seed, "synthesis_levels": args.synthesis_levels,
-              "command": "python -m pillow_cnnz.train int8"}
+              "two_pass_blocks": two_pass, "command": "python -m pillow_cnnz.train int8"}
     name = Path(entry["file"]).stem + ".int8.json"
-    data = (json.dumps(int8.ranges_document(model_id, analysis, synthesis, source)) + "\n").encode()
+    data = (json.dumps(int8.ranges_document(model_id, analysis, synthesis, source, two_pass)) + "\n").encode()
     (out / name).write_bytes(data)
     entry["int8"] = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     for transform, ranges in (("analysis", analysis), ("synthesis", synthesis)):
         for key, r in ranges.items():
             print(f"{transform} block {key}: |input| {max(r['input']):.4f} max of {len(r['input'])} channels, "
-                  f"ReLU output {max(r['hidden']):.4f}")
+                  f"ReLU output {max(r['hidden']):.4f}" + (", input in two passes" if transform == "synthesis"
+                                                           and int(key) in two_pass else ""))
     print(f"wrote {out / name} and its entry in {manifest_path}")
     return 0
