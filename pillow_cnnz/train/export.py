@@ -319,8 +319,8 @@ def _int8_note(info: dict) -> str:
                 "CPUs with VNNI run the analysis and synthesis in float32 until then.\n")
     return (f"- int8 transforms (CPUs with VNNI and no bfloat16, `pillow_cnnz/int8.py`): per-channel activation "
             f"ranges of the analysis' residual blocks and of the synthesis blocks that run in int8 in "
-            f"`{spec['file']}` (sha256 `{spec['sha256'][:16]}…`), measured on training images by "
-            f"`python -m pillow_cnnz.train int8`.\n")
+            f"`{spec['file']}` (sha256 `{spec['sha256'][:16]}…`; a block with `passes: 2` quantizes its input "
+            f"in two passes), measured on training images by `python -m pillow_cnnz.train int8`.\n")
 
 
 def _context_note(meta: dict) -> str:
