@@ -9,9 +9,13 @@ Why only there: the error of a quantized block input only enters the branch the 
 never the sum it adds to, which stays float32. Quantizing the inputs of the resampling
 convolutions (the whole signal) moved the analysis' latents 3-5x more than every residual
 block together, and cost the synthesis 0.3 dB at quality 8, so those, GDN and the first and
-last convolutions stay float32. Which synthesis blocks run int8 is the ranges file's choice
-(``python -m pillow_cnnz.train int8 --synthesis-levels``): its coarsest and finest levels cost
-0.0002 and 0.0026 dB at quality 8 on Kodak, the middle level 0.021 (``benchmarks/int8_synthesis.py``).
+last convolutions stay float32. Which synthesis blocks run int8, and which of them quantize their
+input in two passes, is the ranges file's choice (``python -m pillow_cnnz.train int8
+--synthesis-levels --two-pass-levels``): its coarsest and finest levels cost 0.0002 and 0.0026 dB
+at quality 8 on Kodak, the middle level 0.021 in one pass and 0.0099 in two, which cost 1.5x the
+int8 work (``benchmarks/int8_synthesis.py``). A second pass quantizes the first one's rounding
+residual through the same int8 weights (``_Block._two_pass``): the block's input then carries
+~15 bits, and what is left of its loss is mostly its int8 weights.
 oneDNN's int8 convolutions accumulate in integers: the same input gives the same output at
 any thread count, so the analysis gives the same bytes, and the decoded latents never depend
 on it.
