@@ -38,6 +38,7 @@ from numpy.lib.stride_tricks import as_strided
 from .weights import Model
 
 BAND_BYTES = 1 << 21  # target size of a band's im2col (or tap product) matrix
+NEGLIGIBLE = 2.0**-60  # GDN weights set to 0, as layers.GDN.NEGLIGIBLE (this module runs without torch)
 
 Bands = Callable[[Callable[[int, int], None], list[tuple[int, int]]], None]  # runs fn(r0, r1) for every band
 _scratch = threading.local()  # a worker's band buffers, reused from band to band and layer to layer
@@ -75,9 +76,10 @@ class _Upsample:
         self.weight = np.ascontiguousarray(w.reshape(9 * cin, cout4), np.float32)
         self.bias = np.ascontiguousarray(bias.reshape(c, 4).T.reshape(cout4), np.float32)
         # layers.GDN(inverse=True) in float32: y = x * (beta + gamma @ |x|).
-        # Subnormal squares set to 0 as in layers.GDN.gamma: OpenBLAS is ~50x slower on them.
+        # Entries below layers.GDN.NEGLIGIBLE set to 0 as in the codec's torch path: subnormal
+        # squares, and products with activations, are ~50x slower in OpenBLAS.
         gamma = np.square(gamma_sqrt, dtype=np.float32)
-        gamma[gamma < np.finfo(np.float32).tiny] = 0
+        gamma[gamma < NEGLIGIBLE] = 0
         self.gamma_t = np.ascontiguousarray(gamma.T)
         self.beta = np.square(beta_sqrt, dtype=np.float32) + np.float32(1e-6)
 

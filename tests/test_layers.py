@@ -98,3 +98,46 @@ def test_gdn_sets_subnormal_gamma_entries_to_zero_in_training_and_inference():
     with torch.inference_mode():
         assert torch.allclose(gdn(x.clone()), x * torch.nn.functional.conv2d(x.abs(), gamma.detach()[..., None, None],
                                                                               gdn.beta_sqrt.detach() ** 2 + 1e-6))
+
+
+def test_gdn_drops_negligible_entries_where_the_codec_runs_and_the_norms_stay_the_same():
+    """Entries above the subnormal ones but below 2**-60 still make subnormal products with the
+    activations (the middle synthesis level's GDN ran 2.6x slower); the codec (inference) drops them."""
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz import codec, synthesis_np, weights
+    from pillow_cnnz.layers import GDN
+
+    from .conftest import _photo
+
+    assert synthesis_np.NEGLIGIBLE == GDN.NEGLIGIBLE  # the numpy decoder drops the same entries
+    gdn = GDN(4)
+    with torch.no_grad():
+        gdn.gamma_sqrt[0, 1] = 1e-12  # square 1e-24: dropped where the codec runs
+        gdn.gamma_sqrt[1, 0] = 1e-9  # square 1e-18 > 2**-60: kept
+    gamma = gdn.gamma(GDN.NEGLIGIBLE)
+    assert gamma[0, 1].item() == 0 and gamma[1, 0].item() > 0 and gdn.gamma()[0, 1].item() > 0  # training keeps it
+    y_hat = codec.decode_y_hat(*_parsed(_photo(128, 192, seed=4)))
+    x = torch.from_numpy(y_hat[None].copy()).contiguous(memory_format=torch.channels_last)
+    g_s = weights.load().net("cpu").g_s
+    with torch.inference_mode():
+        for layer in g_s:
+            if isinstance(layer, GDN):
+                c = x.shape[1]
+                beta = layer.beta_sqrt**2 + 1e-6
+                norms = [torch.nn.functional.conv2d(x.abs(), layer.gamma(floor).reshape(c, c, 1, 1), beta)
+                         for floor in (GDN.TINY, GDN.NEGLIGIBLE)]
+                assert torch.equal(*norms)
+            x = layer(x)
+
+
+def _parsed(rgb):
+    import io
+
+    from PIL import Image
+
+    from pillow_cnnz import container
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="CNNZ", quality=8)
+    header, sections = container.parse(buf.getvalue())
+    return header, sections["LATZ"], sections["LATY"]
