@@ -23,6 +23,11 @@ LATENT_STRIDE = 16  # pixels per latent
 PAD_MULTIPLE = 64  # pixels per hyper-latent
 TILE = 64  # latents per tile side (1024 pixels)
 HALO = 7  # latents of context around each tile: more than the transforms' receptive radius (Config.synthesis_radius)
+# From this many pixels a CPU decode in ``auto`` precision imports torch even in a process that has not:
+# its synthesis (int8 blocks, bfloat16 or float32 oneDNN) pays for the 1-2 s import. A decode-only process,
+# 2-core AVX-512 Xeon, wall time: 0.8 MP 2.3-2.6 s in numpy against 2.7-3.1 s importing torch, 1.5 MP
+# 2.8-3.4 against 3.3-3.4, 3 MP 9.3 against 5.9, 12 MP 32 against 14 (peak RSS 0.44 against 0.88 GB).
+TORCH_FROM_PIXELS = 2_000_000
 
 _torch_lock = threading.Lock()
 _torch_ready = False
@@ -488,13 +493,17 @@ def synthesize_batch(headers: list[container.Header], y_hats: list[np.ndarray],
     """(H, W, 3) uint8 pixels of same-size files from their decoded ŷ, in one batch.
 
     On a CPU in float32 the synthesis runs in numpy until torch is imported anyway (an
-    encode, a training pipeline): numpy spares a decode-only process the 1-2 s torch import,
-    and torch's convolutions are then 2.3x faster (153 vs 357 ms a Kodak image, 2 threads,
-    AVX-512 Xeon); the two give the same pixels within float rounding. bfloat16, int8 (the
+    encode, a training pipeline, or, in ``auto`` precision, an image of ``TORCH_FROM_PIXELS``
+    or more): numpy spares a decode-only process the 1-2 s torch import, and torch's
+    convolutions are then 2.3x faster (153 vs 357 ms a Kodak image, 2 threads, AVX-512 Xeon);
+    the two give the same pixels within float rounding. bfloat16, int8 (the
     residual blocks the model's ranges file names, ``int8.py``), float64 and CUDA run in torch.
     """
     device = resolve_device(device)
     model = load(headers[0].model_id)
+    auto = (precision or os.environ.get("CNNZ_PRECISION") or "auto") == "auto"
+    if device == "cpu" and auto and headers[0].width * headers[0].height >= TORCH_FROM_PIXELS:
+        _torch()  # a large image: torch's synthesis pays for its import (TORCH_FROM_PIXELS)
     precision = resolve_precision(precision, device, int8=model.has_int8)
     y = y_hats[0][None] if len(y_hats) == 1 else np.stack(y_hats)
     if device == "cpu" and precision == "float32" and "torch" not in sys.modules:

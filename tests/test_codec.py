@@ -359,3 +359,34 @@ def test_encode_window_repeats_the_edge_pixels_past_the_image(shape):
     for top, bottom, left, right in [(0, h, 0, w), (0, h + 50, 0, w + 13), (h // 2, h + 24, w // 3, w + 1)]:
         clamped = im[np.ix_(np.minimum(np.arange(top, bottom), h - 1), np.minimum(np.arange(left, right), w - 1))]
         assert np.array_equal(codec._edge_padded(im, top, bottom, left, right), clamped)
+
+
+def test_a_decode_only_process_imports_torch_for_a_large_image_only(tmp_path):
+    """Below ``TORCH_FROM_PIXELS`` a decode stays in numpy (cold start); from it, in ``auto``
+    precision, torch's synthesis pays for the import. An explicit float32 stays in numpy."""
+    from PIL import Image
+
+    import pillow_cnnz  # noqa: F401
+
+    path = tmp_path / "small.cnnz"
+    Image.fromarray(photo(64, 96, seed=5)).save(path, quality=4)
+    script = f"""
+        import sys
+        from PIL import Image
+        import pillow_cnnz
+        from pillow_cnnz import codec
+        codec.TORCH_FROM_PIXELS = int(sys.argv[1])
+        Image.open({str(path)!r}).load()
+        print("torch" in sys.modules)
+    """
+
+    def torch_imported(threshold: int, env: dict[str, str]) -> str:
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(threshold)], capture_output=True,
+                                text=True, env={**os.environ, "CNNZ_DEVICE": "cpu", **env}, cwd=ROOT, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    auto = {"CNNZ_PRECISION": "auto"}
+    assert torch_imported(64 * 96 + 1, auto) == "False"
+    assert torch_imported(64 * 96, auto) == "True"
+    assert torch_imported(64 * 96, {"CNNZ_PRECISION": "float32"}) == "False"
