@@ -37,6 +37,11 @@ Parts (all on by default; ``--parts`` picks a subset):
              ``synthesis_macs``) at that rate give what a Kodak image's transform costs
              (the real layers run within ~15 % of it, some faster), and the multiply-adds
              per pixel a transform could have to fit a time budget.
+``decodeonly`` a process that only decodes (no warm-up, torch not imported): ``Image.open().load()``
+             of one image at ``--decode-only-sizes`` megapixels, in ``auto`` precision (from
+             ``codec.TORCH_FROM_PIXELS`` it imports torch itself) and with ``CNNZ_PRECISION=float32``
+             (numpy throughout); seconds from ``Image.open`` on (the torch import included), peak
+             RSS, and whether torch was imported.
 ``tiling``   a ~4 MP image decoded with the default tiling and with one tile
              (``pillow_cnnz.codec.TILE`` patched above the latent grid): pixel
              differences; the same comparison of the latents the encoder produces.
@@ -91,7 +96,7 @@ from _common import (  # noqa: E402
 import pillow_cnnz  # noqa: E402,F401  (registers the format)
 from PIL import Image, features  # noqa: E402
 
-PARTS = ("codecs", "stages", "batch", "floor", "cold", "import", "scaling", "tiling")
+PARTS = ("codecs", "stages", "batch", "floor", "cold", "import", "scaling", "decodeonly", "tiling")
 PEERS = {
     "jpeg-q75": ("JPEG", {"quality": 75}),
     "jpeg-q85": ("JPEG", {"quality": 85}),
@@ -179,8 +184,9 @@ def worker_scale(cfg: dict) -> dict:
     """Encode (``op == "encode"``, from a .npy) or decode one big image after a warm-up."""
     import resource
 
-    warm = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
-    decode(encode(warm, "CNNZ", {"quality": cfg["quality"]})[0])
+    if cfg.get("warm", True):
+        warm = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+        decode(encode(warm, "CNNZ", {"quality": cfg["quality"]})[0])
     if cfg["op"] == "encode":
         arr = np.load(cfg["input"])
         im = Image.fromarray(arr)
@@ -197,6 +203,7 @@ def worker_scale(cfg: dict) -> dict:
             extra = {"size": im.size}
         t = time.perf_counter() - t0
     after = rss_now()
+    extra["torch_imported"] = "torch" in sys.modules
     return {"seconds": t, "rss_before_mib": before["VmRSS"], "hwm_before_mib": before["VmHWM"],
             "peak_rss_mib": after["VmHWM"], "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             **extra}
@@ -567,6 +574,29 @@ def part_scaling(base: Image.Image, args: argparse.Namespace, tmp: Path) -> dict
     return {"base_image": getattr(base, "filename", None) or "kodak", "resample": "LANCZOS", "rows": rows}
 
 
+def part_decode_only(base: Image.Image, args: argparse.Namespace, tmp: Path) -> dict:
+    """A decode-only process per size: ``auto`` against numpy float32 (module docstring)."""
+    rows = []
+    for mp in [float(v) for v in args.decode_only_sizes.split(",") if v]:
+        im = scaled_image(base, mp)
+        out = tmp / f"decode_only_{mp:g}.cnnz"
+        out.write_bytes(encode(im, "CNNZ", {"quality": args.quality})[0])
+        row = {"target_mp": mp, "width": im.width, "height": im.height, "mp": im.width * im.height / 1e6}
+        for label, precision in (("auto", None), ("float32", "float32")):
+            env = {k: v for k, v in os.environ.items() if k != "CNNZ_PRECISION"}
+            if precision:
+                env["CNNZ_PRECISION"] = precision
+            row[label] = run_worker("scale", {"op": "decode", "input": str(out), "quality": args.quality,
+                                              "warm": False}, env)
+        out.unlink()
+        rows.append(row)
+        print(f"  decode-only: {im.width}x{im.height} auto {row['auto']['seconds']:.1f} s, "
+              f"float32 {row['float32']['seconds']:.1f} s", file=sys.stderr)
+    from pillow_cnnz import codec
+
+    return {"torch_from_pixels": codec.TORCH_FROM_PIXELS, "rows": rows}
+
+
 def part_tiling(base: Image.Image, args: argparse.Namespace) -> dict:
     from pillow_cnnz import codec, weights
 
@@ -712,6 +742,15 @@ def report(res: dict) -> str:
         out += ["", f"### Size scaling ({where})", ""]
         out.append(md_table(["size", "MP", "encode s", "decode s", "encode ms/MP", "decode ms/MP",
                              "encode peak RSS MiB (Δ over before)", "decode peak RSS MiB (Δ)"], rows))
+    if "decodeonly" in res:
+        d = res["decodeonly"]
+        rows = [[f"{r['width']}×{r['height']}", f"{r['mp']:.2f}",
+                 f"{r['auto']['seconds']:.2f}", "yes" if r["auto"]["torch_imported"] else "no",
+                 f"{r['auto']['peak_rss_mib']:.0f}", f"{r['float32']['seconds']:.2f}", f"{r['float32']['peak_rss_mib']:.0f}",
+                 f"{r['float32']['seconds'] / r['auto']['seconds']:.2f}×"] for r in d["rows"]]
+        out += ["", f"### A decode-only process (no warm-up; auto imports torch from {d['torch_from_pixels'] / 1e6:g} MP)", ""]
+        out.append(md_table(["size", "MP", "auto s", "torch imported", "auto peak RSS MiB", "float32 (numpy) s",
+                             "float32 peak RSS MiB", "numpy / auto"], rows))
     if "tiling" in res:
         t = res["tiling"]
         d, e = t["decode"], t["encode"]
@@ -761,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--import-runs", type=int, default=10)
     parser.add_argument("--tiling-mp", type=float, default=4.0)
+    parser.add_argument("--decode-only-sizes", default="0.4,3,12",
+                        help="megapixels for the decodeonly part (default 0.4,3,12)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "speed.json")
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
@@ -806,6 +847,9 @@ def main(argv: list[str] | None = None) -> int:
         if "scaling" in parts:
             print("scaling ...", file=sys.stderr)
             res["scaling"] = part_scaling(base, args, tmp)
+        if "decodeonly" in parts:
+            print("decode-only ...", file=sys.stderr)
+            res["decodeonly"] = part_decode_only(base, args, tmp)
         if "tiling" in parts:
             print("tiling ...", file=sys.stderr)
             res["tiling"] = part_tiling(base, args)

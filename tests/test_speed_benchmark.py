@@ -1,0 +1,28 @@
+"""``benchmarks/speed.py``'s decode-only part runs and reports what it measured."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from .conftest import _photo
+
+
+def test_decode_only_part_times_auto_against_numpy_in_fresh_processes(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import speed
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(_photo(96, 128, seed=8)).save(data / "a.png")
+    out = tmp_path / "speed.json"
+    assert speed.main(["--data", str(data), "--parts", "decodeonly", "--decode-only-sizes", "0.02",
+                       "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["decodeonly"]
+    (row,) = result["rows"]
+    assert abs(row["mp"] - 0.02) < 0.002 and result["torch_from_pixels"] > row["mp"] * 1e6
+    for label in ("auto", "float32"):
+        assert row[label]["seconds"] > 0 and row[label]["peak_rss_mib"] > 0
+        assert row[label]["torch_imported"] is False  # below the threshold both stay in numpy
+    assert "A decode-only process" in out.with_suffix(".md").read_text()
