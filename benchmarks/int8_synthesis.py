@@ -8,7 +8,8 @@ Measures each channel's activation ranges of every synthesis block on training i
 passes (the input's rounding residual quantized too), every block in one pass, and the shipped
 ranges file's choice. Reports mean PSNR against the original per quality and each variant's
 difference from float32, and the median time of ``g_s`` on the first image for float32, the
-shipped choice and every block in one pass, timed interleaved (the machine's speed drifts).
+shipped choice, the outer levels' blocks alone (the choice before) and every block in one pass,
+timed interleaved (the machine's speed drifts).
 
 Example (from the repository root; about 6 minutes on 2 cores)::
 
@@ -57,6 +58,8 @@ def main() -> int:
         variants[f"level {n}"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in level})
         variants[f"level {n} two-pass"] = int8.Int8Layers(body, {str(i): {**ranges[str(i)], "passes": 2} for i in level})
     variants["all levels"] = int8.Int8Layers(body, ranges)
+    outer = [i for level in (levels[0], levels[-1]) for i in level]  # the choice before the two-pass middle level
+    variants["outer levels"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in outer})
     variants["shipped"] = shipped
     qualities = [float(q) for q in args.qualities.split(",")]
     images = [load_rgb(path) for path in image_paths(args.data, args.limit or None)]
@@ -70,7 +73,8 @@ def main() -> int:
                     mse = np.mean((out - rgb.astype(np.float64)) ** 2)
                     psnr[name][str(q)].append(float(10 * np.log10(255**2 / mse)))
         y = decoded_latents(model, images[0], qualities[-1])
-        timed = (("float32", body), ("shipped", shipped), ("all levels", variants["all levels"]))
+        timed = (("float32", body), ("shipped", shipped), ("outer levels", variants["outer levels"]),
+                 ("all levels", variants["all levels"]))
         times: dict[str, list[float]] = {name: [] for name, _ in timed}
         for name, run in timed:
             _pixels(run, last, y, *images[0].shape[:2])  # warm-up
@@ -95,7 +99,8 @@ def main() -> int:
         print(f"  {k:>10}: " + "  ".join(f"q{float(q):g} {v:+.4f}" for q, v in per.items()))
     print(f"g_s + last layer, {images[0].shape[1]}x{images[0].shape[0]}: float32 {ms['float32']:.0f} ms, "
           f"shipped int8 {ms['shipped']:.0f} ms ({result['speedup']:.2f}x), blocks {sorted(shipped.blocks)} "
-          f"(two-pass {result['shipped_two_pass']}), every block in one pass {ms['all levels']:.0f} ms")
+          f"(two-pass {result['shipped_two_pass']}), the outer levels' blocks alone {ms['outer levels']:.0f} ms, "
+          f"every block in one pass {ms['all levels']:.0f} ms")
     return 0
 
 

@@ -407,6 +407,6 @@ def test_benchmarks_that_reach_into_int8_still_run(tmp_path, monkeypatch):
     assert int8_synthesis.main() == 0
     result = json.loads(out.read_text())
     assert set(result["delta_db"]) == {"level 0", "level 1", "level 2", "level 0 two-pass", "level 1 two-pass",
-                                       "level 2 two-pass", "all levels", "shipped"}
+                                       "level 2 two-pass", "all levels", "outer levels", "shipped"}
     assert result["shipped_blocks"] == result["levels"][0] + result["levels"][1] + result["levels"][2]
     assert result["shipped_two_pass"] == result["levels"][1]
