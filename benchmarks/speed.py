@@ -181,7 +181,8 @@ def worker_stages(cfg: dict) -> dict:
 
 
 def worker_scale(cfg: dict) -> dict:
-    """Encode (``op == "encode"``, from a .npy) or decode one big image after a warm-up."""
+    """Encode (``op == "encode"``, from a .npy) or decode one big image, after a warm-up encode and
+    decode unless ``warm`` is False (a decode-only process: torch not imported before the decode)."""
     import resource
 
     if cfg.get("warm", True):
