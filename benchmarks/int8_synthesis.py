@@ -56,7 +56,8 @@ def main() -> int:
     variants = {}
     for n, level in enumerate(levels):
         variants[f"level {n}"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in level})
-        variants[f"level {n} two-pass"] = int8.Int8Layers(body, {str(i): {**ranges[str(i)], "passes": 2} for i in level})
+        variants[f"level {n} two-pass"] = int8.Int8Layers(body, int8.with_two_pass({str(i): ranges[str(i)] for i in level},
+                                                                                     level))
     variants["all levels"] = int8.Int8Layers(body, ranges)
     outer = [i for level in (levels[0], levels[-1]) for i in level]  # the choice before the two-pass middle level
     variants["outer levels"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in outer})

@@ -47,8 +47,7 @@ def _variants(teacher: CnnzNet, dec: tuple, res: tuple, y: torch.Tensor) -> tupl
     g_s = student.g_s.requires_grad_(False).to(memory_format=torch.channels_last)  # as weights.Model.net builds it
     levels = int8.synthesis_levels(g_s)
     ranges = int8.measure_ranges(g_s, [y], [i for level in levels for i in level])
-    middle = {str(i) for i in levels[1]} if len(levels) > 1 else set()
-    ranges = {k: {**r, "passes": 2} if k in middle else r for k, r in ranges.items()}
+    ranges = int8.with_two_pass(ranges, levels[1] if len(levels) > 1 else [])
     net = types.SimpleNamespace(g_s=g_s)
     runs = {"float32": codec._torch_synthesis(net, "cpu", "float32")}
     if int8.supported():

@@ -156,7 +156,7 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
     ``benchmarks/analysis_precision.py``) than the float32 one. ``analyse_batch`` still runs
     the hyper-analysis in float32: bfloat16 oneDNN got a one-column ẑ wrong.
     """
-    precision = precision or os.environ.get("CNNZ_PRECISION") or "auto"
+    precision = _requested_precision(precision)
     if precision not in ("auto", "float32", "float64", "bfloat16", "int8"):
         msg = f"unknown precision {precision!r}; use auto, float32, float64, bfloat16 or int8"
         raise ValueError(msg)
@@ -172,6 +172,11 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
         else:
             precision = "int8" if int8 and _cpu_has_vnni() and _int8_supported() else "float32"
     return precision
+
+
+def _requested_precision(precision: str | None) -> str:
+    """The precision asked for: the argument, else ``CNNZ_PRECISION``, else ``auto``."""
+    return precision or os.environ.get("CNNZ_PRECISION") or "auto"
 
 
 def _int8_supported() -> bool:
@@ -501,8 +506,8 @@ def synthesize_batch(headers: list[container.Header], y_hats: list[np.ndarray],
     """
     device = resolve_device(device)
     model = load(headers[0].model_id)
-    auto = (precision or os.environ.get("CNNZ_PRECISION") or "auto") == "auto"
-    if device == "cpu" and auto and headers[0].width * headers[0].height >= TORCH_FROM_PIXELS:
+    large = headers[0].width * headers[0].height >= TORCH_FROM_PIXELS
+    if device == "cpu" and large and _requested_precision(precision) == "auto":
         _torch()  # a large image: torch's synthesis pays for its import (TORCH_FROM_PIXELS)
     precision = resolve_precision(precision, device, int8=model.has_int8)
     y = y_hats[0][None] if len(y_hats) == 1 else np.stack(y_hats)

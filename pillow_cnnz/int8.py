@@ -110,14 +110,19 @@ def measure_ranges(layers: nn.Sequential, inputs: Iterable[torch.Tensor], blocks
                      for part, r in zip(("input", "hidden"), found[i])} for i in sorted(found)}
 
 
+def with_two_pass(ranges: dict[str, dict], blocks: Iterable[int]) -> dict[str, dict]:
+    """``ranges`` with the entries of ``blocks`` marked to quantize their input in two passes
+    (``"passes": 2``, ``_Block.quantize``)."""
+    two_pass = {str(i) for i in blocks}
+    return {key: {**r, "passes": 2} if key in two_pass else r for key, r in ranges.items()}
+
+
 def ranges_document(model_id: str, analysis: dict, synthesis: dict, source: dict,
                     two_pass: Iterable[int] = ()) -> dict:
     """The ranges file's contents (``source`` says what they were measured on); the synthesis blocks
-    of ``two_pass`` quantize their input in two passes (``_Block.quantize``)."""
-    two_pass = {str(i) for i in two_pass}
-    synthesis = {key: {**r, "passes": 2} if key in two_pass else r for key, r in synthesis.items()}
+    of ``two_pass`` quantize their input in two passes."""
     return {"format": FORMAT, "model": model_id, "quantile": {"input": QUANTILE, "hidden": HIDDEN_QUANTILE},
-            "source": source, "analysis": analysis, "synthesis": synthesis}
+            "source": source, "analysis": analysis, "synthesis": with_two_pass(synthesis, two_pass)}
 
 
 def _check_blocks(blocks: Any, layers: nn.Sequential, name: str, every: bool) -> dict[str, dict[str, list[float]]]:
