@@ -222,16 +222,21 @@ class _Block:
         ranges a drawing lost 0.2-0.3 dB against float32, widened 0.01-0.04 dB); photos mostly stay
         within their ranges. With two passes the rounding residual, in [-0.5, 0.5] steps, is
         quantized too, as ``round(residual · 254) + 128``: the input then carries ~15 bits.
-        A band of rows at a time: a multiply-add, a min/max of its result, truncating casts."""
+        A band of rows at a time: a multiply-add, a min/max of its result, truncating casts. Where
+        a band goes beyond the range, ``widen`` comes from the whole input's reach (every band must
+        share the scale), so it does not depend on how the rows were cut into bands."""
         q = torch.empty(x.shape, dtype=torch.uint8, memory_format=torch.channels_last)
         fine = None if self.fine is None else torch.empty_like(q)
         rows, height, widen, r0 = self._rows(x), x.shape[2], 1.0, 0
         while r0 < height:
             band = torch.addcmul(self.offset, x[:, :, r0 : r0 + rows], self.inverse_step, value=1.0 / widen)
-            lo, hi = torch.aminmax(band.permute(0, 2, 3, 1).reshape(-1))
-            reach = max(self.ZERO + 0.5 - float(lo), float(hi) - self.ZERO - 0.5)
-            if reach > 127.0:  # start again, wider: every band must share the scale
-                widen *= reach / 127.0
+            reach = self._reach(band)
+            if reach > 127.0:  # start again, wider
+                if widen == 1.0:
+                    widen = max(self._reach(torch.addcmul(self.offset, x[:, :, a : a + rows], self.inverse_step))
+                                for a in range(0, height, rows)) / 127.0
+                else:  # the widest value rounded just past the edge
+                    widen *= reach / 127.0
                 r0 = 0
                 continue
             coarse = q[:, :, r0 : r0 + rows]
@@ -240,6 +245,11 @@ class _Block:
                 fine[:, :, r0 : r0 + rows].copy_(band.sub_(coarse).mul_(self.FINE).add_(self.ZERO + 0.5 - self.FINE / 2))
             r0 += rows
         return q, fine, widen
+
+    def _reach(self, band: torch.Tensor) -> float:
+        """How far, in steps, the scaled ``band`` goes from the zero point."""
+        lo, hi = torch.aminmax(band.permute(0, 2, 3, 1).reshape(-1))
+        return max(self.ZERO + 0.5 - float(lo), float(hi) - self.ZERO - 0.5)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output for one image's ``x`` (1, C, H, W) float32 channels-last, written into ``x``."""

@@ -101,6 +101,27 @@ def test_block_input_beyond_its_range_widens_the_scale_instead_of_saturating():
 
 
 @needs_int8
+def test_widened_scale_and_block_output_do_not_depend_on_the_band_size(monkeypatch):
+    g_s = weights.load().net("cpu").g_s
+    block = g_s[int8.synthesis_levels(g_s)[-1][0]]
+    channels = block.conv1.in_channels
+    x = torch.randn(1, channels, 40, 32, generator=torch.Generator().manual_seed(2))
+    x[:, :, 5:9] *= 7  # beyond the range in an early band,
+    x[:, :, 30:33] *= 11  # and further beyond in a later one
+    x = x.contiguous(memory_format=torch.channels_last)
+    tight = int8._Block(block, [0.5] * channels, [0.5] * channels, passes=2)
+    found = []
+    with torch.inference_mode():
+        for rows in (40, 7, 3):  # one band, bands of 7 rows, bands of 3 rows
+            monkeypatch.setattr(int8._Block, "BAND", channels * 32 * rows)
+            q, fine, widen = tight.quantize(x)
+            found.append((q, fine, widen, tight(x.clone())))
+    for q, fine, widen, out in found[1:]:
+        assert widen == found[0][2] > 1
+        assert torch.equal(q, found[0][0]) and torch.equal(fine, found[0][1]) and torch.equal(out, found[0][3])
+
+
+@needs_int8
 def test_per_channel_ranges_keep_small_channels_that_one_range_per_tensor_rounds_away():
     g_s = weights.load().net("cpu").g_s
     block = g_s[int8.synthesis_levels(g_s)[-1][0]]
