@@ -48,9 +48,9 @@ class GDN(nn.Module):
         off = torch.full((channels, channels), self.OFF_DIAGONAL_ROOT)
         self.gamma_sqrt = nn.Parameter(torch.where(torch.eye(channels, dtype=torch.bool), 0.1**0.5, off))
 
-    # Elements of x normalized at a time in inference mode: a band (4 MB in float32, half a core)
-    # stays in the cores' L2 caches between the abs, the convolution and the product. Against 16 MB bands a Kodak
-    # encode's first GDN took 16.6 instead of 22.2 ms, the synthesis' finest 7.5 instead of 8.5
+    # Elements of x normalized at a time in inference mode: a band (4 MB in float32, 2 MB a core)
+    # stays in the cores' L2 caches between the abs, the convolution and the product. Against
+    # 16 MB bands a Kodak encode's first GDN took 16.6 instead of 22.2 ms, the synthesis' finest 7.5 instead of 8.5
     # (median of 12 interleaved rounds, 2-core Xeon; for the int8 blocks' bands smaller was no faster).
     INFERENCE_CHUNK = 1 << 20
     # Smallest normal float32. Training drives many off-diagonal roots below 1e-19, whose squares
