@@ -55,12 +55,12 @@ def main() -> int:
     shipped = model.int8_synthesis()
     variants = {}
     for n, level in enumerate(levels):
-        variants[f"level {n}"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in level})
-        variants[f"level {n} two-pass"] = int8.Int8Layers(body, int8.with_two_pass({str(i): ranges[str(i)] for i in level},
-                                                                                     level))
-    variants["all levels"] = int8.Int8Layers(body, ranges)
+        variants[f"level {n}"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in level}, saturate=True)
+        variants[f"level {n} two-pass"] = int8.Int8Layers(
+            body, int8.with_two_pass({str(i): ranges[str(i)] for i in level}, level), saturate=True)
+    variants["all levels"] = int8.Int8Layers(body, ranges, saturate=True)
     outer = [i for level in (levels[0], levels[-1]) for i in level]  # the choice before the two-pass middle level
-    variants["outer levels"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in outer})
+    variants["outer levels"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in outer}, saturate=True)
     variants["shipped"] = shipped
     qualities = [float(q) for q in args.qualities.split(",")]
     images = [load_rgb(path) for path in image_paths(args.data, args.limit or None)]

@@ -51,7 +51,7 @@ def _variants(teacher: CnnzNet, dec: tuple, res: tuple, y: torch.Tensor) -> tupl
     net = types.SimpleNamespace(g_s=g_s)
     runs = {"float32": codec._torch_synthesis(net, "cpu", "float32")}
     if int8.supported():
-        runs["int8"] = codec._torch_synthesis(net, "cpu", "int8", int8.Int8Layers(g_s[:-1], ranges))
+        runs["int8"] = codec._torch_synthesis(net, "cpu", "int8", int8.Int8Layers(g_s[:-1], ranges, saturate=True))
     return student.config, runs
 
 

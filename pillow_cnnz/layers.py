@@ -4,6 +4,8 @@ Kept apart from the model so the network definition reads as a data-flow diagram
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -159,6 +161,77 @@ def _fusable(x: torch.Tensor) -> bool:
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     return (_POINTWISE_CONV is not None and x.device.type == "cpu" and torch.is_inference_mode_enabled()
             and x.dtype == dtype and dtype in (torch.float32, torch.bfloat16))
+
+
+def _reach(module: nn.Module) -> tuple[int, int]:
+    """(radius in its input's pixels, upsampling factor) of a synthesis module."""
+    if isinstance(module, SubPixelConv):
+        return module.conv.kernel_size[0] // 2, module.shuffle.upscale_factor
+    if isinstance(module, ResBlock):
+        return module.conv1.kernel_size[0] // 2 + module.conv2.kernel_size[0] // 2, 1
+    if isinstance(module, GDN):
+        return 0, 1
+    msg = f"no receptive field known for {type(module).__name__}"
+    raise TypeError(msg)
+
+
+def needed_spans(modules: list[nn.Module], core: tuple[int, int], size: int) -> list[tuple[int, int]]:
+    """Along one axis of an input ``size`` pixels long whose output is wanted for input pixels
+    ``[core)`` only: the span of each module's output that this part depends on, in that output's
+    pixels, within the 'same'-padded outputs of the whole input (clipped to its edges, where the
+    padding is the whole input's own).
+
+    Why: a decoder tile reads a halo of latents around it for the first layer's sake, but each
+    later layer needs less of it; computing only these spans keeps a tile's pixels those of the
+    whole window while its finest, dearest levels do ~1.1x the tile's own work instead of ~1.5x."""
+    reach = [_reach(m) for m in modules]
+    scale = math.prod(f for _, f in reach)
+    a, b = core[0] * scale, core[1] * scale
+    spans = []
+    for radius, f in reversed(reach):
+        spans.append((a, b))
+        scale //= f
+        a, b = max(a // f - radius, 0), min(-(-b // f) + radius, size * scale)
+    return spans[::-1]
+
+
+class TileCrops:
+    """Cuts each module's output in a tile's synthesis to its ``needed_spans``: as views, or with
+    ``dense`` as channels-last copies. The float residual blocks need the copies (oneDNN's fused
+    sum runs in place only on dense tensors; on views it copied twice), the int8 ones read views
+    band by band: an interior Kodak-photo tile of 64 latents took 589 ms with copies against 689
+    with views in float32, and 398 with views against 440 with copies in int8 (694 and 512 whole)."""
+
+    def __init__(self, modules: list[nn.Module], core: tuple[tuple[int, int], tuple[int, int]],
+                 size: tuple[int, int], dense: bool = True) -> None:
+        self.dense = dense
+        self.factors = [_reach(m)[1] for m in modules]
+        self.spans = [needed_spans(modules, c, n) for c, n in zip(core, size)]  # rows, then columns
+
+    def slices(self, i: int) -> tuple[slice, slice]:
+        """(rows, columns) of module ``i``'s output to keep, as positions in that output, which
+        covers ``f ×`` what module ``i - 1``'s output kept (or the whole input for the first)."""
+        cut = []
+        for spans in self.spans:
+            start = spans[i - 1][0] * self.factors[i] if i else 0
+            cut.append(slice(spans[i][0] - start, spans[i][1] - start))
+        return cut[0], cut[1]
+
+    def __call__(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = self.slices(i)
+        kept = x[:, :, rows, cols]
+        if kept.shape == x.shape:
+            return x
+        return kept.contiguous(memory_format=torch.channels_last) if self.dense else kept
+
+
+def run_cropped(steps: list, x: torch.Tensor, crops: TileCrops | None = None) -> torch.Tensor:
+    """``x`` through ``steps`` (callables, one per module), each output cut by ``crops``."""
+    for i, step in enumerate(steps):
+        x = step(x)
+        if crops is not None:
+            x = crops(i, x)
+    return x
 
 
 def anchor_mask(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -160,7 +160,7 @@ class Model:
 
                 analysis, synthesis = self._int8_ranges(net)
                 self._nets["int8", "analysis"] = int8.Int8Layers(net.g_a, analysis)
-                self._nets["int8", "synthesis"] = int8.Int8Layers(net.g_s[:-1], synthesis)
+                self._nets["int8", "synthesis"] = int8.Int8Layers(net.g_s[:-1], synthesis, saturate=True)
             return self._nets["int8", transform]
 
     def net(self, device: str, dtype: str = "float32", entropy: bool = False):

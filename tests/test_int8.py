@@ -431,3 +431,28 @@ def test_benchmarks_that_reach_into_int8_still_run(tmp_path, monkeypatch):
                                        "level 2 two-pass", "all levels", "outer levels", "shipped"}
     assert result["shipped_blocks"] == result["levels"][0] + result["levels"][1] + result["levels"][2]
     assert result["shipped_two_pass"] == result["levels"][1]
+
+
+@needs_int8
+def test_int8_synthesis_tiles_give_one_window_s_pixels_even_beyond_the_block_ranges(monkeypatch):
+    from pillow_cnnz import container
+
+    model = weights.load()
+    net = model.net("cpu")
+    _, synthesis = model._int8_ranges(net)
+    tight = {k: {**r, "input": [v / 16 for v in r["input"]]} for k, r in synthesis.items()}  # every tile exceeds them
+    img = photo(200, 264, seed=5)
+    header, payloads = container.parse(codec.encode(img, "RGB", 6.0))
+    y = codec.y_hat_of((header, payloads))[None]
+
+    def decode(tile: int, saturate: bool) -> np.ndarray:
+        monkeypatch.setattr(codec, "TILE", tile)
+        run = codec._torch_synthesis(net, "cpu", "int8", int8.Int8Layers(net.g_s[:-1], tight, saturate=saturate))
+        with torch.inference_mode():
+            return codec._synthesis(run, y, header.height, header.width)[0].astype(int)
+
+    clipped = np.abs(decode(6, True) - decode(1000, True)).max()
+    widened = np.abs(decode(6, False) - decode(1000, False)).max()  # each tile's scale follows its own extremes
+    assert clipped <= 1 and widened >= 4  # measured 0 and 6
+    assert all(block.saturate for block in model.int8_synthesis().blocks.values())
+    assert not any(block.saturate for block in model.int8_analysis().blocks.values())

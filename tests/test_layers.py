@@ -141,3 +141,35 @@ def _parsed(rgb):
     Image.fromarray(rgb).save(buf, format="CNNZ", quality=8)
     header, sections = container.parse(buf.getvalue())
     return header, sections["LATZ"], sections["LATY"]
+
+
+def test_needed_spans_shrink_level_by_level_to_the_tile_and_stop_at_the_edges():
+    pytest.importorskip("torch")
+    from pillow_cnnz import weights
+    from pillow_cnnz.layers import needed_spans
+
+    g_s = list(weights.load().net("cpu").g_s)  # 3 upsamplings, 2 + 4 + 2 blocks, then the last upsampling
+    spans = needed_spans(g_s, (7, 71), 78)  # a tile of 64 latents with its 7-latent halo on each side
+    assert spans[-1] == (7 * 16, 71 * 16)  # the tile's own pixels
+    assert spans[-2] == (7 * 8 - 1, 71 * 8 + 1)  # the last 3x3 convolution's input: one pixel more
+    # each level's upsampling output keeps 5.5, 2 and 0.625 latents of the halo's 7 a side
+    assert (spans[0], spans[4], spans[10]) == ((3, 153), (16, 296), (51, 573))
+    assert needed_spans(g_s, (0, 64), 71)[0] == (0, 139)  # clipped at the grid's top edge, not at the bottom
+    scales = (2, 2, 2, 2, 4, 4, 4, 4, 4, 4, 8, 8, 8, 8, 16)
+    assert needed_spans(g_s, (0, 10), 10) == [(0, 10 * s) for s in scales]  # the whole window: no cut
+
+
+def test_a_tile_cropped_layer_by_layer_gives_the_whole_window_s_pixels():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz import weights
+    from pillow_cnnz.layers import TileCrops, run_cropped
+
+    g_s = weights.load().net("cpu", "float64").g_s
+    y = torch.randn(1, g_s[0].conv.in_channels, 20, 23, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    core = ((7, 13), (0, 9))  # rows inside the window, columns at its left edge
+    with torch.inference_mode():
+        whole = g_s(y.clone())[:, :, 7 * 16 : 13 * 16, : 9 * 16]
+        for dense in (True, False):  # copies or views
+            tile = run_cropped(list(g_s), y.clone(), TileCrops(list(g_s), core, (20, 23), dense))
+            assert tile.shape == whole.shape
+            assert torch.allclose(tile, whole, rtol=0, atol=1e-9)
