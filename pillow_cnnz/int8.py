@@ -27,7 +27,8 @@ before the per-tensor uint8 quantization oneDNN takes, and the first convolution
 multiplied by them; its ReLU outputs are normalized the same way, through the first
 convolution's rows and the second's columns (``_Block.balanced``). Against one range per
 tensor that moved the analysis' latents 30 % less and halved the synthesis' loss. An input that
-goes beyond its ranges widens the block's scale instead of saturating (``_Block.quantize``).
+goes beyond its ranges widens an analysis block's scale instead of saturating, and is clipped in a synthesis
+block, where each tile must give the whole image's pixels (``_Block.quantize``).
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from torch.nn import functional as F
 from .layers import ResBlock, SubPixelConv, TileCrops, run_cropped
 
 FORMAT = 3  # version of the ranges file (1: one range per tensor, the analysis only; 2: no "passes")
-QUANTILE = 0.9999  # of each channel's |input| its scale covers (beyond: widened, ``_Block.quantize``)
+QUANTILE = 0.9999  # of each channel's |input| its scale covers (beyond: widened or clipped, ``_Block.quantize``)
 # of the ReLU outputs: those saturate, and their tails are longer (the 0.99999 quantile is 1.2-1.8x
 # the 0.9999 one): at 0.9999 a saturated red disc moved latents by 2 steps, at 0.99999 by 0.15
 HIDDEN_QUANTILE = 0.99999
