@@ -64,6 +64,7 @@ def test_distill_trains_only_the_synthesis_resumes_and_exports(tmp_path, monkeyp
     state = read_checkpoint(run / "last.pt")
     assert state["distill"]["step"] == 4 and state["distill"]["teacher_step"] == 7
     assert state["distill"]["optimizer"]["param_groups"][0]["lr"] == 5e-4  # a resumed run takes its own rate
+    assert state["history"][-1]["rate_balance"] == 0.5  # the loss weighs qualities as the shipped weights trained
     t = teacher.state_dict()
     assert all(torch.equal(v, t[k]) for k, v in state["model"].items() if not k.startswith("g_s."))  # frozen
     assert not torch.equal(state["model"]["g_s.0.conv.weight"], t["g_s.0.conv.weight"])  # trained

@@ -28,7 +28,8 @@ import torch
 
 from ..model import QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, _slots, lambda_for
 from .data import CropSampler, image_paths, load_rgb
-from .loop import DEFAULT_DATA, checkpoint_lambdas, load_checkpoint, read_checkpoint, save_checkpoint, validate
+from .loop import (DEFAULT_DATA, checkpoint_lambdas, load_checkpoint, read_checkpoint, sample_weight, save_checkpoint,
+                   validate)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--rate-balance", type=float, default=0.5,
+                   help="weight each sample's loss by (λ/λ_mid)^-B, as fit does (the shipped weights trained "
+                        "at 0.5; 0: plain sum, where quality 8's error drowns quality 1's)")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -145,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
             q = torch.empty(args.batch, device=args.device).uniform_(QUALITY_MIN, QUALITY_MAX)
             y_hat = decoder_input(teacher, x, q)
             mse = torch.mean((student.g_s(y_hat) - x) ** 2, dim=(1, 2, 3))
-            loss = torch.mean(lambda_for(q, lambdas) * 255**2 * mse)
+            lam = lambda_for(q, lambdas)
+            loss = torch.mean(lam * 255**2 * mse * sample_weight(lam, args.rate_balance, lambdas))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -174,7 +179,7 @@ def _save(path: Path, teacher_state: dict, student: CnnzNet, opt: torch.optim.Op
                "args": {k: v for k, v in vars(args).items() if k != "func"}}
     history = list(teacher_state.get("history") or []) + [{"from_step": teacher_state["step"], "distill": True,
                                                             "lr": args.lr, "batch": args.batch, "crop": args.crop,
-                                                            "device": args.device}]
+                                                            "rate_balance": args.rate_balance, "device": args.device}]
     keep = {k: v for k, v in teacher_state.items() if k not in ("model", "packed_model", "optimizer")}
     save_checkpoint(path, keep | {"model": model, "config": student.config.to_dict(), "lambdas": list(lambdas),
                                   "history": history, "distill": distill})
