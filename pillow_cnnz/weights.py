@@ -253,11 +253,30 @@ def _read(model_id: bytes) -> Model:
     return Model(model_id, meta, arrays, tables("z"), tables("y"), layers, ctx, entry)
 
 
+def _decoded_by(model_id: bytes) -> bytes:
+    """The installed model that decodes files of ``model_id``: itself, or the one its manifest entry
+    names as ``{"decoded_by": id}``. Why: a release may retrain only the synthesis (``train distill``,
+    ``export --synthesis-only``); its latents and entropy model are the old one's bit for bit, so
+    the old model's files decode with it (through the new synthesis) and its weights need not ship."""
+    models = manifest()["models"]
+    target = (models.get(model_id.hex()) or {}).get("decoded_by")
+    if target is None:
+        return model_id
+    if "file" not in models.get(target, {}):
+        msg = f"weights manifest says model {model_id.hex()} is decoded by {target}, which is not installed"
+        raise WeightsError(msg)
+    return bytes.fromhex(target)
+
+
 def load(model_id: bytes | None = None) -> Model:
-    """The model with this id (default: the shipped default), loaded once per process."""
+    """The model with this id (default: the shipped default), loaded once per process; for the id of
+    a model whose synthesis a later release retrained, that release's model."""
     if model_id is None:
         model_id = default_model_id()
     with _cache_lock:
         if model_id not in _cache:
-            _cache[model_id] = _read(model_id)
+            target = _decoded_by(model_id)
+            if target not in _cache:
+                _cache[target] = _read(target)
+            _cache[model_id] = _cache[target]
         return _cache[model_id]

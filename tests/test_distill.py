@@ -104,3 +104,55 @@ def test_synthesis_budget_benchmark_times_each_candidate_against_the_exact_stage
     assert small["synthesis_macs"] < shipped["synthesis_macs"] / 5
     for row in (shipped, small):
         assert row["decode_estimate_ms_float32"] == pytest.approx(row["g_s_ms_float32"] + result["exact_stage_ms"])
+
+
+def test_synthesis_only_export_changes_only_the_synthesis_and_the_old_model_s_files_decode_with_it(tmp_path, monkeypatch):
+    from pillow_cnnz import codec, container, weights
+
+    _, path = _teacher(tmp_path)
+    out = tmp_path / "w"
+    base = export.export(path, out, "m", "test hardware")  # the teacher as the installed default
+    with np.load(out / "m.npz") as npz:
+        before = {k: npz[k] for k in npz.files}
+    monkeypatch.setattr(weights, "weights_dir", lambda: out)
+    monkeypatch.setattr(weights, "_cache", {})
+    img = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    old_file = codec.encode(img, "RGB", 4.0)
+    assert container.parse(old_file)[0].model_id.hex() == base["model_id"]
+    run = tmp_path / "run"
+    assert main(["distill", "--teacher", str(path), "--run", str(run), "--res", ",".join(map(str, TEACHER.res)),
+                 "--data", str(_images(tmp_path / "data")), "--val", str(tmp_path / "data"), "--batch", "2",
+                 "--crop", "64", "--val-every", "2", "--lr", "1e-3", "--steps", "2"]) == 0
+    info = export.export_synthesis(run / "last.pt", out, "m")
+    with np.load(out / "m.npz") as npz:
+        after = {k: npz[k] for k in npz.files}
+    changed = {k for k in after if k != "meta" and not np.array_equal(after[k], before[k])}
+    assert changed and all(k.startswith("net/g_s.") for k in changed) and set(after) == set(before)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["default"] == info["model_id"] != base["model_id"]
+    assert manifest["models"][base["model_id"]] == {"decoded_by": info["model_id"]}
+    assert info["meta"]["decodes"] == [base["model_id"]] and info["meta"]["training"]["synthesis"]["steps"] == 2
+    assert "decode with this one" in export.model_card(info, tmp_path)
+    monkeypatch.setattr(weights, "_cache", {})
+    assert weights.load(bytes.fromhex(base["model_id"])) is weights.load()  # the old id loads the new model
+    assert codec.decode(old_file).shape == img.shape
+    assert container.parse(codec.encode(img, "RGB", 4.0))[0].model_id.hex() == info["model_id"]
+    # another analysis is not a synthesis update
+    net, state = export.load_checkpoint(run / "last.pt")
+    with torch.no_grad():
+        net.g_a[0].weight.mul_(1.5)
+    torch.save({**state, "model": net.state_dict()}, tmp_path / "changed.pt")
+    with pytest.raises(SystemExit, match="only the synthesis may change"):
+        export.export_synthesis(tmp_path / "changed.pt", out, "m2")
+
+
+def test_a_model_decoded_by_one_that_is_not_installed_is_a_clear_error(tmp_path, monkeypatch):
+    from pillow_cnnz import weights
+
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"models": {"00" * 8: {"decoded_by": "11" * 8}}, "default": "00" * 8}))
+    monkeypatch.setattr(weights, "weights_dir", lambda: out)
+    monkeypatch.setattr(weights, "_cache", {})
+    with pytest.raises(weights.WeightsError, match="not installed"):
+        weights.load()

@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibrate-images", type=int, default=96, help="images taken, spread over the folder")
     p.add_argument("--calibrate-crop", type=int, default=512, help="centre crop of each image (pixels)")
     p.add_argument("--results", default="benchmarks/results", help="where benchmarks/rd.py wrote its summaries")
+    p.add_argument("--synthesis-only", action="store_true",
+                   help="keep every array of the default weights but the synthesis, taken from the checkpoint "
+                        "(a `distill` run of the same shape); the old model's files decode with the new one")
     p.set_defaults(func=run)
 
 
@@ -210,17 +213,70 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str, calibration: d
     (out / f"{name}.npz").write_bytes(data)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
-    manifest["models"] = {k: v for k, v in manifest["models"].items() if v["file"] != f"{name}.npz"}
+    models = {k: v for k, v in manifest["models"].items() if v.get("file") != f"{name}.npz"}
+    # files of the replaced model (and of those it decoded) are not decodable by this new one
+    manifest["models"] = {k: v for k, v in models.items() if "file" in v or v.get("decoded_by") in models}
     manifest["models"][model_id] = {"file": f"{name}.npz", "sha256": sha}
     manifest["default"] = model_id
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return {"model_id": model_id, "sha256": sha, "bytes": len(data), "meta": meta, "file": f"{name}.npz"}
 
 
+def export_synthesis(checkpoint: Path, out: Path, name: str) -> dict:
+    """Write ``out/<name>.npz``: the default weights of ``out`` with the synthesis of ``checkpoint``
+    (a ``train distill`` run of the same shape), every other array bit for bit the default's. The
+    new model becomes the default, and the old one's files decode with it (its manifest entry
+    becomes ``{"decoded_by": new id}``, ``weights.load``): their latents and entropy model are the
+    same, only the pixels the synthesis makes of them change. Refuses a checkpoint whose analysis,
+    gains or entropy model differ from the default's, or whose synthesis has another shape."""
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    base_id = manifest["default"]
+    base_entry = manifest["models"][base_id]
+    with np.load(io.BytesIO((out / base_entry["file"]).read_bytes()), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    net, state = load_checkpoint(checkpoint)
+    for key, value in net.state_dict().items():
+        stored = arrays.get(f"net/{key}")
+        if stored is None:
+            continue
+        v = value.float().numpy().astype(stored.dtype)
+        if key.startswith("g_s.") and v.shape == stored.shape:
+            arrays[f"net/{key}"] = v
+        elif key.startswith("g_s.") or not np.array_equal(v, stored):
+            msg = f"{checkpoint}: {key} is not the installed model's ({base_id}): only the synthesis may change"
+            raise SystemExit(msg)
+    meta = json.loads(str(arrays["meta"]))
+    distilled = state.get("distill") or {}
+    phase = (state.get("history") or [{}])[-1]
+    meta["training"]["synthesis"] = {
+        "steps": distilled.get("step"), "seconds": round(distilled.get("seconds", 0)), "of_model": base_id,
+        "command": "python -m pillow_cnnz.train distill " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in (distilled.get("args") or {}).items()
+            if k in ("res", "lr", "rate_balance", "batch", "crop", "device", "data")),
+    } | {k: phase[k] for k in ("lr", "batch", "crop", "rate_balance", "device") if k in phase}
+    meta["decodes"] = sorted({base_id, *meta.get("decodes", [])})
+    arrays["meta"] = np.array(json.dumps(meta))
+    data = deterministic_npz(arrays)
+    sha = hashlib.sha256(data).hexdigest()
+    model_id = sha[:16]
+    (out / f"{name}.npz").write_bytes(data)
+    models = {k: ({"decoded_by": model_id} if k == base_id or v.get("decoded_by") == base_id else v)
+              for k, v in manifest["models"].items()}
+    models = {k: v for k, v in models.items() if "decoded_by" in v or v["file"] != f"{name}.npz"}
+    models[model_id] = {"file": f"{name}.npz", "sha256": sha}
+    manifest["models"], manifest["default"] = models, model_id
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return {"model_id": model_id, "sha256": sha, "bytes": len(data), "meta": meta, "file": f"{name}.npz"}
+
+
 def run(args: argparse.Namespace) -> int:
     calibration = {"data": args.calibrate, "images": args.calibrate_images, "crop": args.calibrate_crop}
-    info = export(Path(args.checkpoint), Path(args.out), args.name, args.hardware,
-                  calibration if args.calibrate else None)
+    if args.synthesis_only:
+        info = export_synthesis(Path(args.checkpoint), Path(args.out), args.name)
+    else:
+        info = export(Path(args.checkpoint), Path(args.out), args.name, args.hardware,
+                      calibration if args.calibrate else None)
     (Path(args.out) / "README.md").write_text(model_card(info, Path(args.results)))
     print(json.dumps({k: v for k, v in info.items() if k != "meta"}, indent=2))
     return 0
@@ -244,6 +300,18 @@ def run_card(args: argparse.Namespace) -> int:
             "meta": meta, "file": entry["file"], "int8": entry.get("int8")}
     (out / "README.md").write_text(model_card(info, Path(args.results)))
     return 0
+
+
+def _synthesis_note(meta: dict) -> str:
+    """The model card's line on a synthesis retrained after the table's phases (``export --synthesis-only``)."""
+    synth = meta["training"].get("synthesis")
+    if not synth:
+        return ""
+    return (f"- then the synthesis alone: {synth['steps']:,} steps of `{synth['command']}` "
+            f"({synth['seconds'] / 3600:.2f} h, {synth.get('device', 'cpu')}; λ·255²·MSE weighted by rate balance "
+            f"{synth.get('rate_balance', 0):g}, every other weight frozen), exported with `export --synthesis-only`: "
+            f"files of model{'s' if len(meta.get('decodes', [])) > 1 else ''} {', '.join(meta.get('decodes', []))} "
+            f"(the same latents and entropy model) decode with this one.\n")
 
 
 def _calibration_table(results: Path) -> str:
@@ -429,7 +497,7 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
   A phase on another table than the checkpoint's first remaps the per-quality gains (interpolated in log λ).
   Adam, gradient norm clipped at 1.
 - steps: {train['step']:,}; wall time {train['seconds'] / 3600:.2f} h; hardware: {train['hardware']}.
-
+{_synthesis_note(meta)}
 | from step | to step | lr | density lr | gain lr | λ table | rate balance | batch | crop | transforms | threads | device | data |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|
 {history}
