@@ -390,3 +390,19 @@ def test_a_decode_only_process_imports_torch_for_a_large_image_only(tmp_path):
     assert torch_imported(64 * 96 + 1, auto) == "False"
     assert torch_imported(64 * 96, auto) == "True"
     assert torch_imported(64 * 96, {"CNNZ_PRECISION": "float32"}) == "False"
+
+
+def test_files_of_a_model_the_shipped_one_replaced_decode_with_it():
+    from pillow_cnnz import container
+
+    models = weights.manifest()["models"]
+    replaced = [bytes.fromhex(k) for k, v in models.items() if "decoded_by" in v]
+    img = photo(48, 64, seed=4)
+    header, sections = container.parse(codec.encode(img, "RGB", 4.0))
+    ours = codec.decode(container.serialize(header.width, header.height, header.mode, header.quality,
+                                            header.model_id, sections))
+    for old in replaced:  # the 352k model's files, for the synthesis-only release
+        data = container.serialize(header.width, header.height, header.mode, header.quality, old, sections)
+        assert np.array_equal(codec.decode(data), ours)
+        assert weights.load(old) is weights.load()
+    assert bytes.fromhex("1be8391618fb0328") in replaced  # the 352k release's files keep decoding
