@@ -242,10 +242,7 @@ class _Block:
             band = torch.addcmul(self.offset, x[:, :, r0 : r0 + rows], self.inverse_step, value=1.0 / widen)
             if self.saturate:
                 band.clamp_(self.ZERO + 0.5 - 127.0, self.ZERO + 0.5 + 127.0)
-                reach = 0.0
-            else:
-                reach = self._reach(band)
-            if reach > 127.0:  # start again, wider
+            elif (reach := self._reach(band)) > 127.0:  # start again, wider
                 if widen == 1.0:
                     widen = max(self._reach(torch.addcmul(self.offset, x[:, :, a : a + rows], self.inverse_step))
                                 for a in range(0, height, rows)) / 127.0

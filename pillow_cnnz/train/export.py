@@ -205,21 +205,31 @@ def export(checkpoint: Path, out: Path, name: str, hardware: str, calibration: d
         } | ({"hyperfit": state["hyperfit"]} if state.get("hyperfit") else {}),
         "parameters": params, "decoder_parameters": decoder_params,
     }
+    out.mkdir(parents=True, exist_ok=True)
+    info = _write_weights(out, name, arrays, meta)
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
+    models = {k: v for k, v in manifest["models"].items() if v.get("file") != info["file"]}
+    # files of the replaced model (and of those it decoded) are not decodable by this new one
+    _register_default(out, manifest, {k: v for k, v in models.items() if "file" in v or v.get("decoded_by") in models},
+                      info)
+    return info
+
+
+def _write_weights(out: Path, name: str, arrays: dict[str, np.ndarray], meta: dict) -> dict:
+    """Write ``out/<name>.npz`` of ``arrays`` and ``meta``; its id is its sha256's first 16 hex digits."""
     arrays["meta"] = np.array(json.dumps(meta))
     data = deterministic_npz(arrays)
     sha = hashlib.sha256(data).hexdigest()
-    model_id = sha[:16]
-    out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.npz").write_bytes(data)
-    manifest_path = out / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
-    models = {k: v for k, v in manifest["models"].items() if v.get("file") != f"{name}.npz"}
-    # files of the replaced model (and of those it decoded) are not decodable by this new one
-    manifest["models"] = {k: v for k, v in models.items() if "file" in v or v.get("decoded_by") in models}
-    manifest["models"][model_id] = {"file": f"{name}.npz", "sha256": sha}
-    manifest["default"] = model_id
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return {"model_id": model_id, "sha256": sha, "bytes": len(data), "meta": meta, "file": f"{name}.npz"}
+    return {"model_id": sha[:16], "sha256": sha, "bytes": len(data), "meta": meta, "file": f"{name}.npz"}
+
+
+def _register_default(out: Path, manifest: dict, models: dict, info: dict) -> None:
+    """Write ``out/manifest.json``: ``models`` and the file ``info`` describes, as the default."""
+    manifest["models"] = {**models, info["model_id"]: {"file": info["file"], "sha256": info["sha256"]}}
+    manifest["default"] = info["model_id"]
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def export_synthesis(checkpoint: Path, out: Path, name: str) -> dict:
@@ -256,18 +266,11 @@ def export_synthesis(checkpoint: Path, out: Path, name: str) -> dict:
             if k in ("res", "lr", "rate_balance", "batch", "crop", "device", "data")),
     } | {k: phase[k] for k in ("lr", "batch", "crop", "rate_balance", "device") if k in phase}
     meta["decodes"] = sorted({base_id, *meta.get("decodes", [])})
-    arrays["meta"] = np.array(json.dumps(meta))
-    data = deterministic_npz(arrays)
-    sha = hashlib.sha256(data).hexdigest()
-    model_id = sha[:16]
-    (out / f"{name}.npz").write_bytes(data)
-    models = {k: ({"decoded_by": model_id} if k == base_id or v.get("decoded_by") == base_id else v)
+    info = _write_weights(out, name, arrays, meta)
+    models = {k: ({"decoded_by": info["model_id"]} if k == base_id or v.get("decoded_by") == base_id else v)
               for k, v in manifest["models"].items()}
-    models = {k: v for k, v in models.items() if "decoded_by" in v or v["file"] != f"{name}.npz"}
-    models[model_id] = {"file": f"{name}.npz", "sha256": sha}
-    manifest["models"], manifest["default"] = models, model_id
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return {"model_id": model_id, "sha256": sha, "bytes": len(data), "meta": meta, "file": f"{name}.npz"}
+    _register_default(out, manifest, {k: v for k, v in models.items() if v.get("file") != info["file"]}, info)
+    return info
 
 
 def run(args: argparse.Namespace) -> int:
