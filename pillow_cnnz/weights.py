@@ -223,9 +223,8 @@ def _verified(path: Path, sha256: str) -> bytes:
     return data
 
 
-def _read(model_id: bytes, models: dict | None = None) -> Model:
-    """The model ``model_id`` of the manifest's ``models`` (default: read it), loaded and verified."""
-    models = manifest()["models"] if models is None else models
+def _read(model_id: bytes) -> Model:
+    models = manifest()["models"]
     entry = models.get(model_id.hex())
     if entry is None:
         msg = (f"this file needs CNNZ model {model_id.hex()}, which is not installed "
@@ -254,11 +253,12 @@ def _read(model_id: bytes, models: dict | None = None) -> Model:
     return Model(model_id, meta, arrays, tables("z"), tables("y"), layers, ctx, entry)
 
 
-def _decoded_by(model_id: bytes, models: dict) -> bytes:
+def _decoded_by(model_id: bytes) -> bytes:
     """The installed model that decodes files of ``model_id``: itself, or the one its manifest entry
     names as ``{"decoded_by": id}``. Why: a release may retrain only the synthesis (``train distill``,
     ``export --synthesis-only``); its latents and entropy model are the old one's bit for bit, so
     the old model's files decode with it (through the new synthesis) and its weights need not ship."""
+    models = manifest()["models"]
     target = (models.get(model_id.hex()) or {}).get("decoded_by")
     if target is None:
         return model_id
@@ -275,9 +275,8 @@ def load(model_id: bytes | None = None) -> Model:
         model_id = default_model_id()
     with _cache_lock:
         if model_id not in _cache:
-            models = manifest()["models"]
-            target = _decoded_by(model_id, models)
+            target = _decoded_by(model_id)
             if target not in _cache:
-                _cache[target] = _read(target, models)
+                _cache[target] = _read(target)
             _cache[model_id] = _cache[target]
         return _cache[model_id]
