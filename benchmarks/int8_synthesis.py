@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""Which synthesis residual blocks can run in int8, at what cost in PSNR, for how much time?
+"""Which synthesis layers can run in int8, at what cost in PSNR, for how much time?
 
 Measures each channel's activation ranges of every synthesis block on training images (as
 ``python -m pillow_cnnz.train int8`` does, on ŷ the decoder gets from them), then decodes the
 ŷ of every image of ``--data`` (the float32 analysis' files at each quality) with float32
 ``g_s`` and with each level's blocks in int8 (``pillow_cnnz/int8.py``), alone, in one and in two
 passes (the input's rounding residual quantized too), every block in one pass, and the shipped
-ranges file's choice. Reports mean PSNR against the original per quality and each variant's
-difference from float32, and the median time of ``g_s`` on the first image for float32, the
-shipped choice, the outer levels' blocks alone (the choice before) and every block in one pass,
+ranges file's choice: its residual blocks alone and each of its int8 sub-pixel convolutions alone,
+each with its weights rounded to nearest and as ``train int8`` rounded them (``int8.gptq``), and all
+of it. Reports mean PSNR against the original per quality and each variant's difference from
+float32, and the median time of ``g_s`` on the first image for float32, the shipped choice, its
+blocks alone (the release before), the outer levels' blocks alone and every block in one pass,
 timed interleaved (the machine's speed drifts).
 
 Example (from the repository root; about 6 minutes on 2 cores)::
@@ -61,6 +63,15 @@ def main() -> int:
     variants["all levels"] = int8.Int8Layers(body, ranges, saturate=True)
     outer = [i for level in (levels[0], levels[-1]) for i in level]  # the choice before the two-pass middle level
     variants["outer levels"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in outer}, saturate=True)
+    # The shipped ranges, with and without the weights train int8 rounded (int8.gptq): its residual blocks
+    # alone (the release before the int8 sub-pixel convolutions), and each sub-pixel convolution alone
+    ranges = model._int8_ranges(net)[1]
+    rounded = model._int8_rounded(net, ranges)
+    blocks_only = {k: r for k, r in ranges.items() if isinstance(g_s[int(k)], int8.ResBlock)}
+    for how, given in (("nearest", None), ("gptq", rounded)):
+        variants[f"blocks, {how}"] = int8.Int8Layers(body, blocks_only, saturate=True, rounded=given)
+        for k in sorted(set(ranges) - set(blocks_only), key=int):
+            variants[f"upsampling {k}, {how}"] = int8.Int8Layers(body, {k: ranges[k]}, saturate=True, rounded=given)
     variants["shipped"] = shipped
     qualities = [float(q) for q in args.qualities.split(",")]
     images = [load_rgb(path) for path in image_paths(args.data, args.limit or None)]
@@ -74,8 +85,8 @@ def main() -> int:
                     mse = np.mean((out - rgb.astype(np.float64)) ** 2)
                     psnr[name][str(q)].append(float(10 * np.log10(255**2 / mse)))
         y = decoded_latents(model, images[0], qualities[-1])
-        timed = (("float32", body), ("shipped", shipped), ("outer levels", variants["outer levels"]),
-                 ("all levels", variants["all levels"]))
+        timed = (("float32", body), ("shipped", shipped), ("blocks, gptq", variants["blocks, gptq"]),
+                 ("outer levels", variants["outer levels"]), ("all levels", variants["all levels"]))
         times: dict[str, list[float]] = {name: [] for name, _ in timed}
         for name, run in timed:
             _pixels(run, last, y, *images[0].shape[:2])  # warm-up
@@ -89,8 +100,9 @@ def main() -> int:
     ms = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
     result = {"data": args.data, "images": len(images), "model_id": model.model_id.hex(),
               "calibration": {"data": args.train, "images": len(picked)},
-              "levels": levels, "shipped_blocks": sorted(shipped.blocks),
-              "shipped_two_pass": sorted(i for i, b in shipped.blocks.items() if b.fine is not None),
+              "levels": levels, "shipped_blocks": sorted(i for i, b in shipped.blocks.items() if isinstance(b, int8._Block)),
+              "shipped_upsamplings": sorted(i for i, b in shipped.blocks.items() if isinstance(b, int8._Upsample)),
+              "shipped_two_pass": sorted(i for i, b in shipped.blocks.items() if b.passes == 2),
               "cpu_has_vnni": codec._cpu_has_vnni(),
               "threads": torch.get_num_threads(), "psnr": mean, "delta_db": delta, "g_s_ms_median": ms,
               "speedup": ms["float32"] / ms["shipped"]}
@@ -99,8 +111,9 @@ def main() -> int:
     for k, per in delta.items():
         print(f"  {k:>10}: " + "  ".join(f"q{float(q):g} {v:+.4f}" for q, v in per.items()))
     print(f"g_s + last layer, {images[0].shape[1]}x{images[0].shape[0]}: float32 {ms['float32']:.0f} ms, "
-          f"shipped int8 {ms['shipped']:.0f} ms ({result['speedup']:.2f}x), blocks {sorted(shipped.blocks)} "
-          f"(two-pass {result['shipped_two_pass']}), the outer levels' blocks alone {ms['outer levels']:.0f} ms, "
+          f"shipped int8 {ms['shipped']:.0f} ms ({result['speedup']:.2f}x), blocks {result['shipped_blocks']} and "
+          f"sub-pixel convolutions {result['shipped_upsamplings']} (two-pass {result['shipped_two_pass']}), "
+          f"its blocks alone {ms['blocks, gptq']:.0f} ms, the outer levels' blocks alone {ms['outer levels']:.0f} ms, "
           f"every block in one pass {ms['all levels']:.0f} ms")
     return 0
 

@@ -1,4 +1,5 @@
-"""Residual blocks of the transforms in 8-bit integers (oneDNN, x86 CPUs with VNNI).
+"""Residual blocks of the transforms (and the synthesis' inner sub-pixel convolutions) in 8-bit
+integers (oneDNN, x86 CPUs with VNNI).
 
 Why: on a CPU without bfloat16 hardware the float32 transforms are most of the time: the
 analysis was 384 of a 449 ms Kodak encode on a 2-core AVX-512 Xeon, and the synthesis is most
@@ -9,7 +10,7 @@ Why only there: the error of a quantized block input only enters the branch the 
 never the sum it adds to, which stays float32. Quantizing the inputs of the resampling
 convolutions (the whole signal) moved the analysis' latents 3-5x more than every residual
 block together, and cost the synthesis 0.3 dB at quality 8, so those, GDN and the first and
-last convolutions stay float32. Which synthesis blocks run int8, and which of them quantize their
+last convolutions stay float32, but for two of the synthesis' (below). Which synthesis blocks run int8, and which of them quantize their
 input in two passes, is the ranges file's choice (``python -m pillow_cnnz.train int8
 --synthesis-levels --two-pass-levels``): its coarsest and finest levels cost 0.0002 and 0.0026 dB
 at quality 8 on Kodak, the middle level 0.021 in one pass and 0.0099 in two, which cost 1.5x the
@@ -25,29 +26,50 @@ images (``weights/<name>.int8.json``, verified like the weights), and folded int
 (cross-layer equalization): a block's input is divided by its channels' (balanced) ranges
 before the per-tensor uint8 quantization oneDNN takes, and the first convolution's weights
 multiplied by them; its ReLU outputs are normalized the same way, through the first
-convolution's rows and the second's columns (``_Block.balanced``). Against one range per
+convolution's rows and the second's columns (``_Quantized.balanced``). Against one range per
 tensor that moved the analysis' latents 30 % less and halved the synthesis' loss. An input that
 goes beyond its ranges widens an analysis block's scale instead of saturating, and is clipped in a synthesis
-block, where each tile must give the whole image's pixels (``_Block.quantize``).
+block, where each tile must give the whole image's pixels (``_Quantized.quantize``).
+
+The synthesis' two inner sub-pixel convolutions (the whole signal, not a branch) run in int8 too,
+their input in two passes, and every int8 weight of the synthesis is rounded by ``gptq`` on training
+images instead of to the nearest level (the rounded weights ship beside the ranges,
+``weights/<name>.int8.npz``; without them weights round to nearest). On Kodak at quality 1 / 4 / 8
+(``benchmarks/int8_synthesis.py``): the middle sub-pixel convolution cost 0.0009 / 0.0024 / 0.0086 dB
+rounded to nearest and 0.0001 / 0.0003 / 0.0016 rounded by ``gptq``, the finest one 0.0003 / 0.0007 /
+0.0026 and 0.0002 / 0.0005 / 0.0024, and the residual blocks' loss fell from 0.0011 / 0.0018 / 0.0098 to
+0.0008 / 0.0015 / 0.0062, so the synthesis loses about what it lost before (0.0009 / 0.0025 / 0.0102
+against 0.0011 / 0.0018 / 0.0098), and ``g_s`` of a Kodak image took 133 ms against 142 with the blocks
+alone (199 in float32). The first sub-pixel convolution, on the latents, stays float32 (0.018 dB at
+quality 8 on 8 Kodak images even rounded by ``gptq``).
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import zipfile
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .layers import ResBlock, SubPixelConv, TileCrops, run_cropped
 
-FORMAT = 3  # version of the ranges file (1: one range per tensor, the analysis only; 2: no "passes")
-QUANTILE = 0.9999  # of each channel's |input| its scale covers (beyond: widened or clipped, ``_Block.quantize``)
+FORMAT = 4  # version of the ranges file (1: one range per tensor, the analysis only; 2: no "passes";
+# 3: residual blocks only)
+QUANTILE = 0.9999  # of each channel's |input| its scale covers (beyond: widened or clipped, ``_Quantized.quantize``)
 # of the ReLU outputs: those saturate, and their tails are longer (the 0.99999 quantile is 1.2-1.8x
 # the 0.9999 one): at 0.9999 a saturated red disc moved latents by 2 steps, at 0.99999 by 0.15
 HIDDEN_QUANTILE = 0.99999
+# A sub-pixel convolution's input range is this many times its measured quantile: the input is the
+# whole signal, which clipping cuts (a drawing lost 0.11-0.17 dB at 1x, and gained 0.03 against
+# float32 at 2-8x), and with two passes the wider step costs nothing measurable (Kodak at 1-8x: within
+# 0.0003 dB)
+UPSAMPLING_HEADROOM = 4.0
 _POSITIONS = 1 << 16  # pixel positions a channel's range is measured on, per tensor
 _DEAD = 2.0**-10  # the smallest range, relative to the largest of its tensor (see measure_ranges)
 
@@ -72,6 +94,12 @@ def residual_blocks(layers: nn.Sequential) -> list[int]:
     return [i for i, layer in enumerate(layers) if isinstance(layer, ResBlock)]
 
 
+def upsamplings(g_s: nn.Sequential) -> list[int]:
+    """Indexes of the synthesis' sub-pixel convolutions that can run in int8: all but the last,
+    which makes the pixels (``codec._torch_synthesis`` runs it in float32)."""
+    return [i for i, layer in enumerate(g_s) if isinstance(layer, SubPixelConv) and i < len(g_s) - 1]
+
+
 def synthesis_levels(g_s: nn.Sequential) -> list[list[int]]:
     """The synthesis' residual blocks per level, coarse to fine (a level starts at each upsampling)."""
     levels: list[list[int]] = []
@@ -83,26 +111,33 @@ def synthesis_levels(g_s: nn.Sequential) -> list[list[int]]:
     return levels[:-1]  # the last upsampling makes the pixels: no blocks after it
 
 
+def _sample(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(C, n) values of (1, C, H, W) ``t`` at ``_POSITIONS`` seeded positions (all of them if fewer)."""
+    v = t.detach().float().flatten(2)[0]
+    return v[:, torch.randint(v.shape[1], (_POSITIONS,), generator=generator)] if v.shape[1] > _POSITIONS else v
+
+
 def measure_ranges(layers: nn.Sequential, inputs: Iterable[torch.Tensor], blocks: Iterable[int],
                    seed: int = 0) -> dict[str, dict[str, list[float]]]:
-    """Per block of ``blocks``, each channel's ``QUANTILE`` of |input| and ``HIDDEN_QUANTILE`` of its
-    ReLU output over ``inputs`` ((1, C, H, W) float32, what ``layers`` takes), taken on a seeded sample
-    of positions of each tensor; the largest over inputs."""
+    """Per layer of ``blocks`` (residual blocks and sub-pixel convolutions), each channel's
+    ``QUANTILE`` of |input| and, for a block, ``HIDDEN_QUANTILE`` of its ReLU output over ``inputs``
+    ((1, C, H, W) float32, what ``layers`` takes), taken on a seeded sample of positions of each
+    tensor; the largest over inputs. A sub-pixel convolution's input range is ``UPSAMPLING_HEADROOM``
+    times that."""
     blocks = set(blocks)
     generator = torch.Generator().manual_seed(seed)
     found: dict[int, list[torch.Tensor]] = {}
 
     def quantile(t: torch.Tensor, q: float) -> torch.Tensor:
-        v = t.detach().abs().float().flatten(2)[0]  # (C, H*W)
-        if v.shape[1] > _POSITIONS:
-            v = v[:, torch.randint(v.shape[1], (_POSITIONS,), generator=generator)]
-        return torch.quantile(v, q, dim=1)
+        return torch.quantile(_sample(t, generator).abs(), q, dim=1)
 
     with torch.inference_mode():
         for x in inputs:
             for i, layer in enumerate(layers):
                 if i in blocks:
-                    now = [quantile(x, QUANTILE), quantile(F.relu(layer.conv1(x)), HIDDEN_QUANTILE)]
+                    now = [quantile(x, QUANTILE) * (1.0 if isinstance(layer, ResBlock) else UPSAMPLING_HEADROOM)]
+                    if isinstance(layer, ResBlock):
+                        now.append(quantile(F.relu(layer.conv1(x)), HIDDEN_QUANTILE))
                     found[i] = [torch.maximum(a, b) for a, b in zip(found[i], now)] if i in found else now
                 x = layer(x)
     # a channel never active (a ReLU output that stays 0) gets a range far below the others': any
@@ -111,9 +146,51 @@ def measure_ranges(layers: nn.Sequential, inputs: Iterable[torch.Tensor], blocks
                      for part, r in zip(("input", "hidden"), found[i])} for i in sorted(found)}
 
 
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 levels, per-output-channel scales) of a convolution's weights (O, C, k, k), as
+    rounding to nearest would scale them (``max |w| / 127``), but rounded one input column at a
+    time, each rounding's error pushed onto the columns not yet rounded as far as the inputs
+    co-vary (GPTQ, Frantar et al. 2023). ``hessian``: the sum of x xᵀ over calibration positions,
+    x a position's C·k·k inputs in the units the weights are scaled for (``hessian``).
+
+    Why: what an int8 layer of the synthesis still loses with a two-pass input is its weights'
+    rounding, and it is their error on these inputs that matters, not their own: rounded this
+    way the synthesis blocks lost 0.0062 dB at quality 8 on Kodak against 0.0098, the middle
+    sub-pixel convolution 0.0016 against 0.0086 (module docstring)."""
+    out = weight.shape[0]
+    w = weight.detach().double().reshape(out, -1).clone()
+    scales = (w.abs().amax(1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0  # inputs that were always 0: their weights round to nearest
+    h[dead, dead] = 1.0
+    h += damp * torch.diag(h).mean() * torch.eye(len(h), dtype=h.dtype)
+    inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    levels = torch.empty_like(w)
+    for j in range(w.shape[1]):
+        levels[:, j] = torch.round(w[:, j] / scales).clamp_(-127, 127)
+        error = (w[:, j] - levels[:, j] * scales) / inverse[j, j]
+        w[:, j + 1 :] -= error[:, None] * inverse[j, j + 1 :][None, :]
+    return levels.to(torch.int8).reshape(weight.shape), scales.float()
+
+
+def hessian(x: torch.Tensor, kernel: int = 3, generator: torch.Generator | None = None,
+            positions: int = _POSITIONS) -> torch.Tensor:
+    """Σ x xᵀ (float64, (C·k·k)²) over up to ``positions`` seeded positions of (1, C, H, W) ``x``,
+    x a position's zero-padded k×k neighbourhood in the order of a weight's ``reshape(O, -1)``."""
+    pad = kernel // 2
+    _, c, h, w = x.shape
+    padded = F.pad(x.detach().double(), (pad, pad, pad, pad))
+    n = h * w
+    where = torch.randint(n, (positions,), generator=generator) if n > positions else torch.arange(n)
+    rows, cols = where // w, where % w
+    taps = torch.stack([padded[0, :, rows + dy, cols + dx] for dy in range(kernel) for dx in range(kernel)], 1)
+    taps = taps.reshape(c * kernel * kernel, -1)  # (C, k·k, n): channel-major, as the weights
+    return taps @ taps.T
+
+
 def with_two_pass(ranges: dict[str, dict], blocks: Iterable[int]) -> dict[str, dict]:
     """``ranges`` with the entries of ``blocks`` marked to quantize their input in two passes
-    (``"passes": 2``, ``_Block.quantize``)."""
+    (``"passes": 2``, ``_Quantized.quantize``)."""
     two_pass = {str(i) for i in blocks}
     return {key: {**r, "passes": 2} if key in two_pass else r for key, r in ranges.items()}
 
@@ -127,23 +204,26 @@ def ranges_document(model_id: str, analysis: dict, synthesis: dict, source: dict
 
 
 def _check_blocks(blocks: Any, layers: nn.Sequential, name: str, every: bool) -> dict[str, dict[str, list[float]]]:
-    possible = {str(i) for i in residual_blocks(layers)}
+    possible = {str(i) for i in residual_blocks(layers)} | ({str(i) for i in upsamplings(layers)} if not every else set())
     if not isinstance(blocks, dict) or (set(blocks) != possible if every else not set(blocks) <= possible):
         shown = sorted(blocks) if isinstance(blocks, dict) else blocks
         msg = f"int8 ranges file has {name} blocks {shown}, the {name} {sorted(possible, key=int)}"
         raise ValueError(msg)
     for key, r in blocks.items():
-        width = layers[int(key)].conv1.in_channels
-        values = [r.get(part) if isinstance(r, dict) else None for part in ("input", "hidden")]
+        layer = layers[int(key)]
+        block = isinstance(layer, ResBlock)
+        width = layer.conv1.in_channels if block else layer.conv.in_channels
+        parts = ("input", "hidden") if block else ("input",)
+        values = [r.get(part) if isinstance(r, dict) else None for part in parts]
         if not all(isinstance(v, list) and len(v) == width for v in values):
-            msg = f"int8 ranges of {name} block {key} are not two lists of {width} numbers"
+            msg = f"int8 ranges of {name} block {key} are not {'two lists' if block else 'a list'} of {width} numbers"
             raise ValueError(msg)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
                    for part in values for v in part):
             msg = f"int8 ranges of {name} block {key} are not positive finite numbers"
             raise ValueError(msg)
-        if set(r) - {"input", "hidden", "passes"} or r.get("passes", 1) not in (1, 2) or isinstance(r.get("passes"), bool):
-            msg = f"int8 ranges of {name} block {key} have keys {sorted(r)}; passes, if given, is 1 or 2"
+        if set(r) - {*parts, "passes"} or r.get("passes", 1) not in (1, 2) or isinstance(r.get("passes"), bool):
+            msg = f"int8 ranges of {name} block {key} have keys {sorted(r)}, not {list(parts)}; passes, if given, is 1 or 2"
             raise ValueError(msg)
     return blocks
 
@@ -151,7 +231,8 @@ def _check_blocks(blocks: Any, layers: nn.Sequential, name: str, every: bool) ->
 def check_ranges(document: Any, model_id: str, g_a: nn.Sequential,
                  g_s: nn.Sequential) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
     """(analysis, synthesis) ranges of a parsed ranges file, or ValueError saying what is wrong with
-    it. Every analysis block has ranges; the synthesis blocks that have them are the ones run in int8."""
+    it. Every analysis block has ranges; the synthesis blocks and sub-pixel convolutions that have
+    them are the ones run in int8."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         msg = f"int8 ranges file is not format {FORMAT}"
         raise ValueError(msg)
@@ -172,35 +253,78 @@ def load_ranges(data: bytes, model_id: str, g_a: nn.Sequential, g_s: nn.Sequenti
     return check_ranges(document, model_id, g_a, g_s)
 
 
-def _prepack(weight: torch.Tensor, bias: torch.Tensor, x_scale: float, padding: list[int]) -> tuple:
-    """A convolution's weights as oneDNN takes them: int8, one scale per output channel."""
-    scales = (weight.abs().amax((1, 2, 3)) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-    q = torch.round(weight / scales[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
+def convolutions(layer: nn.Module) -> dict[str, nn.Conv2d]:
+    """The convolutions of an int8 layer, by the names its rounded weights are stored under."""
+    if isinstance(layer, ResBlock):
+        return {"conv1": layer.conv1, "conv2": layer.conv2}
+    return {"conv": layer.conv}
+
+
+def rounded_arrays(rounded: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, np.ndarray]:
+    """The synthesis' rounded weights (``gptq``) as the arrays of the ``.int8.npz`` file."""
+    arrays = {}
+    for key, convs in rounded.items():
+        for name, (levels, scales) in convs.items():
+            arrays[f"synthesis/{key}/{name}/levels"] = levels.numpy()
+            arrays[f"synthesis/{key}/{name}/scales"] = scales.numpy()
+    return arrays
+
+
+def load_rounded(data: bytes, synthesis: dict[str, dict], g_s: nn.Sequential) -> dict[str, dict[str, tuple]]:
+    """The rounded weights of a ``.int8.npz`` file's bytes, by layer and convolution, or ValueError
+    saying what does not fit the synthesis layers that ``synthesis`` (its ranges) runs in int8."""
+    try:
+        npz = np.load(io.BytesIO(data), allow_pickle=False)
+        arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        msg = f"int8 weights file is not an .npz of arrays: {e}"
+        raise ValueError(msg) from e
+    rounded: dict[str, dict[str, tuple]] = {}
+    for name in arrays:
+        parts = name.split("/")
+        key, conv = (parts[1], parts[2]) if len(parts) == 4 and parts[0] == "synthesis" else (None, None)
+        convs = convolutions(g_s[int(key)]) if key in synthesis else {}
+        if conv not in convs or parts[3] not in ("levels", "scales"):
+            msg = f"int8 weights file has {name!r}, which is no convolution of a synthesis layer its ranges run in int8"
+            raise ValueError(msg)
+        levels, scales = arrays.get(f"synthesis/{key}/{conv}/levels"), arrays.get(f"synthesis/{key}/{conv}/scales")
+        weight = convs[conv].weight
+        if (levels is None or scales is None or levels.dtype != np.int8 or tuple(levels.shape) != tuple(weight.shape)
+                or scales.dtype != np.float32 or scales.shape != (weight.shape[0],) or levels.min(initial=0) < -127
+                or not np.all(np.isfinite(scales) & (scales > 0))):
+            msg = (f"int8 weights of synthesis layer {key} {conv} are not int8 levels in [-127, 127] of shape "
+                   f"{tuple(weight.shape)} with {weight.shape[0]} positive float32 scales")
+            raise ValueError(msg)
+        rounded.setdefault(key, {})[conv] = (torch.from_numpy(levels), torch.from_numpy(scales))
+    return rounded
+
+
+def _prepack(weight: torch.Tensor, bias: torch.Tensor, x_scale: float, padding: list[int],
+             rounded: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple:
+    """A convolution's weights as oneDNN takes them: int8, one scale per output channel, rounded to
+    nearest unless ``rounded`` gives the (levels, scales) to use (``gptq``)."""
+    if rounded is None:
+        scales = (weight.abs().amax((1, 2, 3)) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        q = torch.round(weight / scales[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
+    else:
+        q, scales = rounded
     packed = _ops()[0](q, scales, x_scale, 0, [1, 1], padding, [1, 1], 1, None)
     return packed, scales, torch.zeros(len(scales), dtype=torch.int64), bias.float(), padding
 
 
-class _Block:
-    """One residual block in int8: quantize the float32 input, convolve to a uint8 ReLU output,
-    convolve that and add it to the float32 input in place."""
+class _Quantized:
+    """What an int8 layer does to its float32 input: divide each channel by its step and quantize
+    it to uint8, in one pass or two (``quantize``)."""
 
     ZERO = 128  # the quantized input's zero point: symmetric, in uint8
     FINE = 254.0  # steps of the second pass per step of the first (its residual stays within ±127)
     BAND = 1 << 22  # elements quantized or convolved at a time: band-sized scratch, not a copy of x
 
-    def __init__(self, block: ResBlock, input_range: Any, hidden_range: Any, passes: int = 1,
-                 saturate: bool = False) -> None:
-        w1, b1 = block.conv1.weight.detach().float(), block.conv1.bias.detach().float()
-        w2, b2 = block.conv2.weight.detach().float(), block.conv2.bias.detach().float()
-        step = self.balanced(input_range) / 127.0  # per input channel
-        hidden = self.balanced(hidden_range)  # ReLU outputs scaled to [0, 1]
-        self.inverse_step = (1.0 / step).view(1, -1, 1, 1)
+    def __init__(self, input_range: Any, passes: int, saturate: bool) -> None:
+        self.step = self.balanced(input_range) / 127.0  # per input channel
+        self.inverse_step = (1.0 / self.step).view(1, -1, 1, 1)
         self.offset = torch.tensor(self.ZERO + 0.5)
-        w1 = w1 * step.view(1, -1, 1, 1) / hidden.view(-1, 1, 1, 1)
-        self.conv1 = _prepack(w1, b1 / hidden, 1.0, [1, 1])
-        self.conv2 = _prepack(w2 * hidden.view(1, -1, 1, 1), b2, 1 / 255.0, [0, 1])  # runs on bands padded by hand
-        # the same int8 weights without the bias, for the input's rounding residual (``passes`` 2)
-        self.fine = _prepack(w1, torch.zeros_like(b1), 1.0, [1, 1]) if passes == 2 else None
+        self.passes = passes
         self.saturate = saturate  # clip inputs beyond the ranges instead of widening (``quantize``)
 
     @staticmethod
@@ -236,7 +360,7 @@ class _Block:
         lost 0.0025 / 0.0130 dB against float32 (widening 0.0026 / 0.0131), a drawing gained 0.036 /
         0.034 dB (widening lost 0.008 / 0.012); the analysis needs the widening (a drawing's latents)."""
         q = torch.empty(x.shape, dtype=torch.uint8, memory_format=torch.channels_last)
-        fine = None if self.fine is None else torch.empty_like(q)
+        fine = torch.empty_like(q) if self.passes == 2 else None
         rows, height, widen, r0 = self._rows(x), x.shape[2], 1.0, 0
         while r0 < height:
             band = torch.addcmul(self.offset, x[:, :, r0 : r0 + rows], self.inverse_step, value=1.0 / widen)
@@ -262,6 +386,54 @@ class _Block:
         lo, hi = torch.aminmax(band.permute(0, 2, 3, 1).reshape(-1))
         return max(self.ZERO + 0.5 - float(lo), float(hi) - self.ZERO - 0.5)
 
+    def _add_banded(self, x: torch.Tensor, quantized: torch.Tensor, conv: tuple, scale: float, zero: int) -> torch.Tensor:
+        """``x += conv(quantized)`` a band of output rows at a time: the float32 output is a band, not
+        a copy of ``x`` (oneDNN's fused sum cloned x, +37 MB at the peak of a 1248-pixel tile). The
+        rows above and below a band are its padding (rows of the zero point at the edges); integer
+        sums make the bands exact. ``conv`` is prepacked with no row padding."""
+        _, run = _ops()
+        one = [1, 1]
+        w, ws, wz, b, pad = conv
+        rows, height = self._rows(x), x.shape[2]
+        for r0 in range(0, height, rows):
+            r1 = min(r0 + rows, height)
+            band = quantized[:, :, max(r0 - 1, 0) : r1 + 1]
+            if r0 == 0 or r1 == height:
+                band = F.pad(band, (0, 0, int(r0 == 0), int(r1 == height)), value=zero)
+                band = band.contiguous(memory_format=torch.channels_last)
+            x[:, :, r0:r1].add_(run(band, scale, zero, w, ws, wz, b, one, pad, one, 1, 1.0, 0, torch.float32, "none", [], ""))
+        return x
+
+
+class _Block(_Quantized):
+    """One residual block in int8: quantize the float32 input, convolve to a uint8 ReLU output,
+    convolve that and add it to the float32 input in place."""
+
+    def __init__(self, block: ResBlock, input_range: Any, hidden_range: Any, passes: int = 1,
+                 saturate: bool = False, rounded: dict[str, tuple] | None = None) -> None:
+        super().__init__(input_range, passes, saturate)
+        self.module = block
+        self.hidden = self.balanced(hidden_range)  # ReLU outputs scaled to [0, 1]
+        w, rounded = self.scaled_weights(), rounded or {}
+        b1, b2 = block.conv1.bias.detach().float(), block.conv2.bias.detach().float()
+        self.conv1 = _prepack(w["conv1"], b1 / self.hidden, 1.0, [1, 1], rounded.get("conv1"))
+        self.conv2 = _prepack(w["conv2"], b2, 1 / 255.0, [0, 1], rounded.get("conv2"))  # runs on bands padded by hand
+        # the same int8 weights without the bias, for the input's rounding residual (``passes`` 2)
+        self.fine = _prepack(w["conv1"], torch.zeros_like(b1), 1.0, [1, 1], rounded.get("conv1")) if passes == 2 else None
+
+    def scaled_weights(self) -> dict[str, torch.Tensor]:
+        """The float weights its int8 convolutions round: scaled for the quantized input (per
+        input channel) and the ReLU output (per hidden channel)."""
+        hidden = self.hidden
+        return {"conv1": self.module.conv1.weight.detach().float() * self.step.view(1, -1, 1, 1) / hidden.view(-1, 1, 1, 1),
+                "conv2": self.module.conv2.weight.detach().float() * hidden.view(1, -1, 1, 1)}
+
+    def conv_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What its convolutions see of the float block input ``x``, in the units their scaled
+        weights take (what ``gptq``'s hessians are measured on)."""
+        hidden = F.relu(self.module.conv1(x)) / self.hidden.view(1, -1, 1, 1)
+        return {"conv1": x * self.inverse_step, "conv2": hidden.clamp_(max=1.0)}
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output for one image's ``x`` (1, C, H, W) float32 channels-last, written into ``x``."""
         _, conv = _ops()
@@ -273,20 +445,7 @@ class _Block:
         else:
             h = self._two_pass(qx, fine, widen)
         del qx, fine
-        # The second convolution a band of output rows at a time, each added to x: its float32
-        # output is a band, not a copy of x (oneDNN's fused sum cloned x, +37 MB at the peak of a
-        # 1248-pixel tile). The rows above and below a band are its padding (zeros at the edges:
-        # the ReLU output's zero point is 0); integer sums make the bands exact.
-        w, ws, wz, b, pad = self.conv2
-        rows, height = self._rows(x), x.shape[2]
-        for r0 in range(0, height, rows):
-            r1 = min(r0 + rows, height)
-            band = h[:, :, max(r0 - 1, 0) : r1 + 1]
-            if r0 == 0 or r1 == height:
-                band = F.pad(band, (0, 0, int(r0 == 0), int(r1 == height))).contiguous(memory_format=torch.channels_last)
-            x[:, :, r0:r1].add_(conv(band, widen / 255.0, 0, w, ws, wz, b, one, pad, one, 1, 1.0, 0,
-                                     torch.float32, "none", [], ""))
-        return x
+        return self._add_banded(x, h, self.conv2, widen / 255.0, 0)
 
     def _two_pass(self, qx: torch.Tensor, fine: torch.Tensor, widen: float) -> torch.Tensor:
         """The first convolution's uint8 ReLU output from a two-pass input: both passes in float32
@@ -303,21 +462,64 @@ class _Block:
         return out.copy_(h)
 
 
+
+class _Upsample(_Quantized):
+    """A sub-pixel convolution in int8: its input quantized (two passes: it is the whole signal),
+    convolved to float32, pixel-shuffled."""
+
+    def __init__(self, layer: SubPixelConv, input_range: Any, passes: int = 2, saturate: bool = True,
+                 rounded: dict[str, tuple] | None = None) -> None:
+        super().__init__(input_range, passes, saturate)
+        self.module = layer
+        w, rounded = self.scaled_weights()["conv"], rounded or {}
+        bias = layer.conv.bias.detach().float()
+        self.conv = _prepack(w, bias, 1.0, [1, 1], rounded.get("conv"))
+        self.fine = _prepack(w, torch.zeros_like(bias), 1.0, [0, 1], rounded.get("conv")) if passes == 2 else None
+
+    def scaled_weights(self) -> dict[str, torch.Tensor]:
+        """The float weights its int8 convolution rounds: scaled for the quantized input."""
+        return {"conv": self.module.conv.weight.detach().float() * self.step.view(1, -1, 1, 1)}
+
+    def conv_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``x`` in the units its scaled weights take (``_Block.conv_inputs``)."""
+        return {"conv": x * self.inverse_step}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output for one image's ``x`` (1, C, H, W) float32 channels-last."""
+        _, conv = _ops()
+        one = [1, 1]
+        qx, fine, widen = self.quantize(x)
+        w, ws, wz, b, pad = self.conv
+        out = conv(qx, widen, self.ZERO, w, ws, wz, b, one, pad, one, 1, 1.0, 0, torch.float32, "none", [], "")
+        del qx
+        if fine is not None:  # the rounding residual's share, a band of rows at a time
+            self._add_banded(out, fine, self.fine, widen / self.FINE, self.ZERO)
+        return self.module.shuffle(out)
+
+
 class Int8Layers:
-    """A transform (float32, on the CPU) with the residual blocks that ``ranges`` names in int8;
-    call it like the transform. ``saturate``: the blocks clip inputs beyond their ranges rather
-    than widen their scale (the synthesis', ``_Block.quantize``).
+    """A transform (float32, on the CPU) with the residual blocks and sub-pixel convolutions that
+    ``ranges`` names in int8, their weights ``rounded`` (by layer and convolution: (levels, scales),
+    ``gptq``) or rounded to nearest; call it like the transform. ``saturate``: the layers clip
+    inputs beyond their ranges rather than widen their scale (the synthesis', ``_Quantized.quantize``).
 
     The images of a batch run one at a time: a scale widened for one image must not change
     another's output (and int8 convolutions gain nothing from a batch)."""
 
-    def __init__(self, layers: nn.Sequential, ranges: dict[str, dict[str, list[float]]], saturate: bool = False) -> None:
+    def __init__(self, layers: nn.Sequential, ranges: dict[str, dict[str, list[float]]], saturate: bool = False,
+                 rounded: dict[str, dict[str, tuple]] | None = None) -> None:
         if not supported():
             msg = "this torch build has no oneDNN int8 convolutions; use precision float32"
             raise RuntimeError(msg)
         self.layers = list(layers)
-        self.blocks = {int(i): _Block(layers[int(i)], r["input"], r["hidden"], r.get("passes", 1), saturate)
-                       for i, r in ranges.items()}
+        rounded = rounded or {}
+        self.blocks: dict[int, _Quantized] = {}
+        for key, r in ranges.items():
+            layer, passes = layers[int(key)], r.get("passes", 1)
+            if isinstance(layer, ResBlock):
+                self.blocks[int(key)] = _Block(layer, r["input"], r["hidden"], passes, saturate, rounded.get(key))
+            else:
+                self.blocks[int(key)] = _Upsample(layer, r["input"], passes, saturate, rounded.get(key))
 
     def __call__(self, x: torch.Tensor, crops: TileCrops | None = None) -> torch.Tensor:
         """The transform of ``x``, each layer's output cut by ``crops`` (a tile's synthesis)."""

@@ -143,13 +143,28 @@ class Model:
             msg = f"{path}: {e}"
             raise WeightsError(msg) from e
 
+    def _int8_rounded(self, net: Any, synthesis: dict) -> dict:
+        """The synthesis' int8 weights as ``train int8`` rounded them (``int8.gptq``), from the
+        model's verified ``.int8.npz``, or {} where it ships none (they then round to nearest)."""
+        from . import int8
+
+        spec = self.entry["int8"].get("rounded")
+        if spec is None:
+            return {}
+        path = weights_dir() / spec["file"]
+        try:
+            return int8.load_rounded(_verified(path, spec["sha256"]), synthesis, net.g_s)
+        except ValueError as e:
+            msg = f"{path}: {e}"
+            raise WeightsError(msg) from e
+
     def int8_analysis(self) -> Any:
         """The CPU analysis with int8 residual blocks (``int8.py``), built once, thread-safe."""
         return self._int8("analysis")
 
     def int8_synthesis(self) -> Any:
-        """The CPU synthesis but its last layer, with the residual blocks the ranges file names in
-        int8 (``int8.py``), built once, thread-safe."""
+        """The CPU synthesis but its last layer, with the residual blocks and sub-pixel convolutions
+        the ranges file names in int8 (``int8.py``), built once, thread-safe."""
         return self._int8("synthesis")
 
     def _int8(self, transform: str) -> Any:
@@ -159,8 +174,9 @@ class Model:
                 from . import int8
 
                 analysis, synthesis = self._int8_ranges(net)
+                rounded = self._int8_rounded(net, synthesis)
                 self._nets["int8", "analysis"] = int8.Int8Layers(net.g_a, analysis)
-                self._nets["int8", "synthesis"] = int8.Int8Layers(net.g_s[:-1], synthesis, saturate=True)
+                self._nets["int8", "synthesis"] = int8.Int8Layers(net.g_s[:-1], synthesis, saturate=True, rounded=rounded)
             return self._nets["int8", transform]
 
     def net(self, device: str, dtype: str = "float32", entropy: bool = False):

@@ -388,10 +388,15 @@ def _int8_note(info: dict) -> str:
     if not spec:
         return ("- int8 transforms: no activation ranges registered yet (`python -m pillow_cnnz.train int8`); "
                 "CPUs with VNNI run the analysis and synthesis in float32 until then.\n")
+    rounded = spec.get("rounded")
+    weights = (f"; the synthesis' int8 weights rounded on the same images to keep their error off its outputs "
+               f"(`int8.gptq`) in `{rounded['file']}` (sha256 `{rounded['sha256'][:16]}…`)" if rounded
+               else "; weights rounded to nearest")
     return (f"- int8 transforms (CPUs with VNNI and no bfloat16, `pillow_cnnz/int8.py`): per-channel activation "
-            f"ranges of the analysis' residual blocks and of the synthesis blocks that run in int8 in "
-            f"`{spec['file']}` (sha256 `{spec['sha256'][:16]}…`; a block with `passes: 2` quantizes its input "
-            f"in two passes), measured on training images by `python -m pillow_cnnz.train int8`.\n")
+            f"ranges of the analysis' residual blocks and of the synthesis layers that run in int8 (residual "
+            f"blocks, inner sub-pixel convolutions) in `{spec['file']}` (sha256 `{spec['sha256'][:16]}…`; a layer "
+            f"with `passes: 2` quantizes its input in two passes), measured on training images by "
+            f"`python -m pillow_cnnz.train int8`{weights}.\n")
 
 
 def _context_note(meta: dict) -> str:
