@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -398,6 +399,7 @@ def test_int8_command_registers_ranges_with_the_default_weights(weights_copy):
     entry = json.loads((tmp_path / "manifest.json").read_text())["models"][manifest["default"]]
     synthesis = int8.load_ranges((tmp_path / entry["int8"]["file"]).read_bytes(), model.model_id.hex(), net.g_a, net.g_s)[1]
     assert sorted(map(int, synthesis)) == sorted(levels[0] + levels[2] + inner[1:]) and "rounded" not in entry["int8"]
+    assert not (tmp_path / Path(entry["int8"]["file"]).name.replace(".json", ".npz")).exists()  # no stale file ships
     assert [k for k, r in synthesis.items() if "passes" in r] == [str(inner[1])]
     assert main(["int8", "--data", str(data), "--images", "1", "--synthesis-levels", "", "--upsamplings", "",
                  "--out", str(tmp_path)]) == 0
@@ -439,8 +441,6 @@ def test_int8_command_refuses_levels_the_synthesis_does_not_have(weights_copy, l
 
 @needs_int8
 def test_benchmarks_that_reach_into_int8_still_run(tmp_path, monkeypatch):
-    from pathlib import Path
-
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import int8_synthesis
     import speed

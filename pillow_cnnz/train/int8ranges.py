@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         np.savez_compressed(buffer, **int8.rounded_arrays(rounded))
         (out / (stem + ".int8.npz")).write_bytes(buffer.getvalue())
         spec["rounded"] = {"file": stem + ".int8.npz", "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}
+    else:  # an older run's rounded weights would ship in the wheel, named by no manifest entry
+        (out / (stem + ".int8.npz")).unlink(missing_ok=True)
     (out / name).write_bytes(data)
     entry["int8"] = spec
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
