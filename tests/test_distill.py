@@ -106,6 +106,26 @@ def test_synthesis_budget_benchmark_times_each_candidate_against_the_exact_stage
         assert row["decode_estimate_ms_float32"] == pytest.approx(row["g_s_ms_float32"] + result["exact_stage_ms"])
 
 
+def test_exact_stage_benchmark_times_each_part_within_the_whole(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from .conftest import _photo
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import exact_stage
+
+    Image.fromarray(_photo(64, 96, seed=4)).save(tmp_path / "a.png")
+    out = tmp_path / "exact.json"
+    monkeypatch.setattr(sys, "argv", ["exact_stage.py", "--data", str(tmp_path), "--repeat", "1", "--out", str(out)])
+    assert exact_stage.main() == 0
+    ms = json.loads(out.read_text())["ms_median"]
+    assert set(ms) == {"exact stage", *exact_stage.PARTS}
+    assert all(0 < ms[part] <= ms["exact stage"] for part in exact_stage.PARTS)  # each part ran, inside the whole
+    assert ms["hyper products"] <= ms["hyper network"] and ms["context products"] <= ms["context"]
+    assert ms["ans pulls"] + ms["hyper network"] + ms["context"] <= ms["exact stage"]
+
+
 def test_synthesis_only_export_changes_only_the_synthesis_and_the_old_model_s_files_decode_with_it(tmp_path, monkeypatch):
     from pillow_cnnz import codec, container, weights
 
