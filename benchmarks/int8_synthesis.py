@@ -13,7 +13,7 @@ float32, and the median time of ``g_s`` on the first image for float32, the ship
 blocks alone (the release before), the outer levels' blocks alone and every block in one pass,
 timed interleaved (the machine's speed drifts).
 
-Example (from the repository root; about 6 minutes on 2 cores)::
+Example (from the repository root; about 10 minutes on 2 cores)::
 
     python benchmarks/int8_synthesis.py --data ../shared/data/kodak --out benchmarks/results/int8_synthesis.json
 """
