@@ -136,12 +136,7 @@ class Model:
         if spec is None:
             msg = f"model {self.model_id.hex()} ships no int8 activation ranges; use precision float32"
             raise WeightsError(msg)
-        path = weights_dir() / spec["file"]
-        try:
-            return int8.load_ranges(_verified(path, spec["sha256"]), self.model_id.hex(), net.g_a, net.g_s)
-        except ValueError as e:
-            msg = f"{path}: {e}"
-            raise WeightsError(msg) from e
+        return _parsed(spec, lambda data: int8.load_ranges(data, self.model_id.hex(), net.g_a, net.g_s))
 
     def _int8_rounded(self, net: Any, synthesis: dict) -> dict:
         """The synthesis' int8 weights as ``train int8`` rounded them (``int8.gptq``), from the
@@ -151,12 +146,7 @@ class Model:
         spec = self.entry["int8"].get("rounded")
         if spec is None:
             return {}
-        path = weights_dir() / spec["file"]
-        try:
-            return int8.load_rounded(_verified(path, spec["sha256"]), synthesis, net.g_s)
-        except ValueError as e:
-            msg = f"{path}: {e}"
-            raise WeightsError(msg) from e
+        return _parsed(spec, lambda data: int8.load_rounded(data, synthesis, net.g_s))
 
     def int8_analysis(self) -> Any:
         """The CPU analysis with int8 residual blocks (``int8.py``), built once, thread-safe."""
@@ -237,6 +227,17 @@ def _verified(path: Path, sha256: str) -> bytes:
                f"expected {sha256}; reinstall pillow-cnnz")
         raise WeightsError(msg)
     return data
+
+
+def _parsed(spec: dict, parse: Any) -> Any:
+    """``parse`` of the verified bytes of the shipped file ``spec`` names (``{"file", "sha256"}``); its
+    ValueError becomes a WeightsError naming the file."""
+    path = weights_dir() / spec["file"]
+    try:
+        return parse(_verified(path, spec["sha256"]))
+    except ValueError as e:
+        msg = f"{path}: {e}"
+        raise WeightsError(msg) from e
 
 
 def _read(model_id: bytes) -> Model:
