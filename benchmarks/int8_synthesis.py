@@ -8,10 +8,12 @@ Measures each channel's activation ranges of every synthesis block on training i
 passes (the input's rounding residual quantized too), every block in one pass, and the shipped
 ranges file's choice: its residual blocks alone and each of its int8 sub-pixel convolutions alone,
 each with its weights rounded to nearest and as ``train int8`` rounded them (``int8.gptq``), and all
-of it. Reports mean PSNR against the original per quality and each variant's difference from
+of it; and every convolution but the last (the sub-pixel ones too, the one from the latents
+included) in one pass, rounded to nearest, the sub-pixel inputs' scale at their headroom and
+at their measured quantile: what int8 alone could give a decode. Reports mean PSNR against the original per quality and each variant's difference from
 float32, and the median time of ``g_s`` on the first image for float32, the shipped choice, its
-blocks alone (the release before), the outer levels' blocks alone and every block in one pass,
-timed interleaved (the machine's speed drifts).
+blocks alone (the release before), the outer levels' blocks alone, every block in one pass and
+every convolution in one pass, timed interleaved (the machine's speed drifts).
 
 Example (from the repository root; about 10 minutes on 2 cores)::
 
@@ -52,7 +54,7 @@ def main() -> int:
     g_s, body, last = net.g_s, net.g_s[:-1], net.g_s[-1]
     picked = calibration_paths(args.train, args.calibration, 0)  # the command's pick, at its default seed
     levels = int8.synthesis_levels(g_s)
-    latents = synthesis_inputs(model, [load_rgb(p) for p in picked])
+    latents = list(synthesis_inputs(model, [load_rgb(p) for p in picked]))  # measured twice
     ranges = int8.measure_ranges(g_s, latents, [i for level in levels for i in level])
     shipped = model.int8_synthesis()
     variants = {}
@@ -73,6 +75,14 @@ def main() -> int:
         for k in sorted(set(ranges) - set(blocks_only), key=int):
             variants[f"upsampling {k}, {how}"] = int8.Int8Layers(body, {k: ranges[k]}, saturate=True, rounded=given)
     variants["shipped"] = shipped
+    # Every convolution but the last in int8, each input in one pass: what int8 alone could give the
+    # decode, measured at the sub-pixel convolutions' headroom and clipped at their quantile (x1)
+    ups = int8.upsamplings(g_s)
+    every = int8.measure_ranges(g_s, latents, [*ups, *(i for level in levels for i in level)])
+    for headroom in (int8.UPSAMPLING_HEADROOM, 1.0):
+        one_pass = {k: {**r, "input": [v * headroom / int8.UPSAMPLING_HEADROOM for v in r["input"]]}
+                    if int(k) in ups else r for k, r in every.items()}
+        variants[f"every conv one pass x{headroom:g}"] = int8.Int8Layers(body, one_pass, saturate=True)
     qualities = [float(q) for q in args.qualities.split(",")]
     images = [load_rgb(path) for path in image_paths(args.data, args.limit or None)]
     psnr: dict[str, dict[str, list[float]]] = {k: {str(q): [] for q in qualities} for k in ["float32", *variants]}
@@ -86,7 +96,8 @@ def main() -> int:
                     psnr[name][str(q)].append(float(10 * np.log10(255**2 / mse)))
         y = decoded_latents(model, images[0], qualities[-1])
         timed = (("float32", body), ("shipped", shipped), ("blocks, gptq", variants["blocks, gptq"]),
-                 ("outer levels", variants["outer levels"]), ("all levels", variants["all levels"]))
+                 ("outer levels", variants["outer levels"]), ("all levels", variants["all levels"]),
+                 ("every conv one pass", variants["every conv one pass x1"]))
         times: dict[str, list[float]] = {name: [] for name, _ in timed}
         for name, run in timed:
             _pixels(run, last, y, *images[0].shape[:2])  # warm-up
@@ -114,7 +125,8 @@ def main() -> int:
           f"shipped int8 {ms['shipped']:.0f} ms ({result['speedup']:.2f}x), blocks {result['shipped_blocks']} and "
           f"sub-pixel convolutions {result['shipped_upsamplings']} (two-pass {result['shipped_two_pass']}), "
           f"its blocks alone {ms['blocks, gptq']:.0f} ms, the outer levels' blocks alone {ms['outer levels']:.0f} ms, "
-          f"every block in one pass {ms['all levels']:.0f} ms")
+          f"every block in one pass {ms['all levels']:.0f} ms, every convolution but the last in one pass "
+          f"{ms['every conv one pass']:.0f} ms")
     return 0
 
 

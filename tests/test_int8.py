@@ -461,7 +461,10 @@ def test_benchmarks_that_reach_into_int8_still_run(tmp_path, monkeypatch):
     upsamplings = [f"upsampling {k}, {how}" for k in result["shipped_upsamplings"] for how in ("nearest", "gptq")]
     assert set(result["delta_db"]) == {"level 0", "level 1", "level 2", "level 0 two-pass", "level 1 two-pass",
                                        "level 2 two-pass", "all levels", "outer levels", "blocks, nearest",
-                                       "blocks, gptq", *upsamplings, "shipped"}
+                                       "blocks, gptq", *upsamplings, "shipped", "every conv one pass x4",
+                                       "every conv one pass x1"}
+    assert set(result["g_s_ms_median"]) == {"float32", "shipped", "blocks, gptq", "outer levels", "all levels",
+                                            "every conv one pass"}
     assert result["shipped_blocks"] == result["levels"][0] + result["levels"][1] + result["levels"][2]
     assert result["shipped_two_pass"] == sorted(result["levels"][1] + result["shipped_upsamplings"])
 
