@@ -10,12 +10,13 @@ ranges file's choice: its residual blocks alone and each of its int8 sub-pixel c
 each with its weights rounded to nearest and as ``train int8`` rounded them (``int8.gptq``), and all
 of it; and every convolution but the last (the sub-pixel ones too, the one from the latents
 included) in one pass, rounded to nearest, the sub-pixel inputs' scale at their headroom and
-at their measured quantile: what int8 alone could give a decode. Reports mean PSNR against the original per quality and each variant's difference from
-float32, and the median time of ``g_s`` on the first image for float32, the shipped choice, its
-blocks alone (the release before), the outer levels' blocks alone, every block in one pass and
-every convolution in one pass, timed interleaved (the machine's speed drifts).
+at their measured quantile: what int8 alone could give a decode. Reports mean PSNR against the
+original per quality and each variant's difference from float32, and the median time of ``g_s``
+on the first image for float32, the shipped choice, its blocks alone (the release before), the
+outer levels' blocks alone, every block in one pass and every convolution in one pass (at the
+quantile), timed interleaved (the machine's speed drifts).
 
-Example (from the repository root; about 10 minutes on 2 cores)::
+Example (from the repository root; about 12 minutes on 2 cores)::
 
     python benchmarks/int8_synthesis.py --data ../shared/data/kodak --out benchmarks/results/int8_synthesis.json
 """
