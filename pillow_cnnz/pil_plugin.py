@@ -16,8 +16,10 @@ FORMAT = "CNNZ"
 EXTENSION = ".cnnz"
 MIME = "image/x-cnnz"
 _INFO_KEYS = {"EXIF": "exif", "ICCP": "icc_profile", "XMP ": "xmp"}
-# Modes saved after a lossless conversion to a mode the codec stores.
-_CONVERT = {"1": "L", "P": None, "PA": "RGBA"}
+# Modes saved after a conversion to a mode the codec stores that keeps the picture and what an ICC
+# profile of it means (Pillow's WebP and AVIF plugins convert every mode to RGB; CMYK, LAB and HSV
+# would keep a profile that no longer fits, and I, I;16 and F would be clipped to 8 bits: those raise).
+_CONVERT = {"1": "L", "P": None, "PA": "RGBA", "RGBX": "RGB", "YCbCr": "RGB", "RGBa": "RGBA", "La": "LA"}
 
 
 def _accept(prefix: bytes) -> bool:
@@ -88,7 +90,8 @@ def _storable(im: Image.Image) -> Image.Image:
     if im.mode in _CONVERT:
         target = _CONVERT[im.mode] or ("RGBA" if im.has_transparency_data else "RGB")
         return im.convert(target)
-    msg = (f"cannot write mode {im.mode} as CNNZ; convert the image to RGB, RGBA, L or LA "
+    why = "more than 8 bits" if im.mode.startswith("I") or im.mode == "F" else "another colour space"
+    msg = (f"cannot write mode {im.mode} as CNNZ ({why}); convert the image to RGB, RGBA, L or LA "
            f"first, e.g. im.convert('RGB')")
     raise OSError(msg)
 

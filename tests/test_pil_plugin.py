@@ -419,7 +419,22 @@ def test_bilevel_is_saved_as_l(photo_image):
     assert_similar(im, original.convert("L"))
 
 
-@pytest.mark.parametrize("mode", ["I;16", "I", "F", "CMYK"])
+@pytest.mark.parametrize(("mode", "stored"), [("RGBX", "RGB"), ("YCbCr", "RGB"), ("RGBa", "RGBA"), ("La", "LA")])
+def test_pillow_variants_of_stored_modes_are_saved_as_them(photo_image, alpha_plane, mode, stored):
+    original = photo_image.convert("L") if stored == "LA" else photo_image
+    if stored.endswith("A"):
+        original = original.copy()
+        original.putalpha(Image.fromarray(alpha_plane))
+    variant = original.convert(mode)
+    expected = variant.convert(stored)  # what Pillow makes of it: the picture the file must hold
+    im = roundtrip(variant, quality=8)
+    assert im.mode == stored
+    assert_similar(im, expected)
+    if stored.endswith("A"):  # alpha is stored losslessly
+        assert np.array_equal(np.asarray(im.getchannel("A")), np.asarray(expected.getchannel("A")))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "CMYK", "LAB", "HSV"])
 def test_unsupported_mode_raises_and_says_to_convert(mode):
     im = Image.new(mode, (20, 10))
     buf = io.BytesIO()
