@@ -3,7 +3,7 @@
 This module only frames bytes; it knows nothing about the network or the
 entropy coder, so it imports no torch and no numpy.  That keeps
 ``Image.open`` cheap: Pillow can identify a file, read its size, mode and
-metadata without loading any model.  See ``FORMAT.md`` for the layout.
+metadata without loading any model.  See ``docs/format.md`` for the layout.
 
 Every number read from a file is checked before it is used to seek, read or
 allocate, so a damaged or hostile file fails fast with a

@@ -8,7 +8,7 @@ around them. The decoder must reproduce those parameters bit for bit, so, as in
 activations with ``hyper.FRAC_BITS`` fractional bits, float64 products that are exact).
 
 The context sees only its own band: anchors above or below the band's rows count as zero,
-so a band decodes without the next one (part of the format, FORMAT.md).
+so a band decodes without the next one (part of the format, docs/format.md).
 
 ``layers`` is a dict of the four convolutions ``ctx`` (3x3 over the anchors' ŷ), ``mix``
 (1x1 over the hyper output), ``c2`` and ``c3`` (1x1), each

@@ -81,7 +81,7 @@ def upsampling(layers: list[dict]) -> int:
 def bands(height: int, rows: int = BAND_ROWS) -> list[tuple[int, int]]:
     """Row ranges ``[top, bottom)`` of ẑ that the codec processes one at a time.
 
-    Part of the format: the latents are entropy-coded in this order (FORMAT.md).
+    Part of the format: the latents are entropy-coded in this order (docs/format.md).
     """
     return [(top, min(top + rows, height)) for top in range(0, height, rows)]
 
