@@ -16,12 +16,19 @@ Outputs under ``--out``:
   "encoding_time", "decoding_time", "quality"}}`` plus a ``meta`` block;
 * ``summary.json`` / ``summary.md``: BD-rate (PCHIP, see ``bdrate.py``) of
   every codec against JPEG and AVIF, on PSNR and on MS-SSIM (dB), BD-PSNR, and
-  PSNR interpolated at 0.25 / 0.5 / 1.0 bpp;
-* ``rd.png``: rate-distortion plot of every codec.
+  PSNR interpolated at 0.25 / 0.5 / 1.0 / 1.5 bpp; with ``--anchors``, also
+  the BD-rate (PSNR) of every codec against each published curve of that
+  folder (CompressAI's JSON: VTM, AV1, the learned models), and the anchors'
+  own PSNR at those rates, as rows of their own marked "published";
+* ``rd.png``: rate-distortion plot of every codec (anchors dashed).
+
+``avif-444-s2`` is AVIF as a user tuning for size sets it (speed 2, 4:4:4);
+``avif`` is Pillow's default (speed 6, 4:2:0).
 
 Example (from the repository root)::
 
-    python benchmarks/rd.py --data ../shared/data/kodak --out benchmarks/results/kodak
+    python benchmarks/rd.py --data ../shared/data/kodak --out benchmarks/results/kodak \
+        --anchors ../shared/data/anchors/kodak
     python benchmarks/rd.py --data ../shared/data/kodak --out /tmp/rd --codecs jpeg,webp,avif --limit 3
 """
 
@@ -53,7 +60,7 @@ from bdrate import bd_psnr, bd_rate  # noqa: E402
 
 IMAGE_EXTENSIONS = {".png", ".ppm", ".bmp", ".tif", ".tiff"}
 REFERENCES = ("jpeg", "avif")
-PSNR_AT_BPP = (0.25, 0.5, 1.0)
+PSNR_AT_BPP = (0.25, 0.5, 1.0, 1.5)
 
 # Quality sweeps of the classic codecs, chosen so that on Kodak (768x512) the
 # rates span roughly 0.1 - 2 bpp and beyond, with enough points for BD-rate.
@@ -63,12 +70,14 @@ DEFAULT_QUALITIES: dict[str, list[float]] = {
     "jpeg": [5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95],
     "webp": [0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95],
     "avif": [0, 10, 20, 30, 40, 50, 60, 70, 80, 90],
+    "avif-444-s2": [0, 10, 20, 30, 40, 50, 60, 70, 80, 90],
     "heic": [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60],  # x265 saturates above ~60
     "jxl": [0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90],
 }
 ALL_CODECS = list(DEFAULT_QUALITIES)
 CNNZ_METHODS = {"cnnz": 0, "cnnz-m6": 6}  # CNNZ codec names and the encode effort (``method``) each saves with
-SLOW_CODECS = ("cnnz-m6",)  # about 12x CNNZ's encode time: run when named in --codecs
+SLOW_CODECS = ("cnnz-m6", "avif-444-s2")  # many times their peers' encode time: run when named in --codecs
+AVIF_SETTINGS = {"avif": (6, "4:2:0"), "avif-444-s2": (2, "4:4:4")}  # codec name -> (speed, subsampling)
 
 
 def cnnz_model_id() -> str:
@@ -243,14 +252,15 @@ def make_codec(name: str) -> tuple[Codec | None, str]:
             _pil_desc("webp", "libwebp") + ", lossy, method=6",
             lambda q: {"quality": int(q), "method": 6},
         ), ""
-    if name == "avif":
+    if name in AVIF_SETTINGS:
         if not features.check("avif"):
             return None, "Pillow built without AVIF (PIL.features.check('avif') is False)"
+        speed, subsampling = AVIF_SETTINGS[name]
         return Codec(
-            "avif",
+            name,
             "AVIF",
-            _pil_desc("avif", "libavif") + ", 4:2:0, speed=6",
-            lambda q: {"quality": int(q), "speed": 6, "subsampling": "4:2:0"},
+            _pil_desc("avif", "libavif") + f", {subsampling}, speed={speed}",
+            lambda q: {"quality": int(q), "speed": speed, "subsampling": subsampling},
         ), ""
     if name == "heic":
         try:
@@ -382,8 +392,34 @@ def psnr_at_bpp(results: dict, bpp: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def summarize(all_results: dict[str, dict], meta: dict, skipped: dict[str, str]) -> dict:
+def load_anchors(folder: Path) -> dict[str, dict]:
+    """The published curves of ``folder`` (CompressAI's results JSON, one file per codec), by
+    file stem; a file without ``bpp`` and ``psnr-rgb`` results is an error, not skipped."""
+    anchors = {}
+    for path in sorted(folder.glob("*.json")):
+        doc = json.loads(path.read_text())
+        res = doc.get("results", {})
+        if not (isinstance(res.get("bpp"), list) and isinstance(res.get("psnr-rgb"), list)
+                and len(res["bpp"]) == len(res["psnr-rgb"]) >= 4):
+            msg = f"{path}: not a rate-distortion curve (results.bpp and results.psnr-rgb, 4 points or more)"
+            raise ValueError(msg)
+        anchors[path.stem] = doc
+    if not anchors:
+        msg = f"no anchor curve (*.json) in {folder}"
+        raise ValueError(msg)
+    return anchors
+
+
+def summarize(all_results: dict[str, dict], meta: dict, skipped: dict[str, str],
+              anchors: dict[str, dict] | None = None) -> dict:
     summary: dict = {"meta": meta, "skipped": skipped, "codecs": {}}
+    anchors = anchors or {}
+    if anchors:
+        summary["anchors"] = {
+            name: {"description": doc.get("name", name),
+                   "psnr_at_bpp": {str(b): psnr_at_bpp(doc["results"], b) for b in PSNR_AT_BPP}}
+            for name, doc in anchors.items()
+        }
     for name, doc in all_results.items():
         res = doc["results"]
         entry: dict = {
@@ -402,6 +438,10 @@ def summarize(all_results: dict[str, dict], meta: dict, skipped: dict[str, str])
                 rb, qb = _curve(res, metric)
                 entry[f"bd_rate_{key}_vs_{ref}"] = _safe(bd_rate, ra, qa, rb, qb)
                 entry[f"bd_{key}_db_vs_{ref}"] = _safe(bd_psnr, ra, qa, rb, qb)
+        if anchors:
+            rb, qb = _curve(res)
+            entry["bd_rate_psnr_vs_anchor"] = {
+                a: _safe(bd_rate, *_curve(doc["results"]), rb, qb) for a, doc in anchors.items()}
         summary["codecs"][name] = entry
     for name in CNNZ_METHODS:
         if name in all_results:
@@ -436,7 +476,7 @@ def _fmt(v: float | None, spec: str) -> str:
 def markdown_table(summary: dict) -> str:
     head = (
         "| codec | BD-rate vs JPEG (PSNR / MS-SSIM) | BD-rate vs AVIF (PSNR / MS-SSIM) "
-        "| PSNR @0.25 | PSNR @0.5 | PSNR @1.0 | bpp range | enc s | dec s |"
+        "| " + " | ".join(f"PSNR @{b:g}" for b in PSNR_AT_BPP) + " | bpp range | enc s | dec s |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, e in summary["codecs"].items():
@@ -454,10 +494,24 @@ def markdown_table(summary: dict) -> str:
         cols.append(f"{e['mean_encoding_time']:.3f}")
         cols.append(f"{e['mean_decoding_time']:.3f}")
         lines.append("| " + " | ".join(cols) + " |")
+    for name, a in summary.get("anchors", {}).items():
+        cols = [f"{name} (published)", "", ""] + [_fmt(a["psnr_at_bpp"][str(b)], ".2f") for b in PSNR_AT_BPP]
+        lines.append("| " + " | ".join(cols + ["", "", ""]) + " |")
     return "\n".join(lines)
 
 
-def plot(all_results: dict[str, dict], path: Path, title: str) -> None:
+def anchor_table(summary: dict) -> str:
+    """BD-rate (PSNR) of every codec run against each published anchor curve."""
+    anchors = list(summary.get("anchors", {}))
+    if not anchors:
+        return ""
+    lines = ["| codec | " + " | ".join(f"vs {a}" for a in anchors) + " |", "|---|" + "---|" * len(anchors)]
+    for name, e in summary["codecs"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(e["bd_rate_psnr_vs_anchor"][a], "+.1f%") for a in anchors) + " |")
+    return "\n".join(lines)
+
+
+def plot(all_results: dict[str, dict], path: Path, title: str, anchors: dict[str, dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -473,6 +527,11 @@ def plot(all_results: dict[str, dict], path: Path, title: str) -> None:
         style = dict(marker="o", ms=3.5, lw=2.2 if name in CNNZ_METHODS else 1.4, label=name)
         axes[0].plot(bpp, np.asarray(res["psnr-rgb"])[order], **style)
         axes[1].plot(bpp, [ms_ssim_db(v) for v in np.asarray(res["ms-ssim-rgb"])[order]], **style)
+    for name, doc in (anchors or {}).items():
+        res = doc["results"]
+        order = np.argsort(res["bpp"])
+        style = dict(ls="--", lw=1.0, label=f"{name} (published)")
+        axes[0].plot(np.asarray(res["bpp"])[order], np.asarray(res["psnr-rgb"])[order], **style)
     for ax, ylabel in zip(axes, ("PSNR-RGB [dB]", "MS-SSIM-RGB [dB]  (-10 log10(1 - MS-SSIM))")):
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel(ylabel)
@@ -503,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cnnz-qualities", default=None, help="comma-separated CNNZ qualities in [1, 8] (default 1..8)")
     for c in ALL_CODECS[1:]:
         ap.add_argument(f"--{c}-qualities", default=None, help=f"override the {c} quality sweep")
+    ap.add_argument("--anchors", default=None,
+                    help="folder of published curves (CompressAI JSON) to report BD-rates against, "
+                         "e.g. ../shared/data/anchors/kodak")
     ap.add_argument("--jobs", type=int, default=1, help="images processed in parallel (timings then contend)")
     ap.add_argument(
         "--reuse",
@@ -518,6 +580,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.limit > 0:
         images = images[: args.limit]
+    try:
+        anchors = load_anchors(Path(args.anchors)) if args.anchors else {}
+    except (OSError, ValueError) as exc:
+        print(f"error: --anchors: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -621,8 +688,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"note: not reusing {path}: made on other images", file=sys.stderr)
 
-    summary = summarize(all_results, meta, skipped)
+    summary = summarize(all_results, meta, skipped, anchors)
     table = markdown_table(summary)
+    if anchors:
+        table += "\n\nBD-rate (PSNR) against the published curves of `" + str(args.anchors) + "`:\n\n" + anchor_table(summary)
     with open(out / "summary.json", "w") as f:
         json.dump(summary, f, indent=2)
     (out / "summary.md").write_text(
@@ -633,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{cnnz_table(all_results[name], all_results.get('jpeg'))}\n"
                   for name in CNNZ_METHODS if name in all_results)
     )
-    plot(all_results, out / "rd.png", f"{data.name}, {len(images)} images")
+    plot(all_results, out / "rd.png", f"{data.name}, {len(images)} images", anchors)
     print()
     print(table)
     if skipped:
