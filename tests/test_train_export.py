@@ -467,3 +467,25 @@ def test_resuming_on_another_lambda_table_keeps_the_transforms_adam_moments_and_
     gains = set(opt["param_groups"][-1]["params"])
     assert gains and all(steps[i] == 1 for i in gains)  # started afresh at the remap
     assert all(n == 3 for i, n in steps.items() if i not in gains)  # carried through it
+
+
+class _Payload:
+    """Unpickling this runs code: what a hostile checkpoint would carry."""
+
+    def __reduce__(self):
+        return (print, ("a hostile checkpoint ran code",))
+
+
+def test_read_checkpoint_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    import pickle
+
+    import torch
+
+    from pillow_cnnz.train.loop import read_checkpoint
+
+    path = tmp_path / "hostile.pt"
+    torch.save({"config": {}, "payload": _Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        read_checkpoint(path)
+    torch.save({"config": {}, "step": 3, "rng": torch.get_rng_state()}, path)
+    assert read_checkpoint(path)["step"] == 3

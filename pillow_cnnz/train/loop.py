@@ -128,8 +128,11 @@ def unpack_model(packed: dict[str, dict]) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """A checkpoint's whole state, as ``fit`` wrote it or as ``slim`` packed it."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint's whole state, as ``fit`` wrote it or as ``slim`` packed it.
+
+    Loaded with ``weights_only=True``: a checkpoint holds tensors and plain data only, and
+    unpickling anything else would run code from a file passed as ``--resume`` or ``--teacher``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
     if "packed_model" in state:
         state["model"] = unpack_model(state.pop("packed_model"))
     return state
