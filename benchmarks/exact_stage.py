@@ -3,7 +3,7 @@
 
 Why: the exact stage (entropy decoding, the integer hyper network, the checkerboard context)
 takes about 50 ms of a Kodak decode on a 2-core CPU whatever the synthesis costs: half of a
-100 ms decode budget (README, the speed issue). It decodes each image's ``.cnnz`` file
+100 ms decode budget (the speed issue). It decodes each image's ``.cnnz`` file
 (``codec.y_hat_of``, in process, after one warm-up) ``--repeat`` times and times the whole and,
 inclusively, its parts: the ANS pulls, the integer hyper network and its float64 products, the
 context's refinement and its products, and the means and scale indexes taken from their outputs.

@@ -96,7 +96,7 @@ class GDN(nn.Module):
 class ResBlock(nn.Module):
     """``x + conv3x3(relu(conv3x3(x)))`` at the same width and resolution.
 
-    Capacity for a trained synthesis where its quality stops (README, "Where the quality
+    Capacity for a trained synthesis where its quality stops (docs/training.md, "Where the quality
     stops"). The second convolution starts at zero, so a network grown with these blocks
     computes exactly what it computed before and training goes on from there.
     """

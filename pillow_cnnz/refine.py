@@ -15,7 +15,7 @@ The synthesis' gradient is accumulated tile by tile (``codec``'s tiles and halo)
 memory is bounded by a tile whatever the image size; the rate terms run on the whole latent
 grid (1/256 of the pixels, `Config.M` channels), which is what grows with the image.
 Each step costs about three synthesis passes: ``method`` 6 (12 steps) makes a Kodak encode
-2.6 s instead of 0.2 s on 2 CPU cores, for BD-rate vs JPEG −39.2 → −41.8 % (README).
+2.6 s instead of 0.2 s on 2 CPU cores, for BD-rate vs JPEG −39.2 → −41.8 % (docs/training.md).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ gradient, and μ and σ learn through the probability of each symbol's bin. ẑ 
 loop's uniform-noise proxy. Each image's loss is divided by its own (constant) code length,
 so a bit saved at quality 1 counts, relative to the file, like one at quality 8, as BD-rate
 counts them. Straight-through rounding of ``y − μ`` and ``z``, used before, made the code
-*longer* (README, "Crop size and the hyperprior"): from the 266k weights, 500 steps at lr
+*longer* (docs/training.md, "Crop size and the hyperprior"): from the 266k weights, 500 steps at lr
 3e-5 on crops of the training latents (``benchmarks/entropy_headroom.py --variant refit``,
 with and without ``--straight-through``) it raised the model's rate on ``val`` by 29 %
 (quality 8) to 100 % (quality 1), where this objective moved it by −1.4 % to +0.4 %.
