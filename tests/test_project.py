@@ -38,6 +38,18 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert command in ci_lines
 
 
+def test_readme_stays_short_and_every_relative_link_resolves():
+    """The README is read in minutes; docs/ holds the rest. Links between the pages stay valid."""
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 250 and readme.stat().st_size <= 20_000
+    pages = [readme, ROOT / "CHANGELOG.md", ROOT / "weights" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) >= 7 and (ROOT / "LICENSE").is_file()
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to a missing {target}"
+
+
 def test_readme_example_command_runs_the_quickstart():
     readme = (ROOT / "README.md").read_text()
     command = _sh_blocks(readme.split("Run the example", 1)[1])[0]
