@@ -1,0 +1,1 @@
+"""Golden .cnnz files and the script that makes them (make_golden.py)."""
