@@ -151,8 +151,8 @@ def _storable(im: Image.Image, fmt: str, convert_modes: bool) -> tuple[Image.Ima
         raise OSError(msg)
     if im.mode in _NOT_8_BIT:
         return _to_8_bits(im), meta  # a grey ICC profile still describes the scaled values
-    converted = _to_rgb(im, meta.pop("icc_profile", None))  # now sRGB, which needs no profile
-    return converted, meta
+    # The source's profile no longer describes the pixels (ImageCms tags its output with sRGB's)
+    return _to_rgb(im, meta.pop("icc_profile", None)), meta
 
 
 def _opened(data: bytes, device: str | None) -> Image.Image:
@@ -424,7 +424,10 @@ def _start_worker(threads: int) -> None:
     from . import weights
 
     threadpool_limits(threads)  # numpy's BLAS, for the integer stages
-    weights.load()
+    try:
+        weights.load()
+    except Exception:  # noqa: BLE001  (an initializer that raises breaks the pool; each file reports it)
+        pass
 
 
 def convert_paths(pairs: Sequence[tuple[str, str]], *, jobs: int | None = None, if_exists: str = "overwrite",
@@ -455,34 +458,45 @@ def convert_paths(pairs: Sequence[tuple[str, str]], *, jobs: int | None = None, 
 
 def _pool(pairs: Sequence[tuple[str, str]], jobs: int, threads: int, done: Callable[[int, Result], None],
           options: dict[str, Any]) -> None:
+    """Run the pairs on worker processes, one file in flight per worker.
+
+    A worker that dies breaks the pool, and every file in flight then is a suspect: in a
+    fresh pool each suspect runs alone, so only a file that breaks a pool by itself fails
+    (``_DIED``); the others convert as usual.
+    """
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     context = _context()
-    waiting = collections.deque(enumerate(pairs))
-    while waiting:
-        # As many files in flight as workers: one that kills its worker fails alone but for
-        # the files the other workers held when the pool broke.
+    waiting, suspects = collections.deque(range(len(pairs))), collections.deque()
+    while waiting or suspects:
         pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(threads,))
         running: dict[Any, int] = {}
-        broken = False
+        lone: int | None = None  # the suspect running by itself
+
+        def submit(queue: collections.deque) -> None:  # leaves the file queued if the pool is broken
+            running[pool.submit(convert_file, *pairs[queue[0]], **options)] = queue[0]
+            queue.popleft()
+
         try:
-            while (waiting or running) and not broken:
-                while waiting and len(running) < jobs:
-                    i, (source, output) = waiting.popleft()
-                    running[pool.submit(convert_file, source, output, **options)] = i
+            while waiting or suspects or running:
+                if suspects and not running:
+                    lone = suspects[0]
+                    submit(suspects)
+                while not suspects and lone is None and waiting and len(running) < jobs:
+                    submit(waiting)
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    i = running.pop(future)
-                    try:
-                        done(i, future.result())
-                    except BrokenProcessPool:
-                        broken = True
-                        done(i, Result(pairs[i][0], pairs[i][1], error=_DIED))
-            for future, i in running.items():
-                done(i, Result(pairs[i][0], pairs[i][1], error=_DIED))
+                    done(running[future], future.result())  # BrokenProcessPool: a worker died
+                    lone = None if running.pop(future) == lone else lone
+            pool.shutdown()
+        except BrokenProcessPool:
+            if lone is not None:
+                done(lone, Result(*pairs[lone], error=_DIED))
+            else:
+                suspects.extend(running.values())
         finally:
-            pool.shutdown(wait=not broken, cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- the command
@@ -542,6 +556,10 @@ def command(args: argparse.Namespace) -> int:
         results = convert_paths(pairs, jobs=args.jobs, on_result=(lambda _: bar.update()) if bar else None,
                                 to=args.to, quality=args.quality, method=args.method, device=args.device,
                                 convert_modes=args.convert)
+    except KeyboardInterrupt:
+        print("cnnz convert: interrupted; the outputs written are complete: --skip-existing resumes",
+              file=sys.stderr)
+        return 130
     finally:
         if bar is not None:
             bar.close()
