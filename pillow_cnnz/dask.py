@@ -56,7 +56,7 @@ def convert(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], 
     cluster = None
     if client is None:
         cluster = LocalCluster(n_workers=_convert._cores(), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=":0")
         client = Client(cluster)
     try:
         threads = sum(client.nthreads().values()) or 1
