@@ -137,9 +137,15 @@ def busy_processes(interval: float = 1.0, min_cpu: float = 0.2) -> list[dict]:
     return sorted(found, key=lambda p: -p["cpu_cores"])
 
 
+def _is_training(cmd: str) -> bool:
+    """Whether a command line runs the training code (``python -m training``, or its former
+    module path ``pillow_cnnz.train``)."""
+    return "-m training" in cmd or "pillow_cnnz.train" in cmd
+
+
 def load_note(others: list[dict]) -> list[str]:
     notes = []
-    train = [p for p in others if "pillow_cnnz.train" in p["cmd"]]
+    train = [p for p in others if _is_training(p["cmd"])]
     if train:
         notes.append(f"a training job (pid {train[0]['pid']}, using ~{train[0]['cpu_cores']:.1f} cores when sampled) "
                      f"ran in parallel on this {os.cpu_count()}-core machine: about half of the CPU was available, "
@@ -201,9 +207,9 @@ def finish_environment(info: dict) -> None:
     info["concurrent_cpu_jobs_end"] = others
     seen = {p["pid"] for p in info["concurrent_cpu_jobs"]}
     new = [p for p in others if p["pid"] not in seen]
-    was_training = any("pillow_cnnz.train" in p["cmd"] for p in info["concurrent_cpu_jobs"])
+    was_training = any(_is_training(p["cmd"]) for p in info["concurrent_cpu_jobs"])
     for p in new:
-        if "pillow_cnnz.train" in p["cmd"]:
+        if _is_training(p["cmd"]):
             info["notes"].append(f"the training job was {'restarted' if was_training else 'started'} during the run "
                                  f"(pid {p['pid']} at the end, ~{p['cpu_cores']:.1f} cores)")
         else:

@@ -32,7 +32,7 @@ from bdrate import bd_rate  # noqa: E402
 from rd import psnr  # noqa: E402
 
 from pillow_cnnz import codec  # noqa: E402
-from pillow_cnnz.train.data import image_paths  # noqa: E402
+from training.data import image_paths  # noqa: E402
 
 
 def analysis_in(precision: str):

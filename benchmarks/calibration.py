@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """What measured latent tables save: the same checkpoint exported twice, real files.
 
-``python -m pillow_cnnz.train export`` measures the latent tables on training images
-(``pillow_cnnz/train/calibrate.py``) instead of taking ideal Gaussians at each scale
+``python -m training export`` measures the latent tables on training images
+(``training/calibrate.py``) instead of taking ideal Gaussians at each scale
 index's nominal scale. Both exports share every network weight, so the decoded pixels
 are identical; only the bytes differ. This script exports ``--checkpoint`` both ways
 into a temporary folder, encodes every image of ``--data`` (never used for the
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HERE, REPO_ROOT, environment, finish_environment, image_paths, load_rgb, md_table, write_json  # noqa: E402
 
 from pillow_cnnz import codec, weights  # noqa: E402
-from pillow_cnnz.train import export  # noqa: E402
+from training import export  # noqa: E402
 
 
 def measure(folder: Path, images: list[np.ndarray], qualities: list[float]) -> dict[float, dict[str, float]]:

@@ -42,7 +42,7 @@ def to_uint8(x) -> np.ndarray:
 def measure(checkpoint: Path, images: list, qualities: list[float]) -> dict:
     import torch
 
-    from pillow_cnnz.train.loop import load_checkpoint, pad64
+    from training.loop import load_checkpoint, pad64
 
     net, state = load_checkpoint(checkpoint)
     net.eval()

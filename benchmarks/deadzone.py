@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bdrate import bd_rate  # noqa: E402
 
 from pillow_cnnz import codec, container  # noqa: E402
-from pillow_cnnz.train.data import image_paths  # noqa: E402
+from training.data import image_paths  # noqa: E402
 
 
 def code_with_deadzone(model, z: np.ndarray, y: np.ndarray, delta: float) -> tuple[bytes, bytes]:

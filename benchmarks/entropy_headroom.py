@@ -4,7 +4,7 @@
 The transforms (``g_a``, ``g_s``) and the per-quality gains stay frozen; ``y = g_a(x)`` is
 computed once per training image (cached under ``runs/``), and only the entropy model trains,
 on random crops of those latents at random qualities, on the real symbols' code length
-(``train.hyperfit.code_bits``; ẑ with the training noise; each crop weighted by its own
+(``training.hyperfit.code_bits``; ẑ with the training noise; each crop weighted by its own
 rate). Reported: the model's rate (Gaussian tables, real rounding, whole images) on a
 validation folder before and during training, per quality. No entropy coder, no integer
 networks: this measures headroom, so a design is only built into the format when it pays.
@@ -41,8 +41,8 @@ from torch.nn import functional as F
 sys.path.insert(0, str(REPO_ROOT))
 from pillow_cnnz.layers import anchor_mask  # noqa: E402
 from pillow_cnnz.model import QUALITY_MAX, QUALITY_MIN, CnnzNet, round_st  # noqa: E402
-from pillow_cnnz.train.hyperfit import code_bits, latents  # noqa: E402
-from pillow_cnnz.train.loop import load_checkpoint  # noqa: E402
+from training.hyperfit import code_bits, latents  # noqa: E402
+from training.loop import load_checkpoint  # noqa: E402
 
 VAL_QUALITIES = (1.0, 2.5, 4.0, 6.0, 8.0)
 

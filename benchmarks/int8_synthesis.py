@@ -2,7 +2,7 @@
 """Which synthesis layers can run in int8, at what cost in PSNR, for how much time?
 
 Measures each channel's activation ranges of every synthesis block on training images (as
-``python -m pillow_cnnz.train int8`` does, on ŷ the decoder gets from them), then decodes the
+``python -m training int8`` does, on ŷ the decoder gets from them), then decodes the
 ŷ of every image of ``--data`` (the float32 analysis' files at each quality) with float32
 ``g_s`` and with each level's blocks in int8 (``pillow_cnnz/int8.py``), alone, in one and in two
 passes (the input's rounding residual quantized too), every block in one pass, and the shipped
@@ -30,7 +30,7 @@ import torch
 from _common import image_paths, load_rgb, write_json
 
 from pillow_cnnz import codec, int8, weights
-from pillow_cnnz.train.int8ranges import calibration_paths, decoded_latents, synthesis_inputs
+from training.int8ranges import calibration_paths, decoded_latents, synthesis_inputs
 
 
 def _pixels(body, last, y: torch.Tensor, height: int, width: int) -> np.ndarray:  # noqa: ANN001

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Which synthesis fits the decode bar here: decode time of candidate shapes for ``train distill``.
 
-A 100 ms decode is a smaller synthesis, trained (``python -m pillow_cnnz.train distill --dec --res``),
+A 100 ms decode is a smaller synthesis, trained (``python -m training distill --dec --res``),
 and training it is GPU work. This measures, before any training, what each candidate shape would
 cost on this CPU: the shipped network's synthesis rebuilt with the candidate's widths (coarse to
 fine) and residual blocks per level, the teacher's layers where the shapes agree and fresh ones
@@ -30,7 +30,7 @@ from _common import DEFAULT_KODAK, image_paths, load_rgb, write_json
 
 from pillow_cnnz import codec, container, int8, weights
 from pillow_cnnz.model import CnnzNet, Config
-from pillow_cnnz.train.distill import adopt_teacher, student_config
+from training.distill import adopt_teacher, student_config
 
 CANDIDATES = "96.64.48/2.4.2,96.64.48/2.1.0,96.48.32/2.2.2,96.48.32/1.1.1,64.48.32/1.1.1,64.32.24/1.1.1,64.32.16/1.1.0"
 

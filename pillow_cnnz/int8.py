@@ -11,7 +11,7 @@ never the sum it adds to, which stays float32. Quantizing the inputs of the resa
 convolutions (the whole signal) moved the analysis' latents 3-5x more than every residual
 block together, and cost the synthesis 0.3 dB at quality 8, so those, GDN and the first and
 last convolutions stay float32, but for two of the synthesis' (below). Which synthesis blocks run int8, and which of them quantize their
-input in two passes, is the ranges file's choice (``python -m pillow_cnnz.train int8
+input in two passes, is the ranges file's choice (``python -m training int8
 --synthesis-levels --two-pass-levels``): its coarsest and finest levels cost 0.0002 and 0.0026 dB
 at quality 8 on Kodak, the middle level 0.021 in one pass and 0.0099 in two, which cost 1.5x the
 int8 work (``benchmarks/int8_synthesis.py``). A second pass quantizes the first one's rounding

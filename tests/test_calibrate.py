@@ -11,7 +11,7 @@ from pillow_cnnz import entropy
 from .conftest import _photo as photo
 
 pytest.importorskip("torch")
-from pillow_cnnz.train import calibrate  # noqa: E402
+from training import calibrate  # noqa: E402
 
 
 def _bits(tables: entropy.Tables, k: int, values: np.ndarray) -> float:
@@ -58,7 +58,7 @@ def test_calibrated_export_records_its_images_and_round_trips(tmp_path, monkeypa
 
     from pillow_cnnz import codec, weights
     from pillow_cnnz.model import CnnzNet, Config
-    from pillow_cnnz.train import export
+    from training import export
 
     data = tmp_path / "data"
     data.mkdir()

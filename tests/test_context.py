@@ -56,7 +56,7 @@ def test_context_at_the_non_anchors_equals_plain_integer_convolutions_over_the_b
 def test_integer_context_follows_the_float_one_it_was_exported_from():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.layers import CheckerboardContext, anchor_mask
-    from pillow_cnnz.train.export import integer_conv
+    from training.export import integer_conv
 
     torch.manual_seed(0)
     m, c = 6, 8
@@ -94,7 +94,7 @@ def test_network_given_a_context_computes_what_it_did_before():
 def test_file_coded_with_a_context_decodes_to_the_same_latents_and_bands_stay_apart(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import CnnzNet, Config
-    from pillow_cnnz.train import export
+    from training import export
 
     torch.manual_seed(0)
     net = CnnzNet(Config(ctx=32))
@@ -122,8 +122,8 @@ def test_file_coded_with_a_context_decodes_to_the_same_latents_and_bands_stay_ap
 
 def test_resuming_with_context_adds_it_once_keeps_adam_and_the_card_reproduces_it(tmp_path):
     torch = pytest.importorskip("torch")
-    from pillow_cnnz.train import __main__ as train_cli
-    from pillow_cnnz.train.export import export, model_card
+    from training import __main__ as train_cli
+    from training.export import export, model_card
 
     from .test_train_export import frozen_fit_args
 

@@ -10,9 +10,9 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 
 from pillow_cnnz.model import CnnzNet, Config  # noqa: E402
-from pillow_cnnz.train import distill, export  # noqa: E402
-from pillow_cnnz.train.__main__ import main  # noqa: E402
-from pillow_cnnz.train.loop import read_checkpoint  # noqa: E402
+from training import distill, export  # noqa: E402
+from training.__main__ import main  # noqa: E402
+from training.loop import read_checkpoint  # noqa: E402
 
 TEACHER = Config(res=(1, 2, 1))
 

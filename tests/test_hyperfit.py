@@ -31,7 +31,7 @@ def _images(tmp_path):
 
 
 def test_hyperfit_changes_only_the_hyperprior_and_shortens_the_code(tmp_path):
-    from pillow_cnnz.train import __main__ as train_cli
+    from training import __main__ as train_cli
 
     ckpt, before = _checkpoint(tmp_path)
     data = _images(tmp_path)
@@ -54,7 +54,7 @@ def test_hyperfit_changes_only_the_hyperprior_and_shortens_the_code(tmp_path):
 
 def test_code_bits_counts_the_rounded_symbols_the_codec_codes():
     from pillow_cnnz.model import CnnzNet, Config
-    from pillow_cnnz.train import hyperfit
+    from training import hyperfit
 
     torch.manual_seed(0)
     net = CnnzNet(Config()).eval()
@@ -67,7 +67,7 @@ def test_code_bits_counts_the_rounded_symbols_the_codec_codes():
 
 
 def test_model_card_gives_the_hyperfit_command_and_its_effect(tmp_path):
-    from pillow_cnnz.train import export
+    from training import export
 
     ckpt, _ = _checkpoint(tmp_path)
     state = torch.load(ckpt, weights_only=False)
@@ -86,7 +86,7 @@ def test_model_card_gives_the_hyperfit_command_and_its_effect(tmp_path):
 
 def test_symbol_bits_are_the_real_code_length_and_learn_through_the_bins_not_the_rounding():
     from pillow_cnnz.model import gaussian_likelihood
-    from pillow_cnnz.train import hyperfit
+    from training import hyperfit
 
     y = torch.tensor([0.4, 1.3, -2.45, 0.0])
     mu = torch.zeros(4, requires_grad=True)

@@ -371,7 +371,7 @@ def test_measured_range_is_each_channels_quantile_of_the_magnitudes():
 
 
 def test_int8_command_registers_ranges_with_the_default_weights(weights_copy):
-    from pillow_cnnz.train.__main__ import main
+    from training.__main__ import main
 
     tmp_path = weights_copy
     data = tmp_path / "data"
@@ -408,7 +408,7 @@ def test_int8_command_registers_ranges_with_the_default_weights(weights_copy):
 
 
 def test_int8_command_refuses_two_pass_levels_that_do_not_run_int8(weights_copy):
-    from pillow_cnnz.train.__main__ import main
+    from training.__main__ import main
 
     before = (weights_copy / "manifest.json").read_bytes()
     with pytest.raises(SystemExit, match="not all among --synthesis-levels"):
@@ -420,7 +420,7 @@ def test_int8_command_refuses_two_pass_levels_that_do_not_run_int8(weights_copy)
 @pytest.mark.parametrize(("option", "value", "message"), [("--upsamplings", "3", "takes 0 to 2"),
                                                          ("--upsamplings", "a", "takes 0 to 2")])
 def test_int8_command_refuses_upsamplings_the_synthesis_does_not_have(weights_copy, option, value, message):
-    from pillow_cnnz.train.__main__ import main
+    from training.__main__ import main
 
     before = (weights_copy / "manifest.json").read_bytes()
     with pytest.raises(SystemExit, match=message):  # before any image is read: the folder is not there
@@ -430,7 +430,7 @@ def test_int8_command_refuses_upsamplings_the_synthesis_does_not_have(weights_co
 
 @pytest.mark.parametrize("levels", ["3", "x", "-1"])
 def test_int8_command_refuses_levels_the_synthesis_does_not_have(weights_copy, levels):
-    from pillow_cnnz.train.__main__ import main
+    from training.__main__ import main
 
     before = (weights_copy / "manifest.json").read_bytes()
     with pytest.raises(SystemExit, match="levels 0 to 2"):  # before any image is read: the folder is not there

@@ -86,7 +86,7 @@ def test_method_steps_grow_with_method():
 
 
 def test_weights_without_a_float_entropy_model_refuse_method_but_still_encode(tmp_path, monkeypatch):
-    from pillow_cnnz.train.export import deterministic_npz
+    from training.export import deterministic_npz
 
     src = weights.weights_dir()
     manifest = json.loads((src / "manifest.json").read_text())

@@ -12,7 +12,7 @@ from .conftest import _photo as photo
 def test_exported_checkpoint_loads_and_round_trips_an_image(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import CnnzNet, Config
-    from pillow_cnnz.train import export
+    from training import export
 
     torch.manual_seed(0)
     net = CnnzNet(Config())
@@ -25,7 +25,7 @@ def test_exported_checkpoint_loads_and_round_trips_an_image(tmp_path, monkeypatc
     assert again["sha256"] == info["sha256"]  # same checkpoint, same bytes, same model id
     card = export.model_card(info, tmp_path)
     assert info["model_id"] in card and "| 3 | 0.500 / 25.00 | 0.500 / 25.00 | 0.500 / 25.00 |" in card
-    from pillow_cnnz.train import __main__ as train_cli
+    from training import __main__ as train_cli
 
     assert train_cli.main(["card", "--out", str(tmp_path / "w"), "--results", str(tmp_path)]) == 0
     assert (tmp_path / "w" / "README.md").read_text() == card  # the card from the file equals the export's
@@ -50,7 +50,7 @@ def test_slim_checkpoint_drops_the_optimizer_and_still_resumes(tmp_path):
     torch = pytest.importorskip("torch")
     from PIL import Image
 
-    from pillow_cnnz.train import __main__ as train_cli
+    from training import __main__ as train_cli
 
     data = tmp_path / "data"
     data.mkdir()
@@ -63,7 +63,7 @@ def test_slim_checkpoint_drops_the_optimizer_and_still_resumes(tmp_path):
     (tmp_path / "b").mkdir()
     slim = tmp_path / "b" / "last.pt"
     assert train_cli.main(["slim", str(full), str(slim)]) == 0
-    from pillow_cnnz.train.loop import read_checkpoint
+    from training.loop import read_checkpoint
 
     state = read_checkpoint(slim)
     assert "optimizer" not in state and state["step"] == 1
@@ -85,7 +85,7 @@ def test_time_budget_stops_training_early_with_the_last_step_validated_and_saved
     torch = pytest.importorskip("torch")
     from PIL import Image
 
-    from pillow_cnnz.train import __main__ as train_cli
+    from training import __main__ as train_cli
 
     data = tmp_path / "data"
     data.mkdir()
@@ -103,7 +103,7 @@ def test_validation_of_older_checkpoints_is_recovered_from_the_run_log(tmp_path)
     pytest.importorskip("torch")
     import json
 
-    from pillow_cnnz.train.loop import logged_validation
+    from training.loop import logged_validation
 
     val = {q: {"bpp": 1.0, "psnr": 30.0} for q in ("q1", "q4", "q8")}
     lines = [{"step": 2, "loss": 1.0}, {"step": 2, "val": val}, {"step": 5, "val": val}]
@@ -115,7 +115,7 @@ def test_validation_of_older_checkpoints_is_recovered_from_the_run_log(tmp_path)
 def test_optimizer_state_of_an_older_grouping_follows_each_parameter():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import CnnzNet, Config
-    from pillow_cnnz.train.loop import group_members, param_groups, regroup
+    from training.loop import group_members, param_groups, regroup
 
     torch.manual_seed(0)
     net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8)))
@@ -132,7 +132,7 @@ def test_optimizer_state_of_an_older_grouping_follows_each_parameter():
 
 
 def test_model_card_merges_resumes_that_changed_no_setting():
-    from pillow_cnnz.train.export import phases
+    from training.export import phases
 
     a = {"lr": 1e-4, "batch": 8}
     history = [{"from_step": 0, **a}, {"from_step": 5, **a}, {"from_step": 9, **a, "lr": 3e-5}, {"from_step": 12, **a}]
@@ -140,8 +140,8 @@ def test_model_card_merges_resumes_that_changed_no_setting():
 
 
 def test_a_phase_on_another_data_folder_is_its_own_phase_and_older_ones_count_as_the_default():
-    from pillow_cnnz.train.export import phases
-    from pillow_cnnz.train.loop import DEFAULT_DATA
+    from training.export import phases
+    from training.loop import DEFAULT_DATA
 
     a = {"lr": 1e-5, "batch": 4}
     history = [{"from_step": 0, **a}, {"from_step": 5, **a, "data": DEFAULT_DATA},
@@ -150,7 +150,7 @@ def test_a_phase_on_another_data_folder_is_its_own_phase_and_older_ones_count_as
 
 
 def test_subset_is_a_seeded_pick_under_the_byte_budget(tmp_path):
-    from pillow_cnnz.train.data import subset
+    from training.data import subset
 
     src = tmp_path / "src"
     src.mkdir()
@@ -199,8 +199,8 @@ def frozen_fit_args(tmp_path) -> list[str]:
 def test_resuming_on_another_lambda_table_remaps_once_and_records_it(tmp_path):
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import LAMBDA_TABLES
-    from pillow_cnnz.train import __main__ as train_cli
-    from pillow_cnnz.train.export import model_card, export
+    from training import __main__ as train_cli
+    from training.export import model_card, export
 
     common = frozen_fit_args(tmp_path)
     assert train_cli.main(["fit", "--steps", "1", "--lambdas", "zoo", *common]) == 0
@@ -231,7 +231,7 @@ def test_resuming_on_another_lambda_table_remaps_once_and_records_it(tmp_path):
 def test_rate_balance_weighs_low_qualities_up_and_high_ones_down():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import LAMBDAS, lambda_for
-    from pillow_cnnz.train.loop import sample_weight
+    from training.loop import sample_weight
 
     lam = lambda_for(torch.tensor([1.0, 4.5, 8.0]))
     assert torch.allclose(lam[[0, 2]], torch.tensor([LAMBDAS[0], LAMBDAS[-1]]))
@@ -308,7 +308,7 @@ def test_analysis_macs_and_radius_count_what_the_layers_compute():
 def test_growing_keeps_adam_moments_of_every_old_parameter_and_none_for_new_blocks():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import CnnzNet, Config
-    from pillow_cnnz.train.loop import grown_adam, param_groups
+    from training.loop import grown_adam, param_groups
 
     torch.manual_seed(0)
     net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8), res=(0, 1, 0)))
@@ -364,8 +364,8 @@ def test_widened_network_reconstructs_as_before_and_gives_old_latents_their_prob
 
 def test_resuming_with_widen_starts_adam_afresh_and_the_card_reproduces_it(tmp_path):
     torch = pytest.importorskip("torch")
-    from pillow_cnnz.train import __main__ as train_cli
-    from pillow_cnnz.train.export import export, model_card
+    from training import __main__ as train_cli
+    from training.export import export, model_card
 
     common = frozen_fit_args(tmp_path)
     assert train_cli.main(["fit", "--steps", "1", *common]) == 0
@@ -406,8 +406,8 @@ def test_synthesis_macs_counts_what_the_layers_compute():
 
 def test_resuming_with_grow_adds_blocks_once_and_the_card_reproduces_it(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
-    from pillow_cnnz.train import __main__ as train_cli
-    from pillow_cnnz.train.export import export, model_card
+    from training import __main__ as train_cli
+    from training.export import export, model_card
 
     common = frozen_fit_args(tmp_path)
     assert train_cli.main(["fit", "--steps", "1", *common]) == 0
@@ -435,8 +435,8 @@ def test_resuming_with_grow_adds_blocks_once_and_the_card_reproduces_it(tmp_path
 
 def test_encoder_only_phase_moves_the_encoder_and_leaves_every_decoder_parameter_bit_for_bit(tmp_path):
     torch = pytest.importorskip("torch")
-    from pillow_cnnz.train import __main__ as train_cli
-    from pillow_cnnz.train.export import export, model_card
+    from training import __main__ as train_cli
+    from training.export import export, model_card
     from pillow_cnnz.model import ENCODER_PARAMETERS
 
     common = frozen_fit_args(tmp_path)
@@ -455,7 +455,7 @@ def test_encoder_only_phase_moves_the_encoder_and_leaves_every_decoder_parameter
 
 def test_resuming_on_another_lambda_table_keeps_the_transforms_adam_moments_and_drops_the_gains(tmp_path):
     torch = pytest.importorskip("torch")
-    from pillow_cnnz.train import __main__ as train_cli
+    from training import __main__ as train_cli
 
     common = frozen_fit_args(tmp_path)
     assert train_cli.main(["fit", "--steps", "2", "--lambdas", "wide3", *common]) == 0
@@ -481,7 +481,7 @@ def test_read_checkpoint_refuses_a_checkpoint_that_would_run_code(tmp_path):
 
     import torch
 
-    from pillow_cnnz.train.loop import read_checkpoint
+    from training.loop import read_checkpoint
 
     path = tmp_path / "hostile.pt"
     torch.save({"config": {}, "payload": _Payload()}, path)

@@ -22,17 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..layers import GDN
-from ..model import (ENCODER_PARAMETERS, LAMBDA_TABLES, QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, grown_key,
+from pillow_cnnz.layers import GDN
+from pillow_cnnz.model import (ENCODER_PARAMETERS, LAMBDA_TABLES, QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, grown_key,
                      lambda_for)
-from .data import CropSampler, image_paths, load_rgb
 
-DEFAULT_DATA = "../shared/data/train"
+from .data import DEFAULT_DATA, DEFAULT_VAL, CropSampler, image_paths, load_rgb
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=DEFAULT_DATA, help="folder of training images")
-    p.add_argument("--val", default="../shared/data/val", help="folder of validation images")
+    p.add_argument("--val", default=DEFAULT_VAL, help="folder of validation images")
     p.add_argument("--run", default="runs/main", help="folder for checkpoints and the log")
     p.add_argument("--steps", type=int, default=100_000, help="stop at this total step count")
     p.add_argument("--max-minutes", type=float,

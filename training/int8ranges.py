@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import codec, container, int8, weights
-from .data import image_paths, load_rgb
+from pillow_cnnz import codec, container, int8, weights
+
+from .data import DEFAULT_DATA, image_paths, load_rgb
 
 # Synthesis levels (coarse to fine) whose blocks run int8 by default, and those of them whose blocks
 # quantize their input in two passes. Measured on Kodak at quality 8 (benchmarks/int8_synthesis.py):
@@ -35,7 +36,7 @@ HESSIAN_POSITIONS = 8192  # positions of each calibration image a hessian sums o
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="../shared/data/train", help="training images (never the benchmark's)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="training images (never the benchmark's)")
     p.add_argument("--images", type=int, default=48, help="how many, a seeded pick, each whole")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthesis-levels", default=SYNTHESIS_LEVELS,
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     two_pass = sorted(two_pass + upsampling)  # a sub-pixel convolution's input is the whole signal
     source = {"data": args.data, "images": len(rgbs), "seed": args.seed, "synthesis_levels": args.synthesis_levels,
               "two_pass_blocks": two_pass, "upsamplings": upsampling, "rounding": args.rounding,
-              "command": "python -m pillow_cnnz.train int8"}
+              "command": "python -m training int8"}
     stem = Path(entry["file"]).stem
     name = stem + ".int8.json"
     data = (json.dumps(int8.ranges_document(model_id, analysis, synthesis, source, two_pass)) + "\n").encode()

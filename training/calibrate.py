@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import context, hyper
-from ..model import QUALITY_MAX, QUALITY_MIN, CnnzNet
+from pillow_cnnz import context, hyper
+from pillow_cnnz.model import QUALITY_MAX, QUALITY_MIN, CnnzNet
+
 from .data import image_paths, load_rgb
 
 PRIOR_COUNT = 20.0  # weight of the Gaussian that smooths each measured histogram

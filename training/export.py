@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import context, hyper
-from ..layers import SubPixelConv
-from ..model import ENCODER_TRANSFORMS, LAMBDA_TABLES, SCALE_MIN, CnnzNet, Config
+from pillow_cnnz import context, hyper
+from pillow_cnnz.layers import SubPixelConv
+from pillow_cnnz.model import ENCODER_TRANSFORMS, LAMBDA_TABLES, SCALE_MIN, CnnzNet, Config
+
 from . import calibrate
-from .loop import DEFAULT_DATA, checkpoint_lambdas, load_checkpoint
+from .data import DEFAULT_DATA, DEFAULT_VAL, RECORDED_DATA
+from .loop import checkpoint_lambdas, load_checkpoint
 
 WEIGHTS_FORMAT = "cnnz-weights-1"
 SCALE_COUNT = 64
@@ -46,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="weights", help="folder of the weights file, manifest and model card")
     p.add_argument("--name", default="cnnz-v1", help="weights file stem")
     p.add_argument("--hardware", default=f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), 2 cores")
-    p.add_argument("--calibrate", default="../shared/data/train", metavar="FOLDER",
+    p.add_argument("--calibrate", default=DEFAULT_DATA, metavar="FOLDER",
                    help="measure the latent tables on images of this folder ('' for ideal Gaussians)")
     p.add_argument("--calibrate-images", type=int, default=96, help="images taken, spread over the folder")
     p.add_argument("--calibrate-crop", type=int, default=512, help="centre crop of each image (pixels)")
@@ -261,7 +263,7 @@ def export_synthesis(checkpoint: Path, out: Path, name: str) -> dict:
     phase = (state.get("history") or [{}])[-1]
     meta["training"]["synthesis"] = {
         "steps": distilled.get("step"), "seconds": round(distilled.get("seconds", 0)), "of_model": base_id,
-        "command": "python -m pillow_cnnz.train distill " + " ".join(
+        "command": "python -m training distill " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in (distilled.get("args") or {}).items()
             if k in ("res", "lr", "rate_balance", "batch", "crop", "device", "data")),
     } | {k: phase[k] for k in ("lr", "batch", "crop", "rate_balance", "device") if k in phase}
@@ -343,7 +345,7 @@ def _tables_note(meta: dict) -> str:
     cal = meta.get("y_tables", "gaussian")
     if cal == "gaussian":
         return "ideal discretized Gaussians at each scale index's nominal scale (not calibrated)."
-    return (f"measured (`pillow_cnnz/train/calibrate.py`): histograms of the coded symbols per scale index "
+    return (f"measured (`training/calibrate.py`): histograms of the coded symbols per scale index "
             f"over {cal['images']} images of `{cal['data']}` (centre {cal['crop']}² crops), qualities 1..8, "
             f"{cal['symbols']:,} symbols, smoothed with a Gaussian of each index's measured spread; what they "
             f"save over ideal Gaussians is below.")
@@ -355,12 +357,12 @@ def _hyperfit_note(fit: dict | None) -> str:
     first, last = fit["validation_bpp"][0], fit["validation_bpp"][-1]
     change = ", ".join(f"q{q} {first[f'q{q}']:.3f} → {last[f'q{q}']:.3f}" for q in (1, 4, 8))
     return (f"""
-**Hyperprior fitted on whole images** (`hyperfit`, `pillow_cnnz/train/hyperfit.py`): after the crops,
+**Hyperprior fitted on whole images** (`hyperfit`, `training/hyperfit.py`): after the crops,
 `h_a`, `h_s` and the ẑ density alone were trained {fit['steps']:,} steps of {fit['batch']} whole training
 images each (lr {fit['lr']:g}, density lr {fit['density_lr']:g}{', both decaying to a tenth' if fit.get('decay') else ''}; {fit['seconds'] / 60:.0f} min on {fit['threads']}
 threads) on the real code length of the rounded symbols, with `g_a`, `g_s` and the gains frozen. On crops
 ẑ is a 2×2 or 4×4 grid, all border; on whole images the fitted hyperprior codes the same latents in far
-fewer bits. Validation bpp (`{fit.get('val', '../shared/data/val')}`, ideal Gaussian code length): {change}.
+fewer bits. Validation bpp (`{fit.get('val', DEFAULT_VAL)}`, ideal Gaussian code length): {change}.
 """)
 
 
@@ -386,7 +388,7 @@ def _analysis_note(cfg: dict) -> str:
 def _int8_note(info: dict) -> str:
     spec = info.get("int8")
     if not spec:
-        return ("- int8 transforms: no activation ranges registered yet (`python -m pillow_cnnz.train int8`); "
+        return ("- int8 transforms: no activation ranges registered yet (`python -m training int8`); "
                 "CPUs with VNNI run the analysis and synthesis in float32 until then.\n")
     rounded = spec.get("rounded")
     weights = (f"; the synthesis' int8 weights rounded on the same images to keep their error off its outputs "
@@ -396,7 +398,7 @@ def _int8_note(info: dict) -> str:
             f"ranges of the analysis' residual blocks and of the synthesis layers that run in int8 (residual "
             f"blocks, inner sub-pixel convolutions) in `{spec['file']}` (sha256 `{spec['sha256'][:16]}…`; a layer "
             f"with `passes: 2` quantizes its input in two passes), measured on training images by "
-            f"`python -m pillow_cnnz.train int8`{weights}.\n")
+            f"`python -m training int8`{weights}.\n")
 
 
 def _context_note(meta: dict) -> str:
@@ -421,7 +423,10 @@ def phases(history: list[dict]) -> list[dict]:
 
 
 def phase_data(h: dict) -> str:
-    return h.get("data", DEFAULT_DATA)
+    """The training images of a phase: its own folder, or the default where it recorded none or
+    recorded the default set's former folder."""
+    data = h.get("data", DEFAULT_DATA)
+    return DEFAULT_DATA if data == RECORDED_DATA else data
 
 
 def model_card(info: dict, results: Path) -> str:
@@ -448,10 +453,10 @@ def model_card(info: dict, results: Path) -> str:
         # phases recorded before ``from_slim`` existed: a fresh Adam that no λ change, grow or widening explains
         if h.get("from_slim") or (h.get("fresh_optimizer") and not h.get("remapped_gains") and not h.get("grown")
                                   and not h.get("widened")):
-            commands.append("python -m pillow_cnnz.train slim runs/main/last.pt runs/main/last.pt")  # resumed from a slim one
+            commands.append("python -m training slim runs/main/last.pt runs/main/last.pt")  # resumed from a slim one
         if h.get("data_from"):  # how a phase's own data folder was made (``subset``)
             commands.append(h["data_from"])
-        commands.append(f"python -m pillow_cnnz.train fit --run runs/main --steps {until} --lr {h['lr']:g} "
+        commands.append(f"python -m training fit --run runs/main --steps {until} --lr {h['lr']:g} "
                         f"--density-lr {dlr:g} --gain-lr {glr:g} --batch {h['batch']} --crop {h['crop']} "
                         f"--lambdas {table} --rate-balance {balance:g} "
                         f"--threads {threads if threads != '?' else 0} {'--bf16' if bf16 else '--no-bf16'}"
@@ -472,7 +477,7 @@ def model_card(info: dict, results: Path) -> str:
         for v in train.get("validation", []))
     fit = train.get("hyperfit")
     if fit:
-        commands.append(f"python -m pillow_cnnz.train hyperfit runs/main/last.pt runs/main/hyperfit.pt "
+        commands.append(f"python -m training hyperfit runs/main/last.pt runs/main/hyperfit.pt "
                         f"--steps {fit['steps']} --batch {fit['batch']} --lr {fit['lr']:g} "
                         f"--density-lr {fit['density_lr']:g} --threads {fit['threads']}")
     reproduce = "\n".join(commands)
@@ -495,7 +500,7 @@ Mean-scale hyperprior autoencoder with per-quality gain vectors (one model for q
   `pillow_cnnz/refine.py`) needs the rate as a differentiable function; decoding never reads them.
 
 ## Training
-- data: `{args['data']}` (594 photos: BSDS500 + USC-SIPI/Waterloo/Wikipedia, see `shared/data/SOURCES.md`;
+- data: `{args['data']}` (594 photos: BSDS500 + USC-SIPI/Waterloo/Wikipedia, see `data/README.md`;
   a phase whose data column names another folder trained on a subset of it, made by the `subset` command above its `fit`);
   validation `{args['val']}`; Kodak never used for training or selection.
 - loss: bpp + λ(q)·255²·MSE, λ interpolated geometrically between the {len(meta['lambdas'])} levels of the
@@ -516,12 +521,12 @@ follows the same recipe and lands within noise of these figures. The resumable c
 committed as `checkpoints/last.pt` (model, step, phase history and RNG state; no optimizer state, which
 would triple its size, so a resume from it starts a fresh Adam; the weights packed losslessly by
 `slim`, which keeps it under 20 MB): to continue training,
-`mkdir -p runs/main && cp checkpoints/last.pt runs/main/ && python -m pillow_cnnz.train fit --run runs/main --resume ...`.
+`mkdir -p runs/main && cp checkpoints/last.pt runs/main/ && python -m training fit --run runs/main --resume ...`.
 
 ```sh
 {reproduce}
-python -m pillow_cnnz.train export {export_from} --out weights
-python -m pillow_cnnz.train int8 --out weights
+python -m training export {export_from} --out weights
+python -m training int8 --out weights
 ```
 {_hyperfit_note(fit)}
 Training-loop validation on `{args['val']}` (bpp / PSNR dB at quality 1, 4 and 8; rounded latents and

@@ -1,4 +1,4 @@
-"""``python -m pillow_cnnz.train fit|slim|hyperfit|distill|export|int8|card|subset``: train the network, export shipped weights."""
+"""``python -m training fit|slim|hyperfit|distill|export|int8|card|subset``: train the network, export shipped weights."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ from . import data, distill, export, hyperfit, int8ranges, loop
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pillow_cnnz.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     loop.add_arguments(sub.add_parser("fit", help="train (or resume) a model"))
     loop.add_slim_arguments(sub.add_parser("slim", help="checkpoint without optimizer state (to commit)"))

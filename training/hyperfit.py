@@ -34,16 +34,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model import QUALITY_MAX, QUALITY_MIN, SCALE_MIN, CnnzNet, gaussian_likelihood, round_st
-from .data import image_paths, load_rgb
+from pillow_cnnz.model import QUALITY_MAX, QUALITY_MIN, SCALE_MIN, CnnzNet, gaussian_likelihood, round_st
+
+from .data import DEFAULT_DATA, DEFAULT_VAL, image_paths, load_rgb
 from .loop import load_checkpoint, pad64, save_checkpoint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint to start from (RUN/last.pt of `fit`)")
     p.add_argument("out", help="where to write the checkpoint with the fitted hyperprior")
-    p.add_argument("--data", default="../shared/data/train", help="folder of training images")
-    p.add_argument("--val", default="../shared/data/val", help="folder of validation images")
+    p.add_argument("--data", default=DEFAULT_DATA, help="folder of training images")
+    p.add_argument("--val", default=DEFAULT_VAL, help="folder of validation images")
     p.add_argument("--steps", type=int, default=3000, help="hyperfit steps (each: --batch whole images)")
     p.add_argument("--batch", type=int, default=8, help="whole images per step")
     p.add_argument("--lr", type=float, default=1e-4, help="starting learning rate; it decays (cosine) to a tenth")

@@ -11,6 +11,13 @@ import numpy as np
 from PIL import Image
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+# The image sets' default folders, relative to the repository root, where the commands run
+# (git-ignored; data/README.md says what goes in each and where it comes from).
+DEFAULT_DATA = "data/train"
+DEFAULT_VAL = "data/val"
+# The same training set as the shipped weights' phase history names it: recorded before the sets
+# moved into the repository layout.
+RECORDED_DATA = "../shared/data/train"
 
 
 def image_paths(folder: str | Path) -> list[Path]:

@@ -15,7 +15,7 @@ decoding with theirs), and ``log.jsonl``; ``--resume`` goes on from ``last.pt``.
 
 Example (from the repository root)::
 
-    python -m pillow_cnnz.train distill --res 2,1,0 --steps 20000 --run runs/distill
+    python -m training distill --res 2,1,0 --steps 20000 --run runs/distill
 """
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from ..model import QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, _slots, lambda_for
-from .data import CropSampler, image_paths, load_rgb
-from .loop import (DEFAULT_DATA, checkpoint_lambdas, load_checkpoint, read_checkpoint, sample_weight, save_checkpoint,
+from pillow_cnnz.model import QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, _slots, lambda_for
+
+from .data import DEFAULT_DATA, DEFAULT_VAL, CropSampler, image_paths, load_rgb
+from .loop import (checkpoint_lambdas, load_checkpoint, read_checkpoint, sample_weight, save_checkpoint,
                    validate)
 
 
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dec", default=None, help="synthesis widths, coarse to fine (default: the teacher's)")
     p.add_argument("--res", default="2,1,0", help="residual blocks per synthesis level, coarse to fine")
     p.add_argument("--data", default=DEFAULT_DATA)
-    p.add_argument("--val", default="../shared/data/val")
+    p.add_argument("--val", default=DEFAULT_VAL)
     p.add_argument("--steps", type=int, default=20000, help="total steps (a resumed run goes on to this many)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256)
