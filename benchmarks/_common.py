@@ -1,7 +1,6 @@
-"""Shared helpers of the benchmark scripts (``speed.py``, ``entropy_coding.py``).
+"""Shared helpers of the benchmarks (``speed.py``, ``gpu.py``, ``rd.py``) and of the studies in
+``experiments/``.
 
-Importing this module puts the repository root on ``sys.path`` so that
-``import pillow_cnnz`` picks up the working tree without an install.
 Nothing here changes the package: the few hooks into it (recording what the codec
 hands the entropy coder, timing its stages) wrap module attributes for the
 duration of a ``with`` block and restore them afterwards.
@@ -23,10 +22,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
-DEFAULT_KODAK = REPO_ROOT.parent / "shared" / "data" / "kodak"
+DATA = REPO_ROOT / "data"  # the image sets (data/README.md)
+DEFAULT_KODAK = DATA / "kodak"
 IMAGE_EXTENSIONS = {".png", ".ppm", ".bmp", ".tif", ".tiff"}
 
 # constriction's AnsCoder uses 24-bit fixed-point probabilities by default.

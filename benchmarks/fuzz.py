@@ -1,6 +1,6 @@
 """Long mutation-fuzzing run of the decoder (the CI-sized run is tests/test_fuzz.py).
 
-    python benchmarks/fuzz.py --cases 100000 --workers 2 --out benchmarks/results/fuzz.json
+    python -m benchmarks.fuzz --cases 100000 --workers 2 --out benchmarks/results/fuzz.json
 
 Each worker process fuzzes its own seed; a worker that dies (segfault), or a case that
 runs past ``--case-timeout`` seconds (hang), is reported as a failure with its seed and
@@ -19,15 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def _timeout(signum, frame):
     raise TimeoutError("case ran too long")
 
 
 def worker(seed: int, cases: int, case_timeout: int) -> dict:
-    from pillow_cnnz import fuzzing
+    from benchmarks import fuzzing
 
     signal.signal(signal.SIGALRM, _timeout)
     corpus = fuzzing.corpus()

@@ -22,8 +22,8 @@ Parts, all on the same images in one run:
 Without CUDA it says so and stops (``--device cpu`` runs the same parts on the CPU, to try
 the script). Examples::
 
-    python benchmarks/gpu.py --data ../shared/data/kodak --save-files /tmp/gpu-files
-    python benchmarks/gpu.py --check /tmp/gpu-files      # on any machine: same symbols?
+    python -m benchmarks.gpu --data data/kodak --save-files /tmp/gpu-files
+    python -m benchmarks.gpu --check /tmp/gpu-files      # on any machine: same symbols?
 """
 from __future__ import annotations
 
@@ -35,13 +35,13 @@ import time
 import traceback
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 from PIL import Image
-from rd import psnr
-from speed import scaled_image
 
 import pillow_cnnz
+from benchmarks._common import DEFAULT_KODAK
+from benchmarks.rd import psnr
+from benchmarks.speed import scaled_image
 from pillow_cnnz import codec, container
 
 HERE = Path(__file__).resolve().parent
@@ -173,7 +173,7 @@ def check(folder: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=_common.DEFAULT_KODAK, help="folder of images (.png/.jpg/.cnnz)")
+    p.add_argument("--data", type=Path, default=DEFAULT_KODAK, help="folder of images (.png/.jpg/.cnnz)")
     p.add_argument("--limit", type=int)
     p.add_argument("--quality", type=float, default=4.0)
     p.add_argument("--device", default="cuda")

@@ -1,6 +1,6 @@
 """Encode effort: bytes, PSNR and encode time of CNNZ at each ``method`` (0..6), real files.
 
-    python benchmarks/methods.py [--data FOLDER] [--every 6] [--qualities 2,6] [--out FILE]
+    python -m benchmarks.methods [--data FOLDER] [--every 6] [--qualities 2,6] [--out FILE]
 
 Takes every ``--every``-th image of the folder (default: kodim01, 07, 13, 19 of Kodak), saves
 each through ``img.save(format="CNNZ", quality=q, method=m)``, decodes it, and prints one row
@@ -19,16 +19,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import pillow_cnnz  # noqa: F401  (registers the format)
+from benchmarks._common import DEFAULT_KODAK
+from benchmarks.rd import IMAGE_EXTENSIONS, decode, psnr
+from pillow_cnnz import refine
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import pillow_cnnz  # noqa: E402,F401  (registers the format)
-from pillow_cnnz import refine  # noqa: E402
-from rd import IMAGE_EXTENSIONS, decode, psnr  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "kodak"))
+    ap.add_argument("--data", default=str(DEFAULT_KODAK))
     ap.add_argument("--every", type=int, default=6, help="take every N-th image, sorted by name (default 6)")
     ap.add_argument("--qualities", default="2,6")
     ap.add_argument("--out", default=str(HERE / "results" / "methods.json"))

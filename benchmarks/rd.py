@@ -27,9 +27,8 @@ Outputs under ``--out``:
 
 Example (from the repository root)::
 
-    python benchmarks/rd.py --data ../shared/data/kodak --out benchmarks/results/kodak \
-        --anchors ../shared/data/anchors/kodak
-    python benchmarks/rd.py --data ../shared/data/kodak --out /tmp/rd --codecs jpeg,webp,avif --limit 3
+    python -m benchmarks.rd --data data/kodak --out benchmarks/results/kodak --anchors data/anchors/kodak
+    python -m benchmarks.rd --data data/kodak --out /tmp/rd --codecs jpeg,webp,avif --limit 3
 """
 
 from __future__ import annotations
@@ -50,13 +49,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image, features
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-for _p in (str(HERE), str(REPO_ROOT)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from benchmarks._common import DEFAULT_KODAK
+from benchmarks.bdrate import bd_psnr, bd_rate
 
-from bdrate import bd_psnr, bd_rate  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 IMAGE_EXTENSIONS = {".png", ".ppm", ".bmp", ".tif", ".tiff"}
 REFERENCES = ("jpeg", "avif")
@@ -381,7 +377,7 @@ def _safe(fn, *args) -> float | None:
 
 def psnr_at_bpp(results: dict, bpp: float) -> float | None:
     """PSNR at a given rate by PCHIP interpolation on log-rate (no extrapolation)."""
-    from bdrate import pchip_curve
+    from benchmarks.bdrate import pchip_curve
 
     r, p = _curve(results)
     try:
@@ -553,7 +549,7 @@ def _parse_floats(s: str) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data" / "kodak"), help="folder of images")
+    ap.add_argument("--data", default=str(DEFAULT_KODAK), help="folder of images")
     ap.add_argument("--out", default=str(HERE / "results" / "kodak"), help="output folder")
     ap.add_argument("--codecs", default=",".join(c for c in ALL_CODECS if c not in SLOW_CODECS),
                     help="comma-separated subset of " + ",".join(ALL_CODECS) + " (default: all but "
@@ -564,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{c}-qualities", default=None, help=f"override the {c} quality sweep")
     ap.add_argument("--anchors", default=None,
                     help="folder of published curves (CompressAI JSON) to report BD-rates against, "
-                         "e.g. ../shared/data/anchors/kodak")
+                         "e.g. data/anchors/kodak")
     ap.add_argument("--jobs", type=int, default=1, help="images processed in parallel (timings then contend)")
     ap.add_argument(
         "--reuse",

@@ -53,9 +53,9 @@ first torch use. JPEG and WebP encode on one thread; AVIF uses Pillow's default
 
 Example (from the repository root)::
 
-    python benchmarks/speed.py                                  # everything, ~15 min on 2 cores
-    python benchmarks/speed.py --limit 2 --sizes 0.4,3 --out /tmp/speed.json
-    python benchmarks/speed.py --parts codecs,stages --limit 4
+    python -m benchmarks.speed                                  # everything, ~15 min on 2 cores
+    python -m benchmarks.speed --limit 2 --sizes 0.4,3 --out /tmp/speed.json
+    python -m benchmarks.speed --parts codecs,stages --limit 4
 """
 from __future__ import annotations
 
@@ -72,9 +72,10 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+from PIL import Image, features
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+import pillow_cnnz  # noqa: F401  (registers the format)
+from benchmarks._common import (
     DEFAULT_KODAK,
     HERE,
     StageTimer,
@@ -92,9 +93,6 @@ from _common import (  # noqa: E402
     write_json,
     weights_note,
 )
-
-import pillow_cnnz  # noqa: E402,F401  (registers the format)
-from PIL import Image, features  # noqa: E402
 
 PARTS = ("codecs", "stages", "batch", "floor", "cold", "import", "scaling", "decodeonly", "tiling")
 PEERS = {
@@ -147,7 +145,7 @@ def rss_now() -> dict:
 
 # --------------------------------------------------------------------------- workers (run in subprocesses)
 
-# Each worker is run as ``python speed.py --worker NAME JSON-ARGS`` and prints one JSON line.
+# Each worker is run as ``python -m benchmarks.speed --worker NAME JSON-ARGS`` and prints one JSON line.
 
 
 def worker_stages(cfg: dict) -> dict:
@@ -214,7 +212,7 @@ WORKERS = {"stages": worker_stages, "scale": worker_scale}
 
 
 def run_worker(name: str, cfg: dict, env: dict | None = None) -> dict:
-    code = f"import runpy; runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__main__')"
+    code = "import runpy; runpy.run_module('benchmarks.speed', run_name='__main__')"
     _, res = run_python(code, env=env, args=["--worker", name, json.dumps(cfg)])
     return last_json(res.stdout)
 
@@ -601,7 +599,7 @@ def part_decode_only(base: Image.Image, args: argparse.Namespace, tmp: Path) -> 
 def part_tiling(base: Image.Image, args: argparse.Namespace) -> dict:
     from pillow_cnnz import codec, weights
 
-    from _common import capture_entropy_calls
+    from benchmarks._common import capture_entropy_calls
 
     im = scaled_image(base, args.tiling_mp)
     with capture_entropy_calls() as tiled_calls:

@@ -1,16 +1,13 @@
 """Tests for benchmarks/bdrate.py (PCHIP Bjøntegaard delta metrics)."""
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("scipy")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bdrate import bd_psnr, bd_rate, pchip_curve  # noqa: E402
+from benchmarks.bdrate import bd_psnr, bd_rate, pchip_curve  # noqa: E402
 
 # A realistic, slightly concave RD curve (bpp, PSNR) in the Kodak range.
 RATES = np.array([0.12, 0.2, 0.33, 0.5, 0.75, 1.1, 1.6])
@@ -115,7 +112,7 @@ def _synthetic_pair():
 
 
 def test_ms_ssim_matches_reference_implementation():
-    from rd import MsSsim, ms_ssim, psnr
+    from benchmarks.rd import MsSsim, ms_ssim, psnr
 
     x, y = _synthetic_pair()
     assert ms_ssim(x, x) == pytest.approx(1.0, abs=1e-12)
@@ -129,7 +126,7 @@ def test_ms_ssim_matches_reference_implementation():
 
 
 def test_psnr_at_bpp_interpolates_without_extrapolating():
-    from rd import psnr_at_bpp
+    from benchmarks.rd import psnr_at_bpp
 
     res = {"bpp": list(RATES), "psnr-rgb": list(PSNRS)}
     assert psnr_at_bpp(res, 0.5) == pytest.approx(31.7)

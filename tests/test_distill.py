@@ -83,49 +83,6 @@ def test_distill_refuses_a_student_it_cannot_build(tmp_path, res):
         main(["distill", "--teacher", str(path), "--run", str(tmp_path / "run"), f"--res={res}"])
 
 
-def test_synthesis_budget_benchmark_times_each_candidate_against_the_exact_stage(tmp_path, monkeypatch):
-    import sys
-    from pathlib import Path
-
-    from .conftest import _photo
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import synthesis_budget
-
-    image = tmp_path / "a.png"
-    Image.fromarray(_photo(64, 96, seed=3)).save(image)
-    out = tmp_path / "budget.json"
-    monkeypatch.setattr(sys, "argv", ["synthesis_budget.py", "--image", str(image), "--candidates",
-                                      "96.64.48/2.4.2,64.32.16/1.1.0", "--repeat", "1", "--out", str(out)])
-    assert synthesis_budget.main() == 0
-    result = json.loads(out.read_text())
-    shipped, small = result["candidates"]
-    assert shipped["synthesis_macs"] == pytest.approx(60016) and small["res"] == [1, 1, 0]
-    assert small["synthesis_macs"] < shipped["synthesis_macs"] / 5
-    for row in (shipped, small):
-        assert row["decode_estimate_ms_float32"] == pytest.approx(row["g_s_ms_float32"] + result["exact_stage_ms"])
-
-
-def test_exact_stage_benchmark_times_each_part_within_the_whole(tmp_path, monkeypatch):
-    import sys
-    from pathlib import Path
-
-    from .conftest import _photo
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import exact_stage
-
-    Image.fromarray(_photo(64, 96, seed=4)).save(tmp_path / "a.png")
-    out = tmp_path / "exact.json"
-    monkeypatch.setattr(sys, "argv", ["exact_stage.py", "--data", str(tmp_path), "--repeat", "1", "--out", str(out)])
-    assert exact_stage.main() == 0
-    ms = json.loads(out.read_text())["ms_median"]
-    assert set(ms) == {"exact stage", *exact_stage.PARTS}
-    assert all(0 < ms[part] <= ms["exact stage"] for part in exact_stage.PARTS)  # each part ran, inside the whole
-    assert ms["hyper products"] <= ms["hyper network"] and ms["context products"] <= ms["context"]
-    assert ms["ans pulls"] + ms["hyper network"] + ms["context"] <= ms["exact stage"]
-
-
 def test_synthesis_only_export_changes_only_the_synthesis_and_the_old_model_s_files_decode_with_it(tmp_path, monkeypatch):
     from pillow_cnnz import codec, container, weights
 

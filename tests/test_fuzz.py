@@ -6,7 +6,8 @@ import collections
 import numpy as np
 import pytest
 
-from pillow_cnnz import container, fuzzing
+from benchmarks import fuzzing
+from pillow_cnnz import container
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ def test_model_card_gives_the_hyperfit_command_and_its_effect(tmp_path):
     info = export.export(ckpt, tmp_path / "w", "t", "test")
     assert info["meta"]["training"]["hyperfit"]["steps"] == 600
     card = export.model_card(info, tmp_path)
-    assert "train hyperfit runs/main/last.pt runs/main/hyperfit.pt --steps 600 --batch 8" in card
+    assert "python -m training hyperfit runs/main/last.pt runs/main/hyperfit.pt --steps 600 --batch 8" in card
     assert "export runs/main/hyperfit.pt --out weights" in card
     assert "q4 0.800 → 0.500" in card
 

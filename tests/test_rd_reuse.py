@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("scipy")
 pytest.importorskip("matplotlib")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import rd  # noqa: E402
+from benchmarks import rd  # noqa: E402
 
 
 def test_reuse_merges_cnnz_results_only_of_the_installed_weights(tmp_path, capsys):

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from PIL import Image
 
 from .conftest import _photo
 
 
-def test_decode_only_part_times_auto_against_numpy_in_fresh_processes(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import speed
+def test_decode_only_part_times_auto_against_numpy_in_fresh_processes(tmp_path):
+    from benchmarks import speed
 
     data = tmp_path / "data"
     data.mkdir()

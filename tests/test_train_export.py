@@ -376,7 +376,7 @@ def test_resuming_with_widen_starts_adam_afresh_and_the_card_reproduces_it(tmp_p
     assert wide["history"][-1]["widened"] == before + 4 and wide["history"][-1]["fresh_optimizer"]
     info = export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware")
     card = model_card(info, tmp_path)
-    assert f"--resume --widen {before + 4}" in card and "train slim" not in card
+    assert f"--resume --widen {before + 4}" in card and "python -m training slim" not in card
 
 
 def test_synthesis_macs_counts_what_the_layers_compute():
@@ -422,7 +422,7 @@ def test_resuming_with_grow_adds_blocks_once_and_the_card_reproduces_it(tmp_path
     info = export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware")
     card = model_card(info, tmp_path)
     assert "--resume --grow 0,1,0" in card and "1 after the 64-channel level" in card
-    assert "train slim" not in card  # no slim checkpoint in this history, and the grow kept Adam
+    assert "python -m training slim" not in card  # no slim checkpoint in this history, and the grow kept Adam
     monkeypatch.setattr(weights, "weights_dir", lambda: tmp_path / "w")
     monkeypatch.setattr(weights, "_cache", {})
     rgb = photo(64, 80)

@@ -41,6 +41,8 @@ SCALE_STEP = 37  # fixed-point width of one scale bin: 64 bins reach a scale of 
 Y_TAIL_SIGMAS = 8
 Z_TAIL_MASS = 1e-6
 Z_RANGE = 256
+# what experiments/calibration measured, quoted by the model card (relative to the repository root)
+CALIBRATION_RESULTS = Path("experiments/calibration/calibration.json")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -319,10 +321,9 @@ def _synthesis_note(meta: dict) -> str:
             f"(the same latents and entropy model) decode with this one.\n")
 
 
-def _calibration_table(results: Path) -> str:
-    path = results / "calibration.json"
+def _calibration_table(path: Path) -> str:
     if not path.exists():
-        return "\n(no `benchmarks/results/calibration.json` yet: run `benchmarks/calibration.py`)\n"
+        return f"\n(no `{path}` yet: run `python -m experiments.calibration.calibration`)\n"
     data = json.loads(path.read_text())
     return (f"\nCheckpoint step {data.get('checkpoint_step', '?'):,} exported both ways, {data['images']} images of "
             f"`{data['args']['data']}` coded at each quality (same pixels, so only the bytes differ):\n\n"
@@ -536,8 +537,8 @@ the model's own rate estimate, not real files){table_note}:
 |---|---|---|---|
 {curve or "| (none recorded) | | | |"}
 
-## Measured vs Gaussian latent tables (`benchmarks/calibration.py`)
-{_calibration_table(results)}
+## Measured vs Gaussian latent tables (`experiments/calibration`)
+{_calibration_table(CALIBRATION_RESULTS)}
 ## Rate-distortion (real files through `img.save(..., quality=q)`, `benchmarks/rd.py`)
 {_rd_table(results)}
 """

@@ -16,7 +16,7 @@ loop's uniform-noise proxy. Each image's loss is divided by its own (constant) c
 so a bit saved at quality 1 counts, relative to the file, like one at quality 8, as BD-rate
 counts them. Straight-through rounding of ``y − μ`` and ``z``, used before, made the code
 *longer* (docs/training.md, "Crop size and the hyperprior"): from the 266k weights, 500 steps at lr
-3e-5 on crops of the training latents (``benchmarks/entropy_headroom.py --variant refit``,
+3e-5 on crops of the training latents (``experiments/entropy_headroom``, ``--variant refit``,
 with and without ``--straight-through``) it raised the model's rate on ``val`` by 29 %
 (quality 8) to 100 % (quality 1), where this objective moved it by −1.4 % to +0.4 %.
 The transforms and the per-quality gains stay as they are, so the pixels a file decodes to
@@ -86,7 +86,7 @@ def code_bits(net: CnnzNet, y0: torch.Tensor, quality: float | Sequence[float], 
     ``parameters(hyper, y)`` gives (μ, log2 σ), by default ``net.entropy_parameters`` (through
     the context, if any): a benchmark can try another entropy model on the same objective.
     ``straight_through`` trains on hyperfit's objective before step 266,000 (ẑ and y − μ
-    rounded straight-through), kept only so ``benchmarks/entropy_headroom.py`` can measure it.
+    rounded straight-through), kept only so ``experiments/entropy_headroom`` can measure it.
     """
     qualities = [quality] if isinstance(quality, (int, float)) else list(quality)
     gain, _ = net.gains(torch.tensor(qualities, dtype=torch.float32))

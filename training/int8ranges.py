@@ -22,7 +22,7 @@ from pillow_cnnz import codec, container, int8, weights
 from .data import DEFAULT_DATA, image_paths, load_rgb
 
 # Synthesis levels (coarse to fine) whose blocks run int8 by default, and those of them whose blocks
-# quantize their input in two passes. Measured on Kodak at quality 8 (benchmarks/int8_synthesis.py):
+# quantize their input in two passes. Measured on Kodak at quality 8 (experiments/int8_synthesis):
 # coarsest -0.0002 dB, middle -0.021 in one pass and -0.0099 in two, finest -0.0026 (-0.0011 in two,
 # not worth the time of its large blocks); all together -0.0127, Kodak BD-rate -50.01 % vs JPEG.
 SYNTHESIS_LEVELS = "0,1,2"
@@ -30,7 +30,7 @@ TWO_PASS_LEVELS = "1"
 # Sub-pixel convolutions (0 = the first, on the latents) that run in int8, their input in two passes.
 # Weights rounded by int8.gptq, at quality 4 / 8: the first -0.0033 / -0.018 dB (8 Kodak images; the
 # weights on the latents are heavy-tailed), the second -0.0003 / -0.0016, the third -0.0005 / -0.0024
-# (24 Kodak images, benchmarks/int8_synthesis.py).
+# (24 Kodak images, experiments/int8_synthesis).
 UPSAMPLINGS = "1,2"
 HESSIAN_POSITIONS = 8192  # positions of each calibration image a hessian sums over (int8.hessian)
 

@@ -10,8 +10,8 @@ curve is against δ = 0, which is what the codec ships.
 
 Example (from the repository root)::
 
-    python benchmarks/deadzone.py                                  # val, δ 0 .. 0.2
-    python benchmarks/deadzone.py --data ../shared/data/kodak --deltas 0,0.05
+    python -m experiments.deadzone.deadzone                        # val, δ 0 .. 0.2
+    python -m experiments.deadzone.deadzone --data data/kodak --deltas 0,0.05
 """
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bdrate import bd_rate  # noqa: E402
+from benchmarks._common import DATA
+from benchmarks.bdrate import bd_rate
+from pillow_cnnz import codec, container
+from training.data import image_paths
 
-from pillow_cnnz import codec, container  # noqa: E402
-from training.data import image_paths  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def code_with_deadzone(model, z: np.ndarray, y: np.ndarray, delta: float) -> tuple[bytes, bytes]:
@@ -42,9 +43,9 @@ def code_with_deadzone(model, z: np.ndarray, y: np.ndarray, delta: float) -> tup
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="../shared/data/val")
+    p.add_argument("--data", default=str(DATA / "val"))
     p.add_argument("--deltas", default="0,0.05,0.1,0.15,0.2")
-    p.add_argument("--out", default="benchmarks/results/deadzone.json")
+    p.add_argument("--out", default=str(HERE / "deadzone.json"))
     args = p.parse_args()
     deltas = [float(d) for d in args.deltas.split(",")]
     if not all(0 <= d < 0.5 for d in deltas):

@@ -18,19 +18,22 @@ quantile), timed interleaved (the machine's speed drifts).
 
 Example (from the repository root; about 12 minutes on 2 cores)::
 
-    python benchmarks/int8_synthesis.py --data ../shared/data/kodak --out benchmarks/results/int8_synthesis.json
+    python -m experiments.int8_synthesis.int8_synthesis --data data/kodak
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from _common import image_paths, load_rgb, write_json
 
+from benchmarks._common import DATA, DEFAULT_KODAK, image_paths, load_rgb, write_json
 from pillow_cnnz import codec, int8, weights
 from training.int8ranges import calibration_paths, decoded_latents, synthesis_inputs
+
+HERE = Path(__file__).resolve().parent
 
 
 def _pixels(body, last, y: torch.Tensor, height: int, width: int) -> np.ndarray:  # noqa: ANN001
@@ -40,13 +43,13 @@ def _pixels(body, last, y: torch.Tensor, height: int, width: int) -> np.ndarray:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="../shared/data/kodak")
-    p.add_argument("--train", default="../shared/data/train", help="images the ranges are measured on")
+    p.add_argument("--data", default=str(DEFAULT_KODAK))
+    p.add_argument("--train", default=str(DATA / "train"), help="images the ranges are measured on")
     p.add_argument("--calibration", type=int, default=48, help="how many training images (the command's seeded pick)")
     p.add_argument("--qualities", default="1,4,6,8")
     p.add_argument("--limit", type=int, default=0, help="first N images of --data (0: all)")
     p.add_argument("--repeat", type=int, default=9, help="timed runs of each variant")
-    p.add_argument("--out", default="benchmarks/results/int8_synthesis.json")
+    p.add_argument("--out", default=str(HERE / "int8_synthesis.json"))
     args = p.parse_args()
     if not int8.supported():
         p.error("this torch build has no oneDNN int8 convolutions")

@@ -11,7 +11,7 @@ Reports the median over images of each image's median.
 
 Example (from the repository root; about half a minute on 2 cores)::
 
-    python benchmarks/exact_stage.py --out benchmarks/results/exact_stage.json
+    python -m experiments.exact_stage.exact_stage
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-from _common import DEFAULT_KODAK, StageTimer, image_paths, load_rgb, md_table, median, write_json
-
+from benchmarks._common import DEFAULT_KODAK, StageTimer, image_paths, load_rgb, md_table, median, write_json
 from pillow_cnnz import codec, container, context, entropy, hyper
+
+HERE = Path(__file__).resolve().parent
 
 # part -> (module or class, attribute): inclusive, so the products count in their network too
 PARTS = {
@@ -41,7 +41,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=0, help="first N images (0: all)")
     p.add_argument("--quality", type=float, default=4.0)
     p.add_argument("--repeat", type=int, default=5, help="timed decodes of each file")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/exact_stage.json"))
+    p.add_argument("--out", type=Path, default=HERE / "exact_stage.json")
     args = p.parse_args()
     paths = image_paths(args.data, args.limit or None)
     per_image: dict[str, list[float]] = {"exact stage": [], **{k: [] for k in PARTS}}

@@ -12,8 +12,9 @@ analysis can be the better one. bfloat16 needs a CPU with native bfloat16 to be 
 
 Example (from the repository root)::
 
-    python benchmarks/analysis_precision.py --data ../shared/data/kodak
-    python benchmarks/analysis_precision.py --precisions int8 --out benchmarks/results/analysis_precision_int8.json
+    python -m experiments.analysis_precision.analysis_precision --data data/kodak
+    python -m experiments.analysis_precision.analysis_precision --precisions int8 \
+        --out experiments/analysis_precision/analysis_precision_int8.json
 """
 from __future__ import annotations
 
@@ -27,12 +28,13 @@ from unittest import mock
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bdrate import bd_rate  # noqa: E402
-from rd import psnr  # noqa: E402
+from benchmarks._common import DEFAULT_KODAK
+from benchmarks.bdrate import bd_rate
+from benchmarks.rd import psnr
+from pillow_cnnz import codec
+from training.data import image_paths
 
-from pillow_cnnz import codec  # noqa: E402
-from training.data import image_paths  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def analysis_in(precision: str):
@@ -62,8 +64,8 @@ def latent_shift(net, images, precision: str, g_a, log2_gain: np.ndarray) -> dic
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="../shared/data/kodak")
-    p.add_argument("--out", default="benchmarks/results/analysis_precision.json")
+    p.add_argument("--data", default=str(DEFAULT_KODAK))
+    p.add_argument("--out", default=str(HERE / "analysis_precision.json"))
     p.add_argument("--precisions", default="bfloat16", help="comma-separated, each compared with float32")
     args = p.parse_args()
     precisions = ("float32", *args.precisions.split(","))

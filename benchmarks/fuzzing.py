@@ -1,6 +1,7 @@
 """Mutation fuzzing of the decoder: hostile ``.cnnz`` files must end in a clear exception.
 
-Used by ``tests/test_fuzz.py`` (a few hundred cases) and ``benchmarks/fuzz.py`` (100k+).
+Used by ``tests/test_fuzz.py`` (a few hundred cases) and ``benchmarks/fuzz.py`` (100k+); a
+test helper, not part of the installed package.
 Two kinds of mutants:
 
 - *raw*: bytes flipped, inserted, deleted, truncated, or header/section numbers set to
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from . import container
+from pillow_cnnz import container
 
 ALLOWED = (SyntaxError, OSError, ValueError, Image.DecompressionBombError)
 _HEADER_FIELDS = {"width": (12, "<I"), "height": (16, "<I"), "mode": (20, "<B"), "quality": (22, "<H"),
@@ -29,7 +30,7 @@ _EXTREMES = (0, 1, 2, 63, 64, 65, 2**15, 2**16 - 1, 2**16, 2**31 - 1, 2**31, 2**
 
 def corpus() -> list[bytes]:
     """Small valid files of every mode, with every optional section present somewhere."""
-    from . import codec
+    from pillow_cnnz import codec
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:40, 0:72]

@@ -20,7 +20,7 @@ the first (ideal rate, rounded PSNR): a quick comparison of weights before expor
 
 Example (from the repository root)::
 
-    python benchmarks/ceiling.py checkpoints/last.pt runs/main/last.pt --qualities 4,8
+    python -m experiments.ceiling.ceiling checkpoints/last.pt runs/main/last.pt --qualities 4,8
 """
 from __future__ import annotations
 
@@ -29,9 +29,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _common import DEFAULT_KODAK, REPO_ROOT, image_paths, load_rgb
-from bdrate import bd_rate
-from rd import psnr
+
+from benchmarks._common import DEFAULT_KODAK, image_paths, load_rgb
+from benchmarks.bdrate import bd_rate
+from benchmarks.rd import psnr
+
+HERE = Path(__file__).resolve().parent
 
 
 def to_uint8(x) -> np.ndarray:
@@ -81,7 +84,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, help="first N images only")
     p.add_argument("--qualities", default="4,8")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "ceiling.json")
+    p.add_argument("--out", type=Path, default=HERE / "ceiling.json")
     args = p.parse_args()
 
     import torch

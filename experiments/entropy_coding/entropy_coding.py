@@ -28,8 +28,8 @@ inside as the codec does).
 
 Example (from the repository root)::
 
-    python benchmarks/entropy_coding.py                      # all Kodak images, q 1, 4, 8
-    python benchmarks/entropy_coding.py --limit 2 --qualities 4 --out /tmp/ec.json
+    python -m experiments.entropy_coding.entropy_coding        # all Kodak images, q 1, 4, 8
+    python -m experiments.entropy_coding.entropy_coding --limit 2 --qualities 4 --out /tmp/ec.json
 """
 from __future__ import annotations
 
@@ -41,12 +41,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+import pillow_cnnz  # noqa: F401  (registers the format)
+from benchmarks._common import (
     ANS_PRECISION,
     DEFAULT_KODAK,
-    HERE,
     capture_entropy_calls,
     environment,
     finish_environment,
@@ -60,10 +60,9 @@ from _common import (  # noqa: E402
     write_json,
     weights_note,
 )
+from pillow_cnnz import container, entropy, weights
 
-import pillow_cnnz  # noqa: E402,F401  (registers the format)
-from pillow_cnnz import container, entropy, weights  # noqa: E402
-from PIL import Image  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 STREAMS = ("y", "z")
 
@@ -248,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qualities", default="1,4,8", help="comma-separated qualities (default 1,4,8)")
     parser.add_argument("--repeat", type=int, default=3, help="ANS encode/decode calls timed per image (default 3)")
     parser.add_argument("--zstd-level", type=int, default=19)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "entropy_coding.json")
+    parser.add_argument("--out", type=Path, default=HERE / "entropy_coding.json")
     args = parser.parse_args(argv)
 
     qualities = [float(q) for q in args.qualities.split(",")]

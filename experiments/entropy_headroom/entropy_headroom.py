@@ -22,7 +22,7 @@ Variants:
 
 Example (from the repository root; minutes a 100 steps on 2 cores)::
 
-    python benchmarks/entropy_headroom.py --variant channel --steps 3000
+    python -m experiments.entropy_headroom.entropy_headroom --variant channel --steps 3000
 """
 from __future__ import annotations
 
@@ -34,15 +34,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REPO_ROOT, write_json
 from torch import nn
 from torch.nn import functional as F
 
-sys.path.insert(0, str(REPO_ROOT))
-from pillow_cnnz.layers import anchor_mask  # noqa: E402
-from pillow_cnnz.model import QUALITY_MAX, QUALITY_MIN, CnnzNet, round_st  # noqa: E402
-from training.hyperfit import code_bits, latents  # noqa: E402
-from training.loop import load_checkpoint  # noqa: E402
+from benchmarks._common import DATA, REPO_ROOT, write_json
+from pillow_cnnz.layers import anchor_mask
+from pillow_cnnz.model import QUALITY_MAX, QUALITY_MIN, CnnzNet, round_st
+from training.hyperfit import code_bits, latents
+from training.loop import load_checkpoint
+
+HERE = Path(__file__).resolve().parent
 
 VAL_QUALITIES = (1.0, 2.5, 4.0, 6.0, 8.0)
 
@@ -98,8 +99,8 @@ def cached_latents(net: CnnzNet, folder: str, cache: Path) -> tuple[list[torch.T
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=str(REPO_ROOT / "checkpoints" / "last.pt"))
-    p.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data" / "train"))
-    p.add_argument("--val", default=str(REPO_ROOT.parent / "shared" / "data" / "val"))
+    p.add_argument("--data", default=str(DATA / "train"))
+    p.add_argument("--val", default=str(DATA / "val"))
     p.add_argument("--variant", choices=("refit", "channel"), default="channel")
     p.add_argument("--group0", type=int, default=112, help="latent channels in the first group (channel)")
     p.add_argument("--width", type=int, default=160, help="channels of the channel context")
@@ -112,7 +113,7 @@ def main() -> int:
                    help="train on straight-through rounding of ẑ and y − μ (hyperfit's old objective)")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "entropy_headroom.json"))
+    p.add_argument("--out", default=str(HERE / "entropy_headroom.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

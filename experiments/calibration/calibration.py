@@ -11,7 +11,7 @@ PSNR-RGB per variant and the change in bytes.
 
 Example (from the repository root)::
 
-    python benchmarks/calibration.py --checkpoint checkpoints/last.pt     # val, q 1, 4, 8
+    python -m experiments.calibration.calibration --checkpoint checkpoints/last.pt     # val, q 1, 4, 8
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HERE, REPO_ROOT, environment, finish_environment, image_paths, load_rgb, md_table, write_json  # noqa: E402
+from benchmarks._common import DATA, REPO_ROOT, environment, finish_environment, image_paths, load_rgb, md_table, write_json
+from pillow_cnnz import codec, weights
+from training import export
 
-from pillow_cnnz import codec, weights  # noqa: E402
-from training import export  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def measure(folder: Path, images: list[np.ndarray], qualities: list[float]) -> dict[float, dict[str, float]]:
@@ -54,12 +54,12 @@ def measure(folder: Path, images: list[np.ndarray], qualities: list[float]) -> d
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=str(REPO_ROOT / "checkpoints" / "last.pt"))
-    ap.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data" / "val"), help="images to code")
-    ap.add_argument("--calibrate", default=str(REPO_ROOT.parent / "shared" / "data" / "train"))
+    ap.add_argument("--data", default=str(DATA / "val"), help="images to code")
+    ap.add_argument("--calibrate", default=str(DATA / "train"))
     ap.add_argument("--calibrate-images", type=int, default=96)
     ap.add_argument("--qualities", default="1,4,8")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    ap.add_argument("--out", default=str(HERE / "results" / "calibration.json"))
+    ap.add_argument("--out", default=str(HERE / "calibration.json"))
     args = ap.parse_args(argv)
     info = environment()
     qualities = [float(q) for q in args.qualities.split(",")]

@@ -15,7 +15,7 @@ decode estimate is exact stage + int8 synthesis. All variants are interleaved, m
 
 Example (from the repository root; about 2 minutes on 2 cores)::
 
-    python benchmarks/synthesis_budget.py --out benchmarks/results/synthesis_budget.json
+    python -m experiments.synthesis_budget.synthesis_budget
 """
 from __future__ import annotations
 
@@ -23,14 +23,17 @@ import argparse
 import io
 import time
 import types
+from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEFAULT_KODAK, image_paths, load_rgb, write_json
 
+from benchmarks._common import DEFAULT_KODAK, image_paths, load_rgb, write_json
 from pillow_cnnz import codec, container, int8, weights
 from pillow_cnnz.model import CnnzNet, Config
 from training.distill import adopt_teacher, student_config
+
+HERE = Path(__file__).resolve().parent
 
 CANDIDATES = "96.64.48/2.4.2,96.64.48/2.1.0,96.48.32/2.2.2,96.48.32/1.1.1,64.48.32/1.1.1,64.32.24/1.1.1,64.32.16/1.1.0"
 
@@ -63,7 +66,7 @@ def main() -> int:
     p.add_argument("--candidates", default=CANDIDATES,
                    help="comma-separated WIDTHS/BLOCKS, each three numbers coarse to fine joined by dots")
     p.add_argument("--repeat", type=int, default=9, help="timed rounds")
-    p.add_argument("--out", default="benchmarks/results/synthesis_budget.json")
+    p.add_argument("--out", default=str(HERE / "synthesis_budget.json"))
     args = p.parse_args()
     if args.image is None:
         p.error("no Kodak folder here: give --image")
