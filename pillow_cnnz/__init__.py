@@ -60,11 +60,12 @@ def _as_array(image: "np.ndarray | Image.Image") -> tuple["np.ndarray", str]:
 
 
 def encode(image: "np.ndarray | Image.Image", quality: float = 4.0, *, device: str | None = None,
-           method: int = 0) -> bytes:
+           method: int = 0, metadata: dict[str, Any] | None = None) -> bytes:
     """A ``.cnnz`` file (bytes) of a uint8 array (mode from its channels) or a PIL image.
 
-    ``method`` 0-6 trades encode time for smaller files, as in Pillow's WebP (0: fastest)."""
-    return encode_batch([image], quality, device=device, method=method)[0]
+    ``method`` 0-6 trades encode time for smaller files, as in Pillow's WebP (0: fastest).
+    Metadata as in :func:`encode_batch` (``metadata`` is one image's entry)."""
+    return encode_batch([image], quality, device=device, method=method, metadata=[metadata])[0]
 
 
 def decode(data: bytes, *, device: str | None = None) -> "np.ndarray":
@@ -73,13 +74,39 @@ def decode(data: bytes, *, device: str | None = None) -> "np.ndarray":
 
 
 def encode_batch(images: Sequence["np.ndarray | Image.Image"], quality: float = 4.0, *,
-                 device: str | None = None, batch_size: int = 8, method: int = 0) -> list[bytes]:
-    """Encode many images; same-size images go through the network together (fills a GPU)."""
+                 device: str | None = None, batch_size: int = 8, method: int = 0,
+                 metadata: Sequence[dict[str, Any] | None] | None = None) -> list[bytes]:
+    """Encode many images; same-size images go through the network together (fills a GPU).
+
+    Each file keeps its image's EXIF (Orientation included), ICC profile and XMP as
+    ``image.save`` does: a PIL image's from its ``info``. ``metadata[i]`` (the keys of Pillow's
+    save options: ``exif``, ``icc_profile``, ``xmp``) gives them for an array, or replaces an
+    image's (an empty value drops one)."""
     from . import codec
 
+    metadata = [None] * len(images) if metadata is None else list(metadata)
+    if len(metadata) != len(images):
+        msg = f"metadata has {len(metadata)} entries for {len(images)} images"
+        raise ValueError(msg)
+    sections = [_metadata(image, given) for image, given in zip(images, metadata)]
     arrays, modes = zip(*map(_as_array, images)) if images else ((), ())
     return codec.encode_batch(list(arrays), list(modes), quality, device=device, batch_size=batch_size,
-                              method=method)
+                              method=method, metadata=sections)
+
+
+def _metadata(image: "np.ndarray | Image.Image", given: dict[str, Any] | None) -> dict[str, bytes]:
+    """The EXIF / ICC / XMP sections of one file: ``given`` over a PIL image's ``info``."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    unknown = sorted(set(given or {}) - {"exif", "icc_profile", "xmp"})
+    if unknown:
+        msg = f"metadata keys are exif, icc_profile and xmp, not {', '.join(unknown)}"
+        raise ValueError(msg)
+    info = image.info if isinstance(image, Image.Image) else {}
+    # Read as the plugin reads a save's options over the image's info (the same bytes as img.save)
+    return pil_plugin._metadata(SimpleNamespace(encoderinfo=dict(given or {}), info=info))
 
 
 def decode_batch(files: Sequence[bytes], *, device: str | None = None, batch_size: int = 8) -> list["np.ndarray"]:
