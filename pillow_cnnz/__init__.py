@@ -9,12 +9,14 @@ import os
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import imageio_plugin, pil_plugin
+from .errors import CorruptFileError, UnsupportedVersionError, WeightsError
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-__all__ = ["register", "save", "encode", "decode", "encode_batch", "decode_batch", "__version__"]
+__all__ = ["register", "save", "encode", "decode", "encode_batch", "decode_batch", "CorruptFileError",
+           "UnsupportedVersionError", "WeightsError", "__version__"]
 __version__ = "0.1.0"
 
 _MODES_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -68,8 +70,12 @@ def encode(image: "np.ndarray | Image.Image", quality: float = 4.0, *, device: s
     return encode_batch([image], quality, device=device, method=method, metadata=[metadata])[0]
 
 
-def decode(data: bytes, *, device: str | None = None) -> "np.ndarray":
-    """The uint8 pixels of a ``.cnnz`` file: (H, W) for L, (H, W, C) otherwise."""
+def decode(data: bytes | str | os.PathLike[str], *, device: str | None = None) -> "np.ndarray":
+    """The uint8 pixels of a ``.cnnz`` file, given as bytes or a path: (H, W) for L, (H, W, C) otherwise.
+
+    Raises ``CorruptFileError`` (an ``OSError`` and a ``ValueError``) for anything that is not a
+    complete, undamaged ``.cnnz`` file, and Pillow's ``DecompressionBombError`` above twice
+    ``PIL.Image.MAX_IMAGE_PIXELS`` (above it, a ``DecompressionBombWarning``), as ``Image.open`` does."""
     return decode_batch([data], device=device)[0]
 
 
@@ -109,8 +115,10 @@ def _metadata(image: "np.ndarray | Image.Image", given: dict[str, Any] | None) -
     return pil_plugin._metadata(SimpleNamespace(encoderinfo=dict(given or {}), info=info))
 
 
-def decode_batch(files: Sequence[bytes], *, device: str | None = None, batch_size: int = 8) -> list["np.ndarray"]:
-    """Decode many ``.cnnz`` files; same-size files share one synthesis pass."""
+def decode_batch(files: Sequence[bytes | str | os.PathLike[str]], *, device: str | None = None,
+                 batch_size: int = 8) -> list["np.ndarray"]:
+    """Decode many ``.cnnz`` files (bytes or paths, as :func:`decode`); same-size files share one
+    synthesis pass. ``batch_size`` (from 1) bounds how many go through the network together."""
     from . import codec
 
     return codec.decode_batch(list(files), device=device, batch_size=batch_size)

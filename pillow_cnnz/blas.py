@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from . import settings
 
 _lock = threading.Lock()
 _local = threading.local()  # .count: the count of the section this thread runs in (its own or lent)
@@ -37,8 +38,7 @@ def _init() -> None:
 
 
 def _default_count() -> int:
-    env = os.environ.get("CNNZ_THREADS")
-    return int(env) if env else _default
+    return settings.threads() or _default
 
 
 def default_count() -> int:

@@ -8,25 +8,27 @@ integer arithmetic in numpy, so a file decodes to the same latents everywhere.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import numbers
 import os
 import sys
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
 
-from . import blas, container, context, entropy, hyper, refine
+from . import blas, container, context, entropy, errors, hyper, refine, settings
 from .weights import Model, load
 
 LATENT_STRIDE = 16  # pixels per latent
 PAD_MULTIPLE = 64  # pixels per hyper-latent
 TILE = 64  # latents per tile side (1024 pixels)
 HALO = 7  # latents of context around each tile: more than the transforms' receptive radius (Config.synthesis_radius)
-# From this many pixels a CPU decode in ``auto`` precision imports torch even in a process that has not:
-# its synthesis (int8 blocks, bfloat16 or float32 oneDNN) pays for the 1-2 s import. A decode-only process,
-# 2-core AVX-512 Xeon, wall time: 0.8 MP 2.3-2.6 s in numpy against 2.7-3.1 s importing torch, 1.5 MP
-# 2.8-3.4 against 3.3-3.4, 3 MP 9.3 against 5.9, 12 MP 32 against 14 (peak RSS 0.44 against 0.88 GB).
+# From this many pixels a float32 synthesis on a CPU runs in torch (where installed), below it in numpy:
+# torch's convolutions are faster, but importing torch costs 1-2 s, which only a large image pays back
+# in a process that only decodes (synthesize_batch). A function of the image, so a file decodes to the
+# same pixels in any process.
 TORCH_FROM_PIXELS = 2_000_000
 
 _torch_lock = threading.Lock()
@@ -40,9 +42,9 @@ def _torch() -> Any:
 
     with _torch_lock:
         if not _torch_ready:
-            threads = os.environ.get("CNNZ_THREADS")
+            threads = settings.threads()
             if threads:
-                torch.set_num_threads(int(threads))
+                torch.set_num_threads(threads)
             # torch's OpenMP pool hangs in a fork()ed child once the parent used it
             # (pytorch #41197); a single thread in the child avoids it.
             os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
@@ -82,12 +84,9 @@ _NVIDIA_PATHS = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/nvidiactl"
 
 def resolve_device(device: str | None = None) -> str:
     """Explicit argument, else ``CNNZ_DEVICE``, else CUDA when available, else CPU."""
-    device = device or os.environ.get("CNNZ_DEVICE")
+    device = settings.device(device or None)
     if not device:
         return "cuda" if _cuda_possible() else "cpu"
-    if not device.startswith(("cpu", "cuda")):
-        msg = f"unknown device {device!r}; use 'cpu' or 'cuda'"
-        raise ValueError(msg)
     if device.startswith("cuda") and not _torch().cuda.is_available():
         msg = f"device {device!r} was asked for but CUDA is not available"
         raise ValueError(msg)
@@ -134,12 +133,17 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
                       int8: bool = False) -> str:
     """Number type of the transforms: argument, else ``CNNZ_PRECISION``, else ``auto``.
 
-    ``auto`` is bfloat16 where the hardware runs it natively (CUDA, CPUs with AVX512-BF16
-    or AMX: about 1.8x faster synthesis, within 2 levels of float32) and float32 elsewhere.
-    On a CPU it takes bfloat16 or int8 only once torch is imported anyway (an encode, a
-    training pipeline): those run in torch, and importing torch for a decode costs about 1 s,
-    where float32 decodes in numpy without it (a 0.3 s cold start). The synthesis' precision
-    changes pixels by rounding only: the decoded latents never depend on it.
+    ``auto`` follows the hardware and the installed packages alone, never what the process
+    happens to have imported or done before: the same file decodes to the same pixels at any
+    point of any process on one machine (``synthesize_batch`` picks numpy or torch the same
+    way). It is bfloat16 where the hardware runs it natively (CUDA, CPUs with AVX512-BF16 or
+    AMX: about 1.8x faster synthesis, within 2 levels of float32), int8 blocks on a CPU with
+    8-bit dot products (below), and float32 elsewhere. On a CPU, bfloat16 and int8 run in
+    torch, so ``auto`` takes them only where torch is installed; a decode on such a CPU
+    therefore imports torch (1-2 s once), the price of one answer per file. A process that
+    wants the cold start of a decode without torch sets ``CNNZ_PRECISION=float32``, whose
+    synthesis runs in numpy (below ``TORCH_FROM_PIXELS``). The synthesis' precision changes
+    pixels by rounding only: the decoded latents never depend on it.
 
     The encoder's ``analysis`` takes bfloat16 on a CPU only with AMX: there it is 3-5x faster
     than float32 and was checked to give the same latents from call to call, alone or in a
@@ -155,17 +159,17 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
     −0.08 % with the 347.5k weights, −0.5 % with the 325k ones,
     ``benchmarks/analysis_precision.py``) than the float32 one. ``analyse_batch`` still runs
     the hyper-analysis in float32: bfloat16 oneDNN got a one-column ẑ wrong.
+
+    The hardware probes (``_cpu_flags``, ``_torch_installed``, ``_int8_supported``) are
+    module functions so that tests can stand in for CPUs other than their own.
     """
-    precision = _requested_precision(precision)
-    if precision not in ("auto", "float32", "float64", "bfloat16", "int8"):
-        msg = f"unknown precision {precision!r}; use auto, float32, float64, bfloat16 or int8"
-        raise ValueError(msg)
+    precision = settings.precision(precision or None)
     if precision == "int8" and device != "cpu":
         precision = "auto"
     if precision == "auto":
         if device.startswith("cuda"):
             precision = "bfloat16" if _torch().cuda.is_bf16_supported() else "float32"
-        elif "torch" not in sys.modules:
+        elif not _torch_installed():
             precision = "float32"
         elif _cpu_has_amx() or (not analysis and _cpu_has_bf16()):
             precision = "bfloat16"
@@ -174,9 +178,10 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
     return precision
 
 
-def _requested_precision(precision: str | None) -> str:
-    """The precision asked for: the argument, else ``CNNZ_PRECISION``, else ``auto``."""
-    return precision or os.environ.get("CNNZ_PRECISION") or "auto"
+@functools.cache
+def _torch_installed() -> bool:
+    """Whether torch can be imported here (asked of the import system, without importing it)."""
+    return importlib.util.find_spec("torch") is not None
 
 
 def _int8_supported() -> bool:
@@ -268,16 +273,19 @@ def _edge_padded(im: np.ndarray, top: int, bottom: int, left: int, right: int) -
 def _synthesis(run: Any, y_hat: np.ndarray, height: int, width: int) -> np.ndarray:
     """(N, height, width, 3) uint8 pixels of (N, M, h, w) float32 latents, tile by tile.
 
-    ``run(window, core)`` maps a window of latents to the (N, 16·rows, 16·cols, 3) uint8 pixels
-    of its latents ``core`` (((row0, row1), (col0, col1)) within the window). Only tiles inside
-    the image are synthesized (the padding latents serve as context).
+    ``run(window, core)`` maps a window of latents to the (N, rows, cols, 3) uint8 pixels
+    ``core`` of its output (((row0, row1), (col0, col1)), in pixels of the window's synthesis).
+    Only the image's own pixels are synthesized, each layer computing just what they depend on
+    (the padding latents serve as context): a decode costs what its pixels cost, also where an
+    image is thinner than the 64-pixel blocks the format codes.
     """
     s = LATENT_STRIDE
     out = np.empty((y_hat.shape[0], height, width, 3), np.uint8)
-    for (r0, r1, c0, c1), (a0, a1, b0, b1) in _windows(-(-height // s), -(-width // s), y_hat.shape[2:]):
-        x = run(y_hat[:, :, a0:a1, b0:b1], ((r0 - a0, r1 - a0), (c0 - b0, c1 - b0)))
-        rows, cols = min(r1 * s, height) - r0 * s, min(c1 * s, width) - c0 * s
-        out[:, r0 * s : r0 * s + rows, c0 * s : c0 * s + cols] = x[:, :rows, :cols]
+    rows, cols = -(-height // s), -(-width // s)
+    for (r0, r1, c0, c1), (a0, a1, b0, b1) in _windows(rows, cols, y_hat.shape[2:]):
+        top, left = (r0 - a0) * s, (c0 - b0) * s
+        core = ((top, top + min(r1 * s, height) - r0 * s), (left, left + min(c1 * s, width) - c0 * s))
+        out[:, r0 * s : min(r1 * s, height), c0 * s : min(c1 * s, width)] = run(y_hat[:, :, a0:a1, b0:b1], core)
     return out
 
 
@@ -299,8 +307,9 @@ def _torch_synthesis(net: Any, device: str, precision: str, body: Any = None) ->
             return body(t, crops)
 
     def run(y: np.ndarray, core: tuple | None = None) -> np.ndarray:
-        """Pixels of the window's latents ``core`` (default: all of them)."""
-        crops = TileCrops(modules, core or ((0, y.shape[2]), (0, y.shape[3])), y.shape[2:], dense=body is None)
+        """The window's output pixels ``core`` (default: all of them)."""
+        whole = ((0, LATENT_STRIDE * y.shape[2]), (0, LATENT_STRIDE * y.shape[3]))
+        crops = TileCrops(modules, core or whole, y.shape[2:], dense=body is None, in_output=True)
         t = torch.from_numpy(np.ascontiguousarray(y)).to(device).contiguous(memory_format=torch.channels_last)
         x = last.conv(hidden(t, crops).to(wide))
         # Rounded to bytes before the pixel shuffle (per-value steps: the same bytes), and shuffled
@@ -320,13 +329,10 @@ def _numpy_synthesis(model: Model) -> Any:
     synth = model.numpy_synthesis()
 
     def run(y: np.ndarray, core: tuple | None = None) -> np.ndarray:
-        """Pixels of the window's latents ``core`` (default: all of them)."""
+        """The window's output pixels ``core`` (default: all of them)."""
         workers = blas.default_count()
         with blas.threads(1):  # bands on a thread per core, each sgemm on one (synthesis_np)
-            x = synth(y, workers)
-        if core is not None:
-            (r0, r1), (c0, c1) = core
-            x = x[:, :, r0 * LATENT_STRIDE : r1 * LATENT_STRIDE, c0 * LATENT_STRIDE : c1 * LATENT_STRIDE]
+            x = synth(y, workers, core)
         np.clip(x, 0, 1, out=x)
         x *= 255
         return np.rint(x, out=x).astype(np.uint8).transpose(0, 2, 3, 1)
@@ -515,27 +521,25 @@ def synthesize_batch(headers: list[container.Header], y_hats: list[np.ndarray],
                      device: str | None = None, precision: str | None = None) -> list[np.ndarray]:
     """(H, W, 3) uint8 pixels of same-size files from their decoded ŷ, in one batch.
 
-    On a CPU in float32 the synthesis runs in numpy until torch is imported anyway (an
-    encode, a training pipeline, or, in ``auto`` precision, an image of ``TORCH_FROM_PIXELS``
-    or more): numpy spares a decode-only process the 1-2 s torch import, and torch's
-    convolutions are then 2.3x faster (153 vs 357 ms a Kodak image, 2 threads, AVX-512 Xeon);
-    the two give the same pixels within float rounding. bfloat16, int8 (the
+    A float32 synthesis on a CPU runs in numpy for an image under ``TORCH_FROM_PIXELS`` (and
+    wherever torch is not installed), in torch from there: numpy spares a process that only
+    decodes the 1-2 s torch import, which torch's faster convolutions pay back on a large image
+    only. The two give pixels within float rounding of each other, not the same ones, so the
+    choice follows the image and never whether torch is imported already. bfloat16, int8 (the
     residual blocks the model's ranges file names, ``int8.py``), float64 and CUDA run in torch.
     """
     device = resolve_device(device)
     model = load(headers[0].model_id)
-    large = headers[0].width * headers[0].height >= TORCH_FROM_PIXELS
-    if device == "cpu" and large and _requested_precision(precision) == "auto":
-        _torch()  # a large image: torch's synthesis pays for its import (TORCH_FROM_PIXELS)
     precision = resolve_precision(precision, device, int8=model.has_int8)
     y = y_hats[0][None] if len(y_hats) == 1 else np.stack(y_hats)
-    if device == "cpu" and precision == "float32" and "torch" not in sys.modules:
-        return list(_synthesis(_numpy_synthesis(model), y, headers[0].height, headers[0].width))
+    height, width = headers[0].height, headers[0].width
+    if device == "cpu" and precision == "float32" and (width * height < TORCH_FROM_PIXELS or not _torch_installed()):
+        return list(_synthesis(_numpy_synthesis(model), y, height, width))
     torch = _torch()
     net = model.net(device, "float64" if precision == "float64" else "float32")
     body = model.int8_synthesis() if precision == "int8" else None
     with torch.inference_mode():
-        return list(_synthesis(_torch_synthesis(net, device, precision, body), y, headers[0].height, headers[0].width))
+        return list(_synthesis(_torch_synthesis(net, device, precision, body), y, height, width))
 
 
 def decode_rgb(header: container.Header, latz: bytes, laty: bytes, device: str | None = None,
@@ -585,8 +589,15 @@ def _check_image(pixels: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray 
     return _split(pixels, mode)
 
 
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        msg = f"batch_size must be a whole number from 1, got {batch_size!r}"
+        raise ValueError(msg)
+    return int(batch_size)
+
+
 def _groups(shapes: list[tuple], batch_size: int) -> list[list[int]]:
-    """Indexes of same-size items, in chunks of at most ``batch_size``."""
+    """Indexes of same-size items, in chunks of at most ``batch_size`` (checked: ``_check_batch_size``)."""
     by_shape: dict[tuple, list[int]] = {}
     for i, shape in enumerate(shapes):
         by_shape.setdefault(shape, []).append(i)
@@ -605,8 +616,10 @@ def encode_batch(images: list[np.ndarray], modes: list[str], quality: float = 4.
     """
     import zstandard
 
+    settings.check_all()
     quality = _check_quality(quality)
     method = refine.check_method(method)
+    batch_size = _check_batch_size(batch_size)
     if len(modes) != len(images):
         msg = f"{len(images)} images but {len(modes)} modes"
         raise ValueError(msg)
@@ -684,14 +697,19 @@ def _finish(header: container.Header, rgb: np.ndarray, alpha: np.ndarray | None)
 
 
 def _check_bomb(header: container.Header) -> None:
-    """Honour ``PIL.Image.MAX_IMAGE_PIXELS`` on the numpy path too, before any allocation."""
+    """``Image.open``'s decompression-bomb check for the numpy API, before any allocation: a
+    ``DecompressionBombWarning`` above ``PIL.Image.MAX_IMAGE_PIXELS``, a ``DecompressionBombError``
+    above twice it. (Pillow checks a file opened with ``Image.open`` itself.)"""
     from PIL import Image
 
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and header.width * header.height > 2 * limit:
-        msg = (f"image size ({header.width * header.height} pixels) exceeds limit of {2 * limit} pixels, "
+    limit, pixels = Image.MAX_IMAGE_PIXELS, header.width * header.height
+    if limit and pixels > 2 * limit:
+        msg = (f"image size ({pixels} pixels) exceeds limit of {2 * limit} pixels, "
                "could be decompression bomb DOS attack; raise PIL.Image.MAX_IMAGE_PIXELS to allow it")
         raise Image.DecompressionBombError(msg)
+    if limit and pixels > limit:
+        msg = f"image size ({pixels} pixels) exceeds limit of {limit} pixels, could be decompression bomb DOS attack"
+        warnings.warn(msg, Image.DecompressionBombWarning, stacklevel=3)
 
 
 def _cores() -> int:
@@ -732,8 +750,8 @@ def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device
     """Pixels of parsed files. Their entropy decoding runs on a thread per core; on a GPU
     same-size files then share one synthesis pass, on a CPU they are synthesized one at a
     time (a batch of 8 Kodak images took 189 ms a file against 172 one by one)."""
-    for header, _ in files:
-        _check_bomb(header)
+    settings.check_all()
+    batch_size = _check_batch_size(batch_size)
     out: list[np.ndarray] = [np.empty(0)] * len(files)
 
     def exact_stage(i: int) -> tuple[np.ndarray | None, np.ndarray]:
@@ -756,11 +774,51 @@ def decode_payloads(header: container.Header, payloads: dict[str, bytes], device
     return decode_parsed([(header, payloads)], device)[0]
 
 
-def decode_batch(files: list[bytes], device: str | None = None, batch_size: int = 8) -> list[np.ndarray]:
-    """Pixels of many complete ``.cnnz`` files (all validated before any decoding)."""
-    return decode_parsed([container.parse(data) for data in files], device, batch_size)
+def decode_batch(files: list[bytes | str | os.PathLike], device: str | None = None,
+                 batch_size: int = 8) -> list[np.ndarray]:
+    """Pixels of many complete ``.cnnz`` files, given as bytes or as paths (all validated,
+    and checked against ``PIL.Image.MAX_IMAGE_PIXELS``, before any decoding).
+
+    Raises ``CorruptFileError`` (an ``OSError`` and a ``ValueError``) for bytes that are not a
+    complete, undamaged ``.cnnz`` file, including bytes of another format."""
+    _check_batch_size(batch_size)
+    parsed = [_parse(file) for file in files]
+    for header, _ in parsed:
+        _check_bomb(header)
+    return decode_parsed(parsed, device, batch_size)
 
 
-def decode(data: bytes, device: str | None = None) -> np.ndarray:
-    """Pixels of a complete ``.cnnz`` file (see :func:`decode_payloads`)."""
+def decode(data: bytes | str | os.PathLike, device: str | None = None) -> np.ndarray:
+    """Pixels of a complete ``.cnnz`` file, given as bytes or a path (see :func:`decode_batch`)."""
     return decode_batch([data], device)[0]
+
+
+def _parse(file: bytes | str | os.PathLike) -> tuple[container.Header, dict[str, bytes]]:
+    """(header, payloads) of a file's bytes or of the file at a path.
+
+    ``container.parse`` raises ``SyntaxError`` for another format, Pillow's signal to try its
+    next plugin (``Image.open``); here there is no next plugin, so it is a ``CorruptFileError``.
+    A path is read only past a valid header, so a large file of another kind is not read whole."""
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "rb") as fp:
+            start = fp.read(container.HEADER_SIZE)
+            data = start + fp.read() if container.accept(start) else start
+        name = os.fsdecode(file)
+    elif isinstance(file, (bytes, bytearray, memoryview)):
+        data, name = bytes(file), None
+    else:
+        msg = f"expected the bytes of a .cnnz file or a path, got {type(file).__name__}"
+        raise TypeError(msg)
+    try:
+        return container.parse(data)
+    except SyntaxError:
+        if name is not None:
+            msg = f"{name} is not a cnnz file"
+        else:
+            msg = f"not a cnnz file: the data starts {data[:8]!r}" if data else "not a cnnz file: the data is empty"
+        raise errors.CorruptFileError(msg) from None
+    except errors.CorruptFileError as e:
+        if name is None:
+            raise
+        msg = f"{name}: {e}"
+        raise type(e)(msg) from e

@@ -18,6 +18,8 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from .errors import CorruptFileError, UnsupportedVersionError
+
 MAGIC = b"\x89CNNZ\r\n\x1a"
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -40,18 +42,6 @@ _CRC = struct.Struct("<I")
 _SECTION = struct.Struct("<4sII")  # tag, payload length, payload CRC32
 HEADER_SIZE = _FIELDS.size + _CRC.size  # 40
 SECTION_HEADER_SIZE = _SECTION.size  # 12
-
-
-class CorruptFileError(OSError, ValueError):
-    """A damaged ``.cnnz`` file.
-
-    An ``OSError`` so that Pillow's ``load()`` reports it like any other bad
-    image file, and a ``ValueError`` for callers that parse bytes directly.
-    """
-
-
-class UnsupportedVersionError(CorruptFileError):
-    """A ``.cnnz`` file written in a format version this reader does not know."""
 
 
 def accept(prefix: bytes) -> bool:

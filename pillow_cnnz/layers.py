@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import spans
+
 
 def conv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
     """A 'same'-padded convolution; stride 2 halves the resolution."""
@@ -175,7 +177,8 @@ def _reach(module: nn.Module) -> tuple[int, int]:
     raise TypeError(msg)
 
 
-def needed_spans(modules: list[nn.Module], core: tuple[int, int], size: int) -> list[tuple[int, int]]:
+def needed_spans(modules: list[nn.Module], core: tuple[int, int], size: int,
+                 in_output: bool = False) -> list[tuple[int, int]]:
     """Along one axis of an input ``size`` pixels long whose output is wanted for input pixels
     ``[core)`` only: the span of each module's output that this part depends on, in that output's
     pixels, within the 'same'-padded outputs of the whole input (clipped to its edges, where the
@@ -183,16 +186,11 @@ def needed_spans(modules: list[nn.Module], core: tuple[int, int], size: int) -> 
 
     Why: a decoder tile reads a halo of latents around it for the first layer's sake, but each
     later layer needs less of it; computing only these spans keeps a tile's pixels those of the
-    whole window while its finest, dearest levels do ~1.1x the tile's own work instead of ~1.5x."""
+    whole window while its finest, dearest levels do ~1.1x the tile's own work instead of ~1.5x.
+    With ``in_output``, ``core`` is in the last module's output pixels instead (``spans.needed``)."""
     reach = [_reach(m) for m in modules]
-    scale = math.prod(f for _, f in reach)
-    a, b = core[0] * scale, core[1] * scale
-    spans = []
-    for radius, f in reversed(reach):
-        spans.append((a, b))
-        scale //= f
-        a, b = max(a // f - radius, 0), min(-(-b // f) + radius, size * scale)
-    return spans[::-1]
+    scale = 1 if in_output else math.prod(f for _, f in reach)
+    return spans.needed(reach, (core[0] * scale, core[1] * scale), size)
 
 
 class TileCrops:
@@ -203,18 +201,18 @@ class TileCrops:
     with views in float32, and 398 with views against 440 with copies in int8 (694 and 512 whole)."""
 
     def __init__(self, modules: list[nn.Module], core: tuple[tuple[int, int], tuple[int, int]],
-                 size: tuple[int, int], dense: bool = True) -> None:
+                 size: tuple[int, int], dense: bool = True, in_output: bool = False) -> None:
         self.dense = dense
         self.factors = [_reach(m)[1] for m in modules]
-        self.spans = [needed_spans(modules, c, n) for c, n in zip(core, size)]  # rows, then columns
+        self.spans = [needed_spans(modules, c, n, in_output) for c, n in zip(core, size)]  # rows, then columns
 
     def slices(self, i: int) -> tuple[slice, slice]:
         """(rows, columns) of module ``i``'s output to keep, as positions in that output, which
         covers ``f ×`` what module ``i - 1``'s output kept (or the whole input for the first)."""
         cut = []
-        for spans in self.spans:
-            start = spans[i - 1][0] * self.factors[i] if i else 0
-            cut.append(slice(spans[i][0] - start, spans[i][1] - start))
+        for axis in self.spans:
+            start = axis[i - 1][0] * self.factors[i] if i else 0
+            cut.append(slice(axis[i][0] - start, axis[i][1] - start))
         return cut[0], cut[1]
 
     def __call__(self, i: int, x: torch.Tensor) -> torch.Tensor:

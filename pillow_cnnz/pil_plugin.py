@@ -90,13 +90,27 @@ def _storable(im: Image.Image) -> Image.Image:
     if im.mode in _CONVERT:
         target = _CONVERT[im.mode] or ("RGBA" if im.has_transparency_data else "RGB")
         return im.convert(target)
-    why = "more than 8 bits" if im.mode.startswith("I") or im.mode == "F" else "another colour space"
-    msg = (f"cannot write mode {im.mode} as CNNZ ({why}); convert the image to RGB, RGBA, L or LA "
-           f"first, e.g. im.convert('RGB')")
+    msg = f"cannot write mode {im.mode} as CNNZ: {_ADVICE.get(im.mode[:1], _ADVICE['other'])}"
     raise OSError(msg)
 
 
+# What to do with a mode the codec does not store, by its first letter: advice that keeps the
+# picture (``convert('L')`` alone clips samples above 255, so a 16-bit picture comes out white).
+_ADVICE = {
+    "I": ("it has more than 8 bits a sample; scale them to 0..255 first, e.g. for 16-bit samples "
+          "im.point(lambda v: v / 256).convert('L')"),
+    "F": ("it has float samples; scale them to 0..255 first, e.g. for samples in 0..1 "
+          "im.point(lambda v: v * 255).convert('L')"),
+    "other": ("it is another colour space, and its ICC profile would no longer fit; convert it to RGB "
+              "first, with PIL.ImageCms or im.convert('RGB')"),
+}
+
+
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    if im.encoderinfo.get("lossless"):
+        msg = ("CNNZ is lossy and cannot save losslessly (lossless=True); save masks, label maps and "
+               "other images that must come back exactly as PNG (or WebP with lossless=True)")
+        raise ValueError(msg)
     from . import codec
     import numpy as np
 

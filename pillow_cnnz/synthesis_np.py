@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import spans
 from .weights import Model
 
 BAND_BYTES = 1 << 21  # target size of a band's im2col (or tap product) matrix
@@ -67,6 +68,8 @@ def _bands(rows: int, per_band: int) -> list[tuple[int, int]]:
 
 class _Upsample:
     """A ``SubPixelConv`` (3x3 conv to 4·C channels, pixel shuffle by 2) and the inverse GDN after it."""
+
+    reach = (1, 2)  # radius in its input's pixels, upsampling factor (spans.needed)
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, beta_sqrt: np.ndarray, gamma_sqrt: np.ndarray) -> None:
         cout4, cin = weight.shape[:2]
@@ -120,6 +123,8 @@ def _im2col(xp: np.ndarray, r0: int, r1: int, cols: np.ndarray) -> np.ndarray:
 class _Residual:
     """A ``layers.ResBlock``: x + conv3x3(relu(conv3x3(x))), in place on the padded input."""
 
+    reach = (2, 1)
+
     def __init__(self, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> None:
         # im2col columns are (dy, dx, cin); torch's weights are (cout, cin, dy, dx).
         self.w1, self.w2 = (np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]), np.float32)
@@ -152,6 +157,8 @@ class _Residual:
 
 class _Last:
     """The final ``SubPixelConv`` to RGB, written channels-first into the output image."""
+
+    reach = (1, 2)
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray) -> None:
         self.cout4, cin = weight.shape[:2]
@@ -210,8 +217,12 @@ class NumpySynthesis:
         self.channels = arrays["net/g_s.0.conv.weight"].shape[1]
         self.scale = 2 ** (ups + 1)
 
-    def __call__(self, y_hat: np.ndarray, workers: int = 1) -> np.ndarray:
-        """(N, 3, 16·h, 16·w) float32 pixels (1.0 = 255, not clamped) of (N, M, h, w) latents.
+    def __call__(self, y_hat: np.ndarray, workers: int = 1,
+                 core: tuple[tuple[int, int], tuple[int, int]] | None = None) -> np.ndarray:
+        """(N, 3, 16·h, 16·w) float32 pixels (1.0 = 255, not clamped) of (N, M, h, w) latents,
+        or with ``core`` ((row0, row1), (col0, col1)) only those output pixels: each layer then
+        computes just the part of its output they depend on (``spans.needed``), and they come
+        out as in the whole image.
 
         Each layer's bands run on ``workers`` threads (numpy releases the GIL in sgemm and
         its array loops); a band's result does not depend on which thread computes it, so
@@ -220,7 +231,10 @@ class NumpySynthesis:
             msg = f"expected latents shaped (N, {self.channels}, h, w), got {y_hat.shape}"
             raise ValueError(msg)
         n, m, h, w = y_hat.shape
-        out = np.empty((n, self.last.cout4 // 4, self.scale * h, self.scale * w), np.float32)
+        (r0, r1), (c0, c1) = core or ((0, self.scale * h), (0, self.scale * w))
+        reach = [layer.reach for layer in (*self.layers, self.last)]
+        rows, cols = spans.needed(reach, (r0, r1), h), spans.needed(reach, (c0, c1), w)
+        out = np.empty((n, self.last.cout4 // 4, r1 - r0, c1 - c0), np.float32)
         # A pool per call: its threads, and the scratch buffers they hold, end with it.
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="cnnz-synthesis") as pool:
 
@@ -231,10 +245,32 @@ class NumpySynthesis:
             for i in range(n):
                 xp = np.zeros((h + 2, w + 2, m), np.float32)
                 xp[1:-1, 1:-1] = y_hat[i].transpose(1, 2, 0)
-                for layer in self.layers:
+                has = ((0, h), (0, w))  # the input's span of what xp holds, rows and columns
+                for k, layer in enumerate(self.layers):
                     xp = layer(xp, bands)
-                self.last(xp, out[i], bands)
+                    has = tuple((a * layer.reach[1], b * layer.reach[1]) for a, b in has)
+                    xp, has = _cropped(xp, has, (rows[k], cols[k])), (rows[k], cols[k])
+                (a0, a1), (b0, b1) = has  # the last layer makes their pixels 2a0..2a1, 2b0..2b1
+                if (2 * a0, 2 * a1, 2 * b0, 2 * b1) == (r0, r1, c0, c1):
+                    self.last(xp, out[i], bands)
+                else:
+                    image = np.empty((out.shape[1], 2 * (a1 - a0), 2 * (b1 - b0)), np.float32)
+                    self.last(xp, image, bands)
+                    out[i] = image[:, r0 - 2 * a0 : r1 - 2 * a0, c0 - 2 * b0 : c1 - 2 * b0]
         return out
+
+
+def _cropped(xp: np.ndarray, has: tuple[tuple[int, int], tuple[int, int]],
+             keep: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """The part ``keep`` of a padded activation ``xp`` whose interior is the part ``has`` of a
+    layer's output, padded with zeros again (a copy, unless it keeps everything)."""
+    if keep == has:
+        return xp
+    (a0, a1), (b0, b1) = keep
+    (h0, _), (w0, _) = has
+    out = np.zeros((a1 - a0 + 2, b1 - b0 + 2, xp.shape[2]), np.float32)
+    out[1:-1, 1:-1] = xp[1 + a0 - h0 : 1 + a1 - h0, 1 + b0 - w0 : 1 + b1 - w0]
+    return out
 
 
 if __name__ == "__main__":

@@ -20,15 +20,9 @@ import numpy as np
 
 from . import context
 from .entropy import Tables
+from .errors import WeightsError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-class WeightsError(OSError):
-    """The weights are missing, corrupted, replaced, or not the ones a file needs.
-
-    An ``OSError`` so Pillow callers that catch bad-file errors on ``load()`` catch it too.
-    """
 
 
 def weights_dir() -> Path:

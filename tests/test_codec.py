@@ -162,20 +162,8 @@ def test_auto_precision_is_a_real_float_type():
         codec.resolve_precision("float16")
 
 
-def test_auto_precision_takes_cpu_bfloat16_only_once_torch_is_imported(monkeypatch):
-    monkeypatch.setattr(codec, "_cpu_has_bf16", lambda: True)
-    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or object())
-    assert codec.resolve_precision("auto", "cpu") == "bfloat16"
-    monkeypatch.delitem(sys.modules, "torch")  # a decode-only process: importing torch would cost ~1 s
-    assert codec.resolve_precision("auto", "cpu") == "float32"
-    assert codec.resolve_precision("bfloat16", "cpu") == "bfloat16"  # asked for explicitly: always
-    monkeypatch.setattr(codec, "_cpu_has_bf16", lambda: False)
-    monkeypatch.setitem(sys.modules, "torch", object())
-    assert codec.resolve_precision("auto", "cpu") == "float32"
-
-
 def test_cpu_analysis_takes_bfloat16_only_with_amx(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or object())
+    monkeypatch.setattr(codec, "_torch_installed", lambda: True)
     monkeypatch.setattr(codec, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert codec.resolve_precision("auto", "cpu") == "bfloat16"
     assert codec.resolve_precision("auto", "cpu", analysis=True) == "float32"  # seen to round differently per call
@@ -359,37 +347,6 @@ def test_encode_window_repeats_the_edge_pixels_past_the_image(shape):
     for top, bottom, left, right in [(0, h, 0, w), (0, h + 50, 0, w + 13), (h // 2, h + 24, w // 3, w + 1)]:
         clamped = im[np.ix_(np.minimum(np.arange(top, bottom), h - 1), np.minimum(np.arange(left, right), w - 1))]
         assert np.array_equal(codec._edge_padded(im, top, bottom, left, right), clamped)
-
-
-def test_a_decode_only_process_imports_torch_for_a_large_image_only(tmp_path):
-    """Below ``TORCH_FROM_PIXELS`` a decode stays in numpy (cold start); from it, in ``auto``
-    precision, torch's synthesis pays for the import. An explicit float32 stays in numpy."""
-    from PIL import Image
-
-    import pillow_cnnz  # noqa: F401
-
-    path = tmp_path / "small.cnnz"
-    Image.fromarray(photo(64, 96, seed=5)).save(path, quality=4)
-    script = f"""
-        import sys
-        from PIL import Image
-        import pillow_cnnz
-        from pillow_cnnz import codec
-        codec.TORCH_FROM_PIXELS = int(sys.argv[1])
-        Image.open({str(path)!r}).load()
-        print("torch" in sys.modules)
-    """
-
-    def torch_imported(threshold: int, env: dict[str, str]) -> str:
-        result = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(threshold)], capture_output=True,
-                                text=True, env={**os.environ, "CNNZ_DEVICE": "cpu", **env}, cwd=ROOT, timeout=300)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip()
-
-    auto = {"CNNZ_PRECISION": "auto"}
-    assert torch_imported(64 * 96 + 1, auto) == "False"
-    assert torch_imported(64 * 96, auto) == "True"
-    assert torch_imported(64 * 96, {"CNNZ_PRECISION": "float32"}) == "False"
 
 
 def test_files_of_a_model_the_shipped_one_replaced_decode_with_it():

@@ -240,8 +240,9 @@ def test_load_on_a_cpu_decodes_without_importing_torch_or_inflating_the_encoder(
         read = weights.load().arrays.inflated()
         print(sorted({{k.split(".")[0] for k in read if k.startswith("net/")}}))
     """
-    # the default precision, also on CPUs with native bfloat16: without torch, auto is float32
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNZ_")}
+    # float32, the precision a decode-only process sets for its cold start: its synthesis runs in
+    # numpy (``auto`` runs in torch on CPUs with bfloat16 or VNNI, test_precision.py)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNZ_")} | {"CNNZ_PRECISION": "float32"}
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                             text=True, cwd=ROOT, timeout=120, env=env)
     assert result.returncode == 0, result.stderr

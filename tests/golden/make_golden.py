@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -177,11 +178,10 @@ def decode(data: bytes, path: str) -> np.ndarray:
     """Pixels of ``data`` decoded on the CPU in ``path``, one of ``PATHS``."""
     if path == "float32-numpy":
         return numpy_decodes([data])[0]
-    import torch  # noqa: F401  (imported, the codec runs float32 in torch)
-
     from pillow_cnnz import codec
 
-    with _precision(PATHS[path]):
+    # float32 runs in torch from codec.TORCH_FROM_PIXELS, in numpy below: torch at any size here
+    with _precision(PATHS[path]), mock.patch.object(codec, "TORCH_FROM_PIXELS", 0):
         return codec.decode(data, device="cpu")
 
 
