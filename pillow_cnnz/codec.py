@@ -325,7 +325,8 @@ def _torch_synthesis(net: Any, device: str, precision: str, body: Any = None) ->
 
 
 def _numpy_synthesis(model: Model) -> Any:
-    """Tile synthesis in numpy float32 (``synthesis_np``): a CPU decode never imports torch."""
+    """Tile synthesis in numpy float32 (``synthesis_np``): a float32 CPU decode of an image under
+    ``TORCH_FROM_PIXELS`` needs no torch."""
     synth = model.numpy_synthesis()
 
     def run(y: np.ndarray, core: tuple | None = None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The synthesis transform ``g_s`` in plain numpy, so that decoding on a CPU never imports torch.
+"""The synthesis transform ``g_s`` in plain numpy, so that a float32 decode on a CPU need not import torch.
 
 Importing torch alone takes 1.2-1.7 s, most of the cold-start budget for "new process,
 open a file, decode one image". This module computes the same function as
