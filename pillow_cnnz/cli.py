@@ -2,16 +2,32 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
 from PIL import Image
 
 from . import atomic, container, pil_plugin, save, settings
+from . import __version__, convert
+
+
+def _source(name: str) -> str | io.BytesIO:
+    """A file name, or for ``-`` standard input (read whole: Pillow needs to seek)."""
+    return io.BytesIO(sys.stdin.buffer.read()) if name == "-" else name
 
 
 def _encode(args: argparse.Namespace) -> int:
-    with Image.open(args.input) as im:
+    fmt = Image.registered_extensions().get(Path(args.output).suffix.lower(), pil_plugin.FORMAT)
+    if fmt != pil_plugin.FORMAT and not args.any_extension:
+        msg = (f"{args.output} is named as a {fmt} file, but encode writes CNNZ: name it .cnnz, pass "
+               f"--any-extension to keep the name, or use cnnz decode to write {fmt}")
+        raise ValueError(msg)
+    with Image.open(_source(args.input)) as im:
+        if args.output == "-":
+            im.save(sys.stdout.buffer, format=pil_plugin.FORMAT, quality=args.quality, device=args.device,
+                    method=args.method)
+            return 0
         save(im, args.output, quality=args.quality, device=args.device, method=args.method)
     return _info(argparse.Namespace(file=args.output))
 
@@ -46,19 +62,24 @@ def _info(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cnnz", description="The CNNZ learned image codec.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("encode", help="any image Pillow reads -> .cnnz")
+    p = sub.add_parser("encode", help="any image Pillow reads -> .cnnz ('-': standard input / output)")
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("-q", "--quality", type=float, default=4.0, help="1 (smallest) .. 8 (best), default 4")
     p.add_argument("-m", "--method", type=int, default=0,
                    help="0 (fastest, default) .. 6 (smallest files, slowest encode); the decoder is the same")
     p.add_argument("--device", help="cpu or cuda (default: CNNZ_DEVICE, else cuda when available)")
+    p.add_argument("--any-extension", action="store_true", help="write CNNZ even to a name such as x.png")
     p.set_defaults(func=_encode)
     p = sub.add_parser("decode", help=".cnnz -> any format Pillow writes (by extension)")
     p.add_argument("input")
     p.add_argument("output")
     p.set_defaults(func=_decode)
+    p = sub.add_parser("convert", help="files, folders and globs -> .cnnz (or back), on worker processes")
+    convert.add_arguments(p)
+    p.set_defaults(func=convert.command)
     p = sub.add_parser("info", help="header, sections and bit rate of a .cnnz file")
     p.add_argument("file")
     p.set_defaults(func=_info)
