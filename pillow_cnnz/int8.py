@@ -1,47 +1,33 @@
-"""Residual blocks of the transforms (and the synthesis' inner sub-pixel convolutions) in 8-bit
-integers (oneDNN, x86 CPUs with VNNI).
+"""The int8 runtime: residual blocks of the transforms, and the synthesis' inner sub-pixel
+convolutions, in 8-bit integers (oneDNN, x86 CPUs with VNNI), from the ranges and rounded weights
+that ship beside the weights (calibrated by ``training/int8_calibration.py``).
 
-Why: on a CPU without bfloat16 hardware the float32 transforms are most of the time: the
-analysis was 384 of a 449 ms Kodak encode on a 2-core AVX-512 Xeon, and the synthesis is most
-of a decode. Their residual blocks are 76 % of the analysis' multiply-adds and 75 % of the
-synthesis', and oneDNN runs them in int8 (VNNI) about 4x faster than float32.
+Why: on a CPU without bfloat16 hardware the float32 transforms are most of an encode and of a
+decode; their residual blocks carry most of the multiply-adds, and oneDNN runs them in int8
+several times faster than float32 (docs/performance.md).
 
 Why only there: the error of a quantized block input only enters the branch the block adds,
 never the sum it adds to, which stays float32. Quantizing the inputs of the resampling
-convolutions (the whole signal) moved the analysis' latents 3-5x more than every residual
-block together, and cost the synthesis 0.3 dB at quality 8, so those, GDN and the first and
-last convolutions stay float32, but for two of the synthesis' (below). Which synthesis blocks run int8, and which of them quantize their
-input in two passes, is the ranges file's choice (``python -m training int8
---synthesis-levels --two-pass-levels``): its coarsest and finest levels cost 0.0002 and 0.0026 dB
-at quality 8 on Kodak, the middle level 0.021 in one pass and 0.0099 in two, which cost 1.5x the
-int8 work (``benchmarks/int8_synthesis.py``). A second pass quantizes the first one's rounding
-residual through the same int8 weights (``_Block._two_pass``): the block's input then carries
-~15 bits, and what is left of its loss is mostly its int8 weights.
+convolutions (the whole signal) moves the latents and the pixels far more, so those, GDN and the
+first and last convolutions stay float32, but for the synthesis' two inner sub-pixel convolutions,
+whose input is quantized in two passes. Which synthesis layers run int8, and which of them quantize
+their input in two passes, is the ranges file's choice (``python -m training int8
+--synthesis-levels --two-pass-levels``; the costs of each choice: experiments/int8_synthesis). A
+second pass quantizes the first one's rounding residual through the same int8 weights
+(``_Block._two_pass``): the input then carries ~15 bits, and what is left of the loss is mostly
+the int8 weights, which GPTQ rounds on training images (``weights/<name>.int8.npz``; without
+that file the weights round to nearest).
 oneDNN's int8 convolutions accumulate in integers: the same input gives the same output at
 any thread count, so the analysis gives the same bytes, and the decoded latents never depend
 on it.
 
-Ranges are per channel, from activations the training command ``int8`` measured on training
-images (``weights/<name>.int8.json``, verified like the weights), and folded into the weights
-(cross-layer equalization): a block's input is divided by its channels' (balanced) ranges
-before the per-tensor uint8 quantization oneDNN takes, and the first convolution's weights
-multiplied by them; its ReLU outputs are normalized the same way, through the first
-convolution's rows and the second's columns (``_Quantized.balanced``). Against one range per
-tensor that moved the analysis' latents 30 % less and halved the synthesis' loss. An input that
-goes beyond its ranges widens an analysis block's scale instead of saturating, and is clipped in a synthesis
-block, where each tile must give the whole image's pixels (``_Quantized.quantize``).
-
-The synthesis' two inner sub-pixel convolutions (the whole signal, not a branch) run in int8 too,
-their input in two passes, and every int8 weight of the synthesis is rounded by ``gptq`` on training
-images instead of to the nearest level (the rounded weights ship beside the ranges,
-``weights/<name>.int8.npz``; without them weights round to nearest). On Kodak at quality 1 / 4 / 8
-(``benchmarks/int8_synthesis.py``): the middle sub-pixel convolution cost 0.0009 / 0.0024 / 0.0086 dB
-rounded to nearest and 0.0001 / 0.0003 / 0.0016 rounded by ``gptq``, the finest one 0.0003 / 0.0007 /
-0.0026 and 0.0002 / 0.0005 / 0.0024, and the residual blocks' loss fell from 0.0011 / 0.0018 / 0.0098 to
-0.0008 / 0.0015 / 0.0062, so the synthesis loses about what it lost before (0.0009 / 0.0025 / 0.0102
-against 0.0011 / 0.0018 / 0.0098), and ``g_s`` of a Kodak image took 133 ms against 142 with the blocks
-alone (199 in float32). The first sub-pixel convolution, on the latents, stays float32 (0.018 dB at
-quality 8 on 8 Kodak images even rounded by ``gptq``).
+Ranges are per channel, measured on training images (``weights/<name>.int8.json``, verified like
+the weights), and folded into the weights (cross-layer equalization): a block's input is divided
+by its channels' (balanced) ranges before the per-tensor uint8 quantization oneDNN takes, and the
+first convolution's weights multiplied by them; its ReLU outputs are normalized the same way,
+through the first convolution's rows and the second's columns (``_Quantized.balanced``). An input
+that goes beyond its ranges widens an analysis block's scale instead of saturating, and is clipped
+in a synthesis block, where each tile must give the whole image's pixels (``_Quantized.quantize``).
 """
 from __future__ import annotations
 
@@ -49,7 +35,6 @@ import io
 import json
 import math
 import zipfile
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -61,17 +46,6 @@ from .layers import ResBlock, SubPixelConv, TileCrops, run_cropped
 
 FORMAT = 4  # version of the ranges file (1: one range per tensor, the analysis only; 2: no "passes";
 # 3: residual blocks only)
-QUANTILE = 0.9999  # of each channel's |input| its scale covers (beyond: widened or clipped, ``_Quantized.quantize``)
-# of the ReLU outputs: those saturate, and their tails are longer (the 0.99999 quantile is 1.2-1.8x
-# the 0.9999 one): at 0.9999 a saturated red disc moved latents by 2 steps, at 0.99999 by 0.15
-HIDDEN_QUANTILE = 0.99999
-# A sub-pixel convolution's input range is this many times its measured quantile: the input is the
-# whole signal, which clipping cuts (a drawing lost 0.11-0.17 dB at 1x, and gained 0.03 against
-# float32 at 2-8x), and with two passes the wider step costs nothing measurable (Kodak at 1-8x: within
-# 0.0003 dB)
-UPSAMPLING_HEADROOM = 4.0
-_POSITIONS = 1 << 16  # pixel positions a channel's range is measured on, per tensor
-_DEAD = 2.0**-10  # the smallest range, relative to the largest of its tensor (see measure_ranges)
 
 
 def _ops() -> Any:
@@ -98,109 +72,6 @@ def upsamplings(g_s: nn.Sequential) -> list[int]:
     """Indexes of the synthesis' sub-pixel convolutions that can run in int8: all but the last,
     which makes the pixels (``codec._torch_synthesis`` runs it in float32)."""
     return [i for i, layer in enumerate(g_s) if isinstance(layer, SubPixelConv) and i < len(g_s) - 1]
-
-
-def synthesis_levels(g_s: nn.Sequential) -> list[list[int]]:
-    """The synthesis' residual blocks per level, coarse to fine (a level starts at each upsampling)."""
-    levels: list[list[int]] = []
-    for i, layer in enumerate(g_s):
-        if isinstance(layer, SubPixelConv):
-            levels.append([])
-        elif isinstance(layer, ResBlock):
-            levels[-1].append(i)
-    return levels[:-1]  # the last upsampling makes the pixels: no blocks after it
-
-
-def _sample(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(C, n) values of (1, C, H, W) ``t`` at ``_POSITIONS`` seeded positions (all of them if fewer)."""
-    v = t.detach().float().flatten(2)[0]
-    return v[:, torch.randint(v.shape[1], (_POSITIONS,), generator=generator)] if v.shape[1] > _POSITIONS else v
-
-
-def measure_ranges(layers: nn.Sequential, inputs: Iterable[torch.Tensor], blocks: Iterable[int],
-                   seed: int = 0) -> dict[str, dict[str, list[float]]]:
-    """Per layer of ``blocks`` (residual blocks and sub-pixel convolutions), each channel's
-    ``QUANTILE`` of |input| and, for a block, ``HIDDEN_QUANTILE`` of its ReLU output over ``inputs``
-    ((1, C, H, W) float32, what ``layers`` takes), taken on a seeded sample of positions of each
-    tensor; the largest over inputs. A sub-pixel convolution's input range is ``UPSAMPLING_HEADROOM``
-    times that."""
-    blocks = set(blocks)
-    generator = torch.Generator().manual_seed(seed)
-    found: dict[int, list[torch.Tensor]] = {}
-
-    def quantile(t: torch.Tensor, q: float) -> torch.Tensor:
-        return torch.quantile(_sample(t, generator).abs(), q, dim=1)
-
-    with torch.inference_mode():
-        for x in inputs:
-            for i, layer in enumerate(layers):
-                if i in blocks:
-                    now = [quantile(x, QUANTILE) * (1.0 if isinstance(layer, ResBlock) else UPSAMPLING_HEADROOM)]
-                    if isinstance(layer, ResBlock):
-                        now.append(quantile(F.relu(layer.conv1(x)), HIDDEN_QUANTILE))
-                    found[i] = [torch.maximum(a, b) for a, b in zip(found[i], now)] if i in found else now
-                x = layer(x)
-    # a channel never active (a ReLU output that stays 0) gets a range far below the others': any
-    # positive step serves it, and the ranges file holds positive numbers only
-    return {str(i): {part: torch.maximum(r, r.max() * _DEAD).clamp_min(_DEAD).tolist()
-                     for part, r in zip(("input", "hidden"), found[i])} for i in sorted(found)}
-
-
-def gptq(weight: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 levels, per-output-channel scales) of a convolution's weights (O, C, k, k), as
-    rounding to nearest would scale them (``max |w| / 127``), but rounded one input column at a
-    time, each rounding's error pushed onto the columns not yet rounded as far as the inputs
-    co-vary (GPTQ, Frantar et al. 2023). ``hessian``: the sum of x xᵀ over calibration positions,
-    x a position's C·k·k inputs in the units the weights are scaled for (``hessian``).
-
-    Why: what an int8 layer of the synthesis still loses with a two-pass input is its weights'
-    rounding, and it is their error on these inputs that matters, not their own: rounded this
-    way the synthesis blocks lost 0.0062 dB at quality 8 on Kodak against 0.0098, the middle
-    sub-pixel convolution 0.0016 against 0.0086 (module docstring)."""
-    out = weight.shape[0]
-    w = weight.detach().double().reshape(out, -1).clone()
-    scales = (w.abs().amax(1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-    h = hessian.double().clone()
-    dead = torch.diag(h) == 0  # inputs that were always 0: their weights round to nearest
-    h[dead, dead] = 1.0
-    h += damp * torch.diag(h).mean() * torch.eye(len(h), dtype=h.dtype)
-    inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    levels = torch.empty_like(w)
-    for j in range(w.shape[1]):
-        levels[:, j] = torch.round(w[:, j] / scales).clamp_(-127, 127)
-        error = (w[:, j] - levels[:, j] * scales) / inverse[j, j]
-        w[:, j + 1 :] -= error[:, None] * inverse[j, j + 1 :][None, :]
-    return levels.to(torch.int8).reshape(weight.shape), scales.float()
-
-
-def hessian(x: torch.Tensor, kernel: int = 3, generator: torch.Generator | None = None,
-            positions: int = _POSITIONS) -> torch.Tensor:
-    """Σ x xᵀ (float64, (C·k·k)²) over up to ``positions`` seeded positions of (1, C, H, W) ``x``,
-    x a position's zero-padded k×k neighbourhood in the order of a weight's ``reshape(O, -1)``."""
-    pad = kernel // 2
-    _, c, h, w = x.shape
-    padded = F.pad(x.detach().double(), (pad, pad, pad, pad))
-    n = h * w
-    where = torch.randint(n, (positions,), generator=generator) if n > positions else torch.arange(n)
-    rows, cols = where // w, where % w
-    taps = torch.stack([padded[0, :, rows + dy, cols + dx] for dy in range(kernel) for dx in range(kernel)], 1)
-    taps = taps.reshape(c * kernel * kernel, -1)  # (C, k·k, n): channel-major, as the weights
-    return taps @ taps.T
-
-
-def with_two_pass(ranges: dict[str, dict], blocks: Iterable[int]) -> dict[str, dict]:
-    """``ranges`` with the entries of ``blocks`` marked to quantize their input in two passes
-    (``"passes": 2``, ``_Quantized.quantize``)."""
-    two_pass = {str(i) for i in blocks}
-    return {key: {**r, "passes": 2} if key in two_pass else r for key, r in ranges.items()}
-
-
-def ranges_document(model_id: str, analysis: dict, synthesis: dict, source: dict,
-                    two_pass: Iterable[int] = ()) -> dict:
-    """The ranges file's contents (``source`` says what they were measured on); the synthesis blocks
-    of ``two_pass`` quantize their input in two passes."""
-    return {"format": FORMAT, "model": model_id, "quantile": {"input": QUANTILE, "hidden": HIDDEN_QUANTILE},
-            "source": source, "analysis": analysis, "synthesis": with_two_pass(synthesis, two_pass)}
 
 
 def _check_blocks(blocks: Any, layers: nn.Sequential, name: str, every: bool) -> dict[str, dict[str, list[float]]]:
@@ -260,16 +131,6 @@ def convolutions(layer: nn.Module) -> dict[str, nn.Conv2d]:
     return {"conv": layer.conv}
 
 
-def rounded_arrays(rounded: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, np.ndarray]:
-    """The synthesis' rounded weights (``gptq``) as the arrays of the ``.int8.npz`` file."""
-    arrays = {}
-    for key, convs in rounded.items():
-        for name, (levels, scales) in convs.items():
-            arrays[f"synthesis/{key}/{name}/levels"] = levels.numpy()
-            arrays[f"synthesis/{key}/{name}/scales"] = scales.numpy()
-    return arrays
-
-
 def load_rounded(data: bytes, synthesis: dict[str, dict], g_s: nn.Sequential) -> dict[str, dict[str, tuple]]:
     """The rounded weights of a ``.int8.npz`` file's bytes, by layer and convolution, or ValueError
     saying what does not fit the synthesis layers that ``synthesis`` (its ranges) runs in int8."""
@@ -302,7 +163,7 @@ def load_rounded(data: bytes, synthesis: dict[str, dict], g_s: nn.Sequential) ->
 def _prepack(weight: torch.Tensor, bias: torch.Tensor, x_scale: float, padding: list[int],
              rounded: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple:
     """A convolution's weights as oneDNN takes them: int8, one scale per output channel, rounded to
-    nearest unless ``rounded`` gives the (levels, scales) to use (``gptq``)."""
+    nearest unless ``rounded`` gives the (levels, scales) to use (GPTQ, ``training/int8_calibration.py``)."""
     if rounded is None:
         scales = (weight.abs().amax((1, 2, 3)) / 127).clamp_min(torch.finfo(torch.float32).tiny)
         q = torch.round(weight / scales[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
@@ -332,10 +193,8 @@ class _Quantized:
         """Each channel's range as its quantization takes it: the geometric mean of its own and the
         largest (the square-root balance of cross-layer equalization). Scaling a channel's
         activations up scales its weights down, and the weights share one int8 scale per output
-        channel: fully per-channel steps starved the small channels' weights. On 8 Kodak images,
-        analysis latents moved 0.013 steps rms at quality 8 (max 0.19) against 0.019 (0.29) with
-        one range per tensor and 0.013 (0.78) fully per channel; the synthesis lost 0.0023 dB
-        against 0.0049 and 0.0034."""
+        channel: fully per-channel steps starve the small channels' weights, one range per tensor
+        the small channels' activations."""
         r = torch.as_tensor(ranges, dtype=torch.float32)
         return (r * r.max()).sqrt()
 
@@ -345,20 +204,17 @@ class _Quantized:
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, float]:
         """(uint8 ``round(x / (step · widen)) + 128``, its residual or None, widen): each channel
         divided by its step, the whole by ``widen`` ≥ 1, the smallest that keeps every value in
-        range, so nothing saturates. Text and flat saturated colours need it (with the photos'
-        ranges a drawing lost 0.2-0.3 dB against float32, widened 0.01-0.04 dB); photos mostly stay
-        within their ranges. With two passes the rounding residual, in [-0.5, 0.5] steps, is
-        quantized too, as ``round(residual · 254) + 128``: the input then carries ~15 bits.
+        range, so nothing saturates: text and flat saturated colours go beyond the photos' ranges
+        the analysis was calibrated on. With two passes the rounding residual, in [-0.5, 0.5]
+        steps, is quantized too, as ``round(residual · 254) + 128``: the input then carries ~15 bits.
         A band of rows at a time: a multiply-add, a min/max of its result, truncating casts. Where
         a band goes beyond the range, ``widen`` comes from the whole input's reach (every band must
         share the scale), so it does not depend on how the rows were cut into bands.
 
-        A ``saturate`` block (the synthesis') clips instead: its widen is 1 and each value's
+        A ``saturate`` layer (the synthesis') clips instead: its widen is 1 and each value's
         quantization its own, so a decoder tile gives the same pixels as the whole image (a widened
-        scale followed each tile's own extremes: a 1536x1024 photo decoded in tiles was up to 2 levels
-        off one window), and the clipped values cost nothing measurable: Kodak at quality 4 / 8
-        lost 0.0025 / 0.0130 dB against float32 (widening 0.0026 / 0.0131), a drawing gained 0.036 /
-        0.034 dB (widening lost 0.008 / 0.012); the analysis needs the widening (a drawing's latents)."""
+        scale would follow each tile's own extremes); the analysis needs the widening (a drawing's
+        latents)."""
         q = torch.empty(x.shape, dtype=torch.uint8, memory_format=torch.channels_last)
         fine = torch.empty_like(q) if self.passes == 2 else None
         rows, height, widen, r0 = self._rows(x), x.shape[2], 1.0, 0
@@ -388,7 +244,7 @@ class _Quantized:
 
     def _add_banded(self, x: torch.Tensor, quantized: torch.Tensor, conv: tuple, scale: float, zero: int) -> torch.Tensor:
         """``x += conv(quantized)`` a band of output rows at a time: the float32 output is a band, not
-        a copy of ``x`` (oneDNN's fused sum cloned x, +37 MB at the peak of a 1248-pixel tile). The
+        a copy of ``x`` (oneDNN's fused sum clones x, which raised a tile's peak memory). The
         rows above and below a band are its padding (rows of the zero point at the edges); integer
         sums make the bands exact. ``conv`` is prepacked with no row padding."""
         _, run = _ops()
@@ -427,12 +283,6 @@ class _Block(_Quantized):
         hidden = self.hidden
         return {"conv1": self.module.conv1.weight.detach().float() * self.step.view(1, -1, 1, 1) / hidden.view(-1, 1, 1, 1),
                 "conv2": self.module.conv2.weight.detach().float() * hidden.view(1, -1, 1, 1)}
-
-    def conv_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What its convolutions see of the float block input ``x``, in the units their scaled
-        weights take (what ``gptq``'s hessians are measured on)."""
-        hidden = F.relu(self.module.conv1(x)) / self.hidden.view(1, -1, 1, 1)
-        return {"conv1": x * self.inverse_step, "conv2": hidden.clamp_(max=1.0)}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output for one image's ``x`` (1, C, H, W) float32 channels-last, written into ``x``."""
@@ -480,10 +330,6 @@ class _Upsample(_Quantized):
         """The float weights its int8 convolution rounds: scaled for the quantized input."""
         return {"conv": self.module.conv.weight.detach().float() * self.step.view(1, -1, 1, 1)}
 
-    def conv_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``x`` in the units its scaled weights take (``_Block.conv_inputs``)."""
-        return {"conv": x * self.inverse_step}
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's output for one image's ``x`` (1, C, H, W) float32 channels-last."""
         _, conv = _ops()
@@ -500,7 +346,7 @@ class _Upsample(_Quantized):
 class Int8Layers:
     """A transform (float32, on the CPU) with the residual blocks and sub-pixel convolutions that
     ``ranges`` names in int8, their weights ``rounded`` (by layer and convolution: (levels, scales),
-    ``gptq``) or rounded to nearest; call it like the transform. ``saturate``: the layers clip
+    GPTQ) or rounded to nearest; call it like the transform. ``saturate``: the layers clip
     inputs beyond their ranges rather than widen their scale (the synthesis', ``_Quantized.quantize``).
 
     The images of a batch run one at a time: a scale widened for one image must not change

@@ -11,9 +11,11 @@ With a context (``Config.ctx``), the non-anchor half of the latents gets (μ, lo
 refined from the rounded anchors around it (``layers.CheckerboardContext``).
 ``h_s`` and the context are trained in float here; at export they are turned into integer
 networks (``pillow_cnnz.hyper``, ``pillow_cnnz.context``) so the decoder reproduces the
-encoder's probabilities exactly on any device. ``g_s`` is small on purpose (15-39k multiply-adds per pixel as it grew,
-``Config.synthesis_macs``): channels shrink toward full resolution, upsampling is
-sub-pixel, and residual blocks (``Config.res``) add depth only where it pays.
+encoder's probabilities exactly on any device. ``g_s`` is small on purpose
+(``Config.synthesis_macs``): channels shrink toward full resolution, upsampling is
+sub-pixel, and residual blocks (``Config.res``) add depth only where it pays. The training
+code (``training/``, not installed) grows and widens these networks between phases
+(``training/surgery.py``).
 
 References: Ballé et al. 2018 (hyperprior), Minnen et al. 2018 (mean-scale),
 Minnen & Singh 2020 (straight-through rounding for the synthesis input).
@@ -21,7 +23,7 @@ Minnen & Singh 2020 (straight-through rounding for the synthesis input).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -29,14 +31,10 @@ from torch import nn
 from .factorized import FactorizedDensity
 from .layers import GDN, CheckerboardContext, ResBlock, SubPixelConv, anchor_mask, conv
 
-# Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE). "wide5", the
-# default since step 325,000: geometric from 0.0004 to 0.25, because training on "wide4"
-# (0.0004 to 0.24, from step 288,500) to step 325,000 left quality 8 at 1.495 bpp on Kodak;
-# "wide4" came about because "wide3" (0.0004 to 0.22,
-# from step 226,000) left quality 8 at 1.47 bpp on Kodak. With 224 latents "wide2"
-# (0.0004 to 0.2, used from step 145,000) left quality 8 at 1.46 bpp on Kodak, short of 1.5
-# ("wide", 0.0004 to 0.18, used from step 55,000, had left it at 1.49). "zoo": CompressAI's
-# zoo values, used before; its quality 1 still took 0.26 bpp. :meth:`CnnzNet.remap_gains` moves a network from one table to another.
+# Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE), by name: a training
+# phase names its table (``fit --lambdas``), and the weights record the one they trained on. Each
+# "wide" table is geometric from 0.0004, reaching further at quality 8 to move the top quality
+# toward a target rate; "zoo" is CompressAI's zoo values. Why each was made: docs/training.md.
 LAMBDA_TABLES = {
     "zoo": (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800),
     "wide": tuple(round(0.0004 * (0.18 / 0.0004) ** (k / 7), 6) for k in range(8)),
@@ -49,12 +47,11 @@ LAMBDA_TABLES = {
 LAMBDAS = LAMBDA_TABLES["wide5"]
 QUALITY_MIN, QUALITY_MAX = 1.0, float(len(LAMBDAS))
 # What only the encoder runs: the decoder reads ŷ through h_s, the context, the density of ẑ,
-# log2_inv_gain and g_s, never these. The two transforms are stored in float16 (train.export);
+# log2_inv_gain and g_s, never these. The two transforms are stored in float16 (training/export.py);
 # with the gains y is scaled by, they are all ``fit --encoder-only`` trains.
 ENCODER_TRANSFORMS = ("g_a.", "h_a.")
 ENCODER_PARAMETERS = (*ENCODER_TRANSFORMS, "log2_gain")
 SCALE_MIN = 0.11
-NEW_LOG2_SCALE = -1.0  # log2 σ that new latent channels start with (CnnzNet.widened)
 
 
 @dataclass(frozen=True)
@@ -64,9 +61,9 @@ class Config:
     Nz: int = 64  # hyper-latent channels
     Nh: int = 96  # hyper width
     dec: tuple[int, int, int] = (96, 64, 48)  # synthesis widths, coarse to fine
-    res: tuple[int, int, int] = (0, 0, 0)  # residual blocks after each synthesis level (CnnzNet.grown)
-    ctx: int = 0  # width of the checkerboard context (0: none; CnnzNet.with_context)
-    ares: tuple[int, int, int] = (0, 0, 0)  # residual blocks after each analysis level, fine to coarse (CnnzNet.grown)
+    res: tuple[int, int, int] = (0, 0, 0)  # residual blocks after each synthesis level
+    ctx: int = 0  # width of the checkerboard context (0: none)
+    ares: tuple[int, int, int] = (0, 0, 0)  # residual blocks after each analysis level, fine to coarse
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,40 +111,6 @@ class Config:
             pixel *= 2
             radius += 2 * blocks * pixel  # two 3x3 convolutions a block, on its output's grid
         return radius + 2 * pixel
-
-
-def _slots(blocks: tuple[int, ...], resample: str) -> list[tuple]:
-    """What each module of a transform is (its resampling conv, GDN and residual blocks per
-    level, then the last conv), so grown networks can take over a smaller one's weights."""
-    slots: list[tuple] = []
-    for level, count in enumerate(blocks):
-        slots += [(resample, level), ("gdn", level)] + [("res", level, k) for k in range(count)]
-    return slots + [("last",)]
-
-
-def grown_key(key: str, old: Config, new: Config) -> str:
-    """Name that ``old``'s parameter ``key`` takes in a network grown to ``new``."""
-    slots = {"g_a": lambda c: _slots(c.ares, "down"), "g_s": lambda c: _slots(c.res, "up")}
-    prefix, _, tail = key.partition(".")
-    if prefix not in slots:
-        return key
-    index, rest = tail.split(".", 1)
-    where = {slot: i for i, slot in enumerate(slots[prefix](new))}
-    return f"{prefix}.{where[slots[prefix](old)[int(index)]]}.{rest}"
-
-
-def _widened_index(old: int, new: int, old_m: int, new_m: int) -> torch.Tensor:
-    """Where an axis of ``old`` entries lands in a network widened from ``old_m`` to ``new_m``
-    latents: unchanged axes map to themselves, latent axes keep their first entries, and
-    (μ, log2 σ) axes of 2·M keep each half at the start of its new half."""
-    if old == new:
-        return torch.arange(old)
-    if (old, new) == (old_m, new_m):
-        return torch.arange(old_m)
-    if (old, new) == (2 * old_m, 2 * new_m):
-        return torch.cat([torch.arange(old_m), torch.arange(old_m) + new_m])
-    msg = f"an axis of {old} entries cannot widen to {new} ({old_m} -> {new_m} latents)"
-    raise ValueError(msg)
 
 
 def round_st(v: torch.Tensor) -> torch.Tensor:
@@ -200,86 +163,6 @@ class CnnzNet(nn.Module):
         levels = torch.tensor([0.5 * math.log2(v / LAMBDAS[3]) for v in LAMBDAS])
         self.log2_gain = nn.Parameter(levels.unsqueeze(-1).repeat(1, M))
         self.log2_inv_gain = nn.Parameter(-levels.unsqueeze(-1).repeat(1, M))
-
-    @torch.no_grad()
-    def remap_gains(self, old_lambdas: tuple[float, ...], new_lambdas: tuple[float, ...]) -> None:
-        """Re-express the per-level gain rows, trained for ``old_lambdas``, at ``new_lambdas``:
-        each row is interpolated linearly in log λ (extrapolated along the end segments), so
-        the network starts where it was and only the labels of the levels move."""
-        old = torch.tensor([math.log2(v) for v in old_lambdas], dtype=torch.float64)
-        for param in (self.log2_gain, self.log2_inv_gain):
-            rows = param.detach().double()
-            new_rows = []
-            for target in (math.log2(v) for v in new_lambdas):
-                i = int(torch.searchsorted(old, torch.tensor(target, dtype=torch.float64)).clamp(1, len(old) - 1))
-                w = (target - old[i - 1]) / (old[i] - old[i - 1])
-                new_rows.append(rows[i - 1] * (1 - w) + rows[i] * w)
-            param.copy_(torch.stack(new_rows).to(param.dtype))
-
-    def grown(self, res: tuple[int, int, int] | None = None, ares: tuple[int, int, int] | None = None) -> CnnzNet:
-        """A copy with ``res`` residual blocks after each synthesis level and ``ares`` after each
-        analysis level (at least as many as now; None keeps them): the new blocks start as the
-        identity, so the copy computes the same function."""
-        res = self.config.res if res is None else tuple(res)
-        ares = self.config.ares if ares is None else tuple(ares)
-        for old, new in ((self.config.res, res), (self.config.ares, ares)):
-            if len(new) != len(old) or any(n < o for n, o in zip(new, old)):
-                msg = f"can only add residual blocks: {old} -> {new}"
-                raise ValueError(msg)
-        net = CnnzNet(replace(self.config, res=res, ares=ares))
-        state = net.state_dict()
-        for key, value in self.state_dict().items():
-            state[grown_key(key, self.config, net.config)] = value.clone()
-        net.load_state_dict(state)
-        return net
-
-    def widened(self, latents: int, scale: float = 0.1) -> CnnzNet:
-        """A copy with ``latents`` latent channels (more than now), for when the latent count
-        may bind at high rates (``benchmarks/ceiling.py`` measures whether it does).
-
-        Everything that reads the new channels (synthesis, hyper analysis, context) starts at
-        zero, so the copy reconstructs what it did before. Their analysis filters start random
-        at ``scale`` of the old filters' spread (zero filters would get no gradient), their
-        gains at the old channels' mean per quality, and the entropy model gives them μ 0 and
-        σ = 2^NEW_LOG2_SCALE: a zero costs about half a bit and a ±1 about three bits, so
-        training can move them either way, and it decides what they carry.
-        """
-        old_m = self.config.M
-        if latents <= old_m:
-            msg = f"can only add latent channels: {old_m} -> {latents}"
-            raise ValueError(msg)
-        net = CnnzNet(replace(self.config, M=latents))
-        old, state = self.state_dict(), net.state_dict()
-        with torch.no_grad():
-            for key, value in old.items():
-                target = state[key]
-                if target.shape == value.shape:
-                    target.copy_(value)
-                    continue
-                target.zero_()
-                index = [_widened_index(o, n, old_m, latents) for o, n in zip(value.shape, target.shape)]
-                target[torch.meshgrid(*index, indexing="ij")] = value
-            new = slice(old_m, latents)
-            last = f"g_a.{len(self.g_a) - 1}.weight"
-            state[last][new] = torch.randn_like(state[last][new]) * old[last].std() * scale
-            for name in ("log2_gain", "log2_inv_gain"):
-                state[name][:, new] = state[name][:, :old_m].mean(1, keepdim=True)
-            bias = f"h_s.{len(self.h_s) - 1}.bias"
-            state[bias][latents + old_m :] = NEW_LOG2_SCALE
-        net.load_state_dict(state)
-        return net
-
-    def with_context(self, channels: int) -> CnnzNet:
-        """A copy with a checkerboard context of ``channels`` (none before): its last layer
-        starts at zero, so the copy computes the same function."""
-        if self.config.ctx:
-            msg = f"the network already has a context ({self.config.ctx} channels)"
-            raise ValueError(msg)
-        net = CnnzNet(replace(self.config, ctx=channels))
-        state = net.state_dict()
-        state.update({k: v.clone() for k, v in self.state_dict().items()})
-        net.load_state_dict(state)
-        return net
 
     def entropy_parameters(self, hyper: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, log2 σ) of every latent: the hyperprior's, refined by the context at the

@@ -78,17 +78,18 @@ def test_integer_context_follows_the_float_one_it_was_exported_from():
 def test_network_given_a_context_computes_what_it_did_before():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import CnnzNet, Config
+    from training import surgery
 
     torch.manual_seed(0)
     net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8))).eval()
-    ctx = net.with_context(16).eval()
+    ctx = surgery.with_context(net, 16).eval()
     assert ctx.config.ctx == 16 and net.context is None
     x, q = torch.rand(1, 3, 64, 64), torch.tensor([3.5])
     with torch.no_grad():
         a, b = net(x, q), ctx(x, q)
     assert torch.equal(a["x_hat"], b["x_hat"]) and torch.equal(a["bits"], b["bits"])
     with pytest.raises(ValueError, match="already has a context"):
-        ctx.with_context(16)
+        surgery.with_context(ctx, 16)
 
 
 def test_file_coded_with_a_context_decodes_to_the_same_latents_and_bands_stay_apart(tmp_path, monkeypatch):

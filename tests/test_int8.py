@@ -20,6 +20,8 @@ from .conftest import _photo as photo
 
 torch = pytest.importorskip("torch")
 int8 = pytest.importorskip("pillow_cnnz.int8")
+from training import int8_calibration  # noqa: E402
+
 needs_int8 = pytest.mark.skipif(not int8.supported(), reason="no oneDNN int8 convolutions in this torch")
 
 
@@ -105,7 +107,7 @@ def test_block_input_beyond_its_range_widens_the_scale_instead_of_saturating():
 @needs_int8
 def test_widened_scale_and_block_output_do_not_depend_on_the_band_size(monkeypatch):
     g_s = weights.load().net("cpu").g_s
-    block = g_s[int8.synthesis_levels(g_s)[-1][0]]
+    block = g_s[int8_calibration.synthesis_levels(g_s)[-1][0]]
     channels = block.conv1.in_channels
     x = torch.randn(1, channels, 40, 32, generator=torch.Generator().manual_seed(2))
     x[:, :, 5:9] *= 7  # beyond the range in an early band,
@@ -126,7 +128,7 @@ def test_widened_scale_and_block_output_do_not_depend_on_the_band_size(monkeypat
 @needs_int8
 def test_per_channel_ranges_keep_small_channels_that_one_range_per_tensor_rounds_away():
     g_s = weights.load().net("cpu").g_s
-    block = g_s[int8.synthesis_levels(g_s)[-1][0]]
+    block = g_s[int8_calibration.synthesis_levels(g_s)[-1][0]]
     channels = block.conv1.in_channels
     spread = torch.logspace(-1.3, 0.6, channels)  # channel ranges 80x apart
     x = (torch.randn(1, channels, 32, 48, generator=torch.Generator().manual_seed(0)) * spread.view(1, -1, 1, 1))
@@ -143,7 +145,7 @@ def test_per_channel_ranges_keep_small_channels_that_one_range_per_tensor_rounds
 @needs_int8
 def test_two_pass_input_brings_a_block_closer_to_float32_than_one_pass():
     g_s = weights.load().net("cpu").g_s
-    block = g_s[int8.synthesis_levels(g_s)[1][0]]
+    block = g_s[int8_calibration.synthesis_levels(g_s)[1][0]]
     channels = block.conv1.in_channels
     x = (torch.randn(1, channels, 32, 48, generator=torch.Generator().manual_seed(1)) * 0.8)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -169,7 +171,7 @@ def test_a_channel_never_active_gets_a_small_positive_range():
         block.conv1.weight[2] = 0
         block.conv1.bias[2] = -1  # its ReLU output is always 0
     x = torch.rand(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
-    ranges = int8.measure_ranges(torch.nn.Sequential(conv, block), [x], [1])["1"]
+    ranges = int8_calibration.measure_ranges(torch.nn.Sequential(conv, block), [x], [1])["1"]
     assert 0 < ranges["hidden"][2] < 0.01 * max(ranges["hidden"])
     assert all(v > 0 for v in ranges["input"] + ranges["hidden"])
 
@@ -214,8 +216,8 @@ def test_auto_takes_int8_on_vnni_without_bfloat16_when_the_model_has_ranges(monk
     assert codec.resolve_precision("auto", "cpu", int8=True) == "float32"
 
 
-def test_auto_decode_without_torch_installed_stays_float32(monkeypatch):
-    monkeypatch.setattr(codec, "_torch_installed", lambda: False)  # int8 blocks run in torch
+def test_auto_decode_without_torch_stays_float32(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch")  # a decode-only process: numpy, no 1 s torch import
     monkeypatch.setattr(codec, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
     assert codec.resolve_precision("auto", "cpu", int8=True) == "float32"
 
@@ -275,7 +277,7 @@ def test_shipped_ranges_fit_the_shipped_transforms():
     assert model.has_int8
     analysis, synthesis = int8.check_ranges(_document(), model.model_id.hex(), net.g_a, net.g_s)
     assert set(analysis) == {str(i) for i in int8.residual_blocks(net.g_a)}
-    levels = int8.synthesis_levels(net.g_s)
+    levels = int8_calibration.synthesis_levels(net.g_s)
     inner = int8.upsamplings(net.g_s)[1:]  # not the first, on the latents: 0.018 dB at quality 8 even so
     assert sorted(map(int, synthesis)) == sorted(levels[0] + levels[1] + levels[2] + inner)
     # the middle level in one pass costs 0.021 dB at quality 8 (experiments/int8_synthesis): two passes
@@ -360,11 +362,11 @@ def test_measured_range_is_each_channels_quantile_of_the_magnitudes():
     img = torch.from_numpy(photo(128, 128, seed=2)).permute(2, 0, 1)[None].float().div(255)
     x = img.contiguous(memory_format=torch.channels_last)
     first = int8.residual_blocks(g_a)[0]
-    ranges = int8.measure_ranges(g_a, [x], [first])
+    ranges = int8_calibration.measure_ranges(g_a, [x], [first])
     assert list(ranges) == [str(first)]
     with torch.inference_mode():
         before = g_a[:first](x.clone())  # 64x64 positions: fewer than are sampled, so all are used
-    expected = torch.quantile(before.abs().flatten(2)[0], int8.QUANTILE, dim=1)
+    expected = torch.quantile(before.abs().flatten(2)[0], int8_calibration.QUANTILE, dim=1)
     assert ranges[str(first)]["input"] == pytest.approx(expected.tolist(), rel=1e-5)
     assert len(set(ranges[str(first)]["input"])) > 1  # channels differ
     assert all(v > 0 for r in ranges.values() for part in r.values() for v in part)
@@ -387,7 +389,7 @@ def test_int8_command_registers_ranges_with_the_default_weights(weights_copy):
     model = weights.load()
     net = model.net("cpu")
     analysis, synthesis = int8.load_ranges(written, model.model_id.hex(), net.g_a, net.g_s)
-    levels, inner = int8.synthesis_levels(net.g_s), int8.upsamplings(net.g_s)[1:]
+    levels, inner = int8_calibration.synthesis_levels(net.g_s), int8.upsamplings(net.g_s)[1:]
     assert len(analysis) == 7 and sorted(map(int, synthesis)) == sorted(levels[0] + levels[1] + levels[2] + inner)
     assert sorted(int(k) for k, r in synthesis.items() if "passes" in r) == sorted(levels[1] + inner)
     assert json.loads(written)["source"]["images"] == 2
@@ -478,7 +480,7 @@ def test_int8_synthesis_tiles_give_one_window_s_pixels_even_beyond_the_block_ran
 def test_hessian_sums_each_position_s_neighbourhood_in_the_weights_order():
     x = torch.randn(1, 3, 5, 7, dtype=torch.float64)
     cols = torch.nn.functional.unfold(x, 3, padding=1)[0]  # (C·3·3, positions): channel-major, as weight.reshape(O, -1)
-    assert torch.allclose(int8.hessian(x), cols @ cols.T)
+    assert torch.allclose(int8_calibration.hessian(x), cols @ cols.T)
     conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False).double()
     w = conv.weight.detach().reshape(4, -1)  # the order the hessian's rows follow: a convolution is w @ cols
     assert torch.allclose((w @ cols).reshape(1, 4, 5, 7), conv(x).detach())
@@ -489,7 +491,7 @@ def test_gptq_rounding_leaves_less_output_error_than_rounding_to_nearest():
     base = torch.randn(16, 2000, generator=generator, dtype=torch.float64)
     inputs = torch.randn(144, 16, generator=generator, dtype=torch.float64) @ base  # correlated, as activations are
     weight = torch.randn(32, 16, 3, 3, generator=generator) * torch.rand(32, 1, 1, 1, generator=generator)
-    levels, scales = int8.gptq(weight, inputs @ inputs.T)
+    levels, scales = int8_calibration.gptq(weight, inputs @ inputs.T)
     nearest = torch.round(weight / scales[:, None, None, None]).clamp(-127, 127)
     assert levels.dtype == torch.int8 and levels.abs().max() <= 127
     assert torch.allclose(scales, weight.abs().amax((1, 2, 3)) / 127)  # the scales rounding to nearest takes
@@ -515,7 +517,7 @@ def test_int8_sub_pixel_convolution_is_close_to_float32_and_exact_band_by_band(m
     with torch.inference_mode():
         x = net.g_s[:index](y.contiguous(memory_format=torch.channels_last))
         ref = layer(x)
-        ranges = int8.measure_ranges(net.g_s, [y.contiguous(memory_format=torch.channels_last)], [index])[str(index)]
+        ranges = int8_calibration.measure_ranges(net.g_s, [y.contiguous(memory_format=torch.channels_last)], [index])[str(index)]
         one, two = (int8._Upsample(layer, ranges["input"], passes, saturate=True) for passes in (1, 2))
         err_one, err_two = ((f(x) - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt() for f in (one, two))
         whole = two(x)

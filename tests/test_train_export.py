@@ -168,6 +168,7 @@ def test_subset_is_a_seeded_pick_under_the_byte_budget(tmp_path):
 def test_remapped_gains_keep_each_lambda_where_it_was():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import LAMBDA_TABLES, CnnzNet, Config
+    from training import surgery
 
     torch.manual_seed(0)
     net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8)))
@@ -176,11 +177,11 @@ def test_remapped_gains_keep_each_lambda_where_it_was():
     zoo, wide = LAMBDA_TABLES["zoo"], LAMBDA_TABLES["wide"]
     # quality 8 is λ 0.18 in both tables; zoo's quality 4 (0.013) is wide's quality 5 (0.013127)
     before_top, before_mid = net.gains(torch.tensor([8.0]))[0].clone(), net.gains(torch.tensor([4.0]))[0].clone()
-    net.remap_gains(zoo, wide)
+    surgery.remap_gains(net, zoo, wide)
     assert torch.allclose(net.gains(torch.tensor([8.0]))[0], before_top)
     assert torch.allclose(net.gains(torch.tensor([5.0]))[0], before_mid, rtol=0.05)  # λ 1 % apart
     moved = net.log2_gain.detach().clone()
-    net.remap_gains(wide, wide)
+    surgery.remap_gains(net, wide, wide)
     assert torch.allclose(net.log2_gain, moved)
 
 
@@ -244,37 +245,39 @@ def test_rate_balance_weighs_low_qualities_up_and_high_ones_down():
 def test_grown_network_computes_what_it_did_before_and_only_grows():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import CnnzNet, Config
+    from training import surgery
 
     torch.manual_seed(0)
     net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8))).eval()
-    grown = net.grown((1, 2, 0)).eval()
+    grown = surgery.grown(net, (1, 2, 0)).eval()
     assert grown.config.res == (1, 2, 0) and len(grown.g_s) == len(net.g_s) + 3
     x, q = torch.rand(1, 3, 64, 64), torch.tensor([3.5])
     with torch.no_grad():
         a, b = net(x, q), grown(x, q)
     assert torch.equal(a["x_hat"], b["x_hat"]) and torch.equal(a["bits"], b["bits"])
     with pytest.raises(ValueError, match="only add"):
-        grown.grown((0, 2, 0))
+        surgery.grown(grown, (0, 2, 0))
 
 
 def test_grown_analysis_encodes_what_it_did_before_and_keeps_the_old_weights_in_place():
     torch = pytest.importorskip("torch")
-    from pillow_cnnz.model import CnnzNet, Config, grown_key
+    from pillow_cnnz.model import CnnzNet, Config
+    from training import surgery
 
     torch.manual_seed(0)
     net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8), res=(0, 1, 0))).eval()
-    grown = net.grown(ares=(0, 2, 1)).eval()
+    grown = surgery.grown(net, ares=(0, 2, 1)).eval()
     assert grown.config.ares == (0, 2, 1) and grown.config.res == (0, 1, 0)
     assert len(grown.g_a) == len(net.g_a) + 3 and len(grown.g_s) == len(net.g_s)
-    assert grown_key("g_a.4.weight", net.config, grown.config) == "g_a.6.weight"
-    assert grown_key("g_a.6.weight", net.config, grown.config) == "g_a.9.weight"
+    assert surgery.grown_key("g_a.4.weight", net.config, grown.config) == "g_a.6.weight"
+    assert surgery.grown_key("g_a.6.weight", net.config, grown.config) == "g_a.9.weight"
     x, q = torch.rand(1, 3, 64, 64), torch.tensor([5.25])
     with torch.no_grad():
         a, b = net(x, q), grown(x, q)
         assert torch.equal(net.g_a(x), grown.g_a(x))
     assert torch.equal(a["x_hat"], b["x_hat"]) and torch.equal(a["bits"], b["bits"])
     with pytest.raises(ValueError, match="only add"):
-        grown.grown(ares=(0, 1, 1))
+        surgery.grown(grown, ares=(0, 1, 1))
 
 
 def test_analysis_macs_and_radius_count_what_the_layers_compute():
@@ -308,6 +311,7 @@ def test_analysis_macs_and_radius_count_what_the_layers_compute():
 def test_growing_keeps_adam_moments_of_every_old_parameter_and_none_for_new_blocks():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import CnnzNet, Config
+    from training import surgery
     from training.loop import grown_adam, param_groups
 
     torch.manual_seed(0)
@@ -316,7 +320,7 @@ def test_growing_keeps_adam_moments_of_every_old_parameter_and_none_for_new_bloc
     for p in net.parameters():
         p.grad = torch.randn_like(p)
     opt.step()
-    grown = net.grown((1, 2, 0))
+    grown = surgery.grown(net, (1, 2, 0))
     new = torch.optim.Adam(param_groups(grown), lr=1e-3)
     new.load_state_dict(grown_adam(opt.state_dict(), net, grown))
     before = dict(net.named_parameters())
@@ -337,12 +341,13 @@ def test_growing_keeps_adam_moments_of_every_old_parameter_and_none_for_new_bloc
 def test_widened_network_reconstructs_as_before_and_gives_old_latents_their_probabilities():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import CnnzNet, Config
+    from training import surgery
 
     torch.manual_seed(0)
     net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8), ctx=8)).eval()
     for p in net.context.c3.parameters():  # a trained context: not the zero it starts as
         torch.nn.init.normal_(p, std=0.1)
-    wide = net.widened(12).eval()
+    wide = surgery.widened(net, 12).eval()
     assert wide.config.M == 12 and wide.g_a[-1].out_channels == 12
     x, q = torch.rand(1, 3, 64, 64), torch.tensor([3.5])
     with torch.no_grad():
@@ -359,7 +364,7 @@ def test_widened_network_reconstructs_as_before_and_gives_old_latents_their_prob
     assert torch.all(mu_w[:, 8:] == 0) and torch.all(log2_scale_w[:, 8:] == -1)
     assert 0 < b["bits"].item() - a["bits"].item() < 0.6 * 4 * 16 * 1.1  # the new zeros cost about half a bit each
     with pytest.raises(ValueError, match="only add"):
-        wide.widened(12)
+        surgery.widened(wide, 12)
 
 
 def test_resuming_with_widen_starts_adam_afresh_and_the_card_reproduces_it(tmp_path):

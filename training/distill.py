@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from pillow_cnnz.model import QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, _slots, lambda_for
+from pillow_cnnz.model import QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, lambda_for
 
 from .data import DEFAULT_DATA, DEFAULT_VAL, CropSampler, image_paths, load_rgb
+from .surgery import slots
 from .loop import (checkpoint_lambdas, load_checkpoint, read_checkpoint, sample_weight, save_checkpoint,
                    validate)
 
@@ -76,8 +77,8 @@ def adopt_teacher(student: CnnzNet, teacher: CnnzNet) -> list[str]:
     """Copy every teacher parameter into the student where the student has the same layer (by
     place: resampling conv, GDN, k-th residual block of a level, last conv) with the same
     shape; everything outside ``g_s`` is the teacher's. Returns the student keys not copied."""
-    t_slots = {slot: i for i, slot in enumerate(_slots(teacher.config.res, "up"))}
-    s_slots = _slots(student.config.res, "up")
+    t_slots = {slot: i for i, slot in enumerate(slots(teacher.config.res, "up"))}
+    s_slots = slots(student.config.res, "up")
     source = teacher.state_dict()
     state = student.state_dict()
     fresh = []

@@ -1,5 +1,6 @@
 """``int8``: measure the activation ranges of the int8 transforms (``pillow_cnnz/int8.py``) on
-training images and register them with the default weights. Run it after every ``export``
+training images, round the synthesis' int8 weights (``int8_calibration.py``) and register both
+with the default weights. Run it after every ``export``
 (an export writes a new manifest entry, without ranges, and a new model needs new ones).
 
 The analysis' ranges are measured on the images themselves; the synthesis' on what it decodes
@@ -19,6 +20,7 @@ import torch
 
 from pillow_cnnz import codec, container, int8, weights
 
+from . import int8_calibration
 from .data import DEFAULT_DATA, image_paths, load_rgb
 
 # Synthesis levels (coarse to fine) whose blocks run int8 by default, and those of them whose blocks
@@ -28,11 +30,11 @@ from .data import DEFAULT_DATA, image_paths, load_rgb
 SYNTHESIS_LEVELS = "0,1,2"
 TWO_PASS_LEVELS = "1"
 # Sub-pixel convolutions (0 = the first, on the latents) that run in int8, their input in two passes.
-# Weights rounded by int8.gptq, at quality 4 / 8: the first -0.0033 / -0.018 dB (8 Kodak images; the
+# Weights rounded by int8_calibration.gptq, at quality 4 / 8: the first -0.0033 / -0.018 dB (8 Kodak images; the
 # weights on the latents are heavy-tailed), the second -0.0003 / -0.0016, the third -0.0005 / -0.0024
 # (24 Kodak images, experiments/int8_synthesis).
 UPSAMPLINGS = "1,2"
-HESSIAN_POSITIONS = 8192  # positions of each calibration image a hessian sums over (int8.hessian)
+HESSIAN_POSITIONS = 8192  # positions of each calibration image a hessian sums over (int8_calibration.hessian)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="synthesis sub-pixel convolutions that run int8 (input in two passes), 0 = the first, "
                         "comma-separated ('' for none)")
     p.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
-                   help="how the synthesis' int8 weights are rounded: gptq (int8.gptq, on the calibration "
+                   help="how the synthesis' int8 weights are rounded: gptq (int8_calibration.gptq, on the calibration "
                         "images' ŷ, shipped in <name>.int8.npz) or to nearest (no such file)")
     p.add_argument("--out", default="weights", help="folder of the weights and manifest.json")
     p.set_defaults(func=run)
@@ -68,7 +70,7 @@ def _picked(text: str, count: int, option: str, noun: str = "") -> list[int]:
 
 def _levels(text: str, g_s: torch.nn.Sequential, option: str = "--synthesis-levels") -> list[int]:
     """Block indexes of the synthesis levels ``text`` names."""
-    levels = int8.synthesis_levels(g_s)
+    levels = int8_calibration.synthesis_levels(g_s)
     return [i for v in _picked(text, len(levels), option, "levels ") for i in levels[v]]
 
 
@@ -79,7 +81,7 @@ def _upsamplings(text: str, g_s: torch.nn.Sequential) -> list[int]:
 
 
 def rounded_weights(layers: int8.Int8Layers, inputs: list[torch.Tensor], seed: int = 0) -> dict[str, dict[str, tuple]]:
-    """``int8.gptq`` levels and scales of every convolution of ``layers``' int8 layers, from hessians
+    """``int8_calibration.gptq`` levels and scales of every convolution of ``layers``' int8 layers, from hessians
     of what they see of ``inputs`` (each through the float layers, ``HESSIAN_POSITIONS`` a tensor)."""
     generator = torch.Generator().manual_seed(seed)
     sums: dict[tuple[int, str], torch.Tensor] = {}
@@ -88,13 +90,13 @@ def rounded_weights(layers: int8.Int8Layers, inputs: list[torch.Tensor], seed: i
             x = x.float().contiguous(memory_format=torch.channels_last)
             for i, layer in enumerate(layers.layers):
                 if i in layers.blocks:
-                    for name, seen in layers.blocks[i].conv_inputs(x).items():
-                        h = int8.hessian(seen, generator=generator, positions=HESSIAN_POSITIONS)
+                    for name, seen in int8_calibration.conv_inputs(layers.blocks[i], x).items():
+                        h = int8_calibration.hessian(seen, generator=generator, positions=HESSIAN_POSITIONS)
                         sums[i, name] = sums[i, name] + h if (i, name) in sums else h
                 x = layer(x)
     rounded: dict[str, dict[str, tuple]] = {}
     for (i, name), h in sorted(sums.items()):
-        rounded.setdefault(str(i), {})[name] = int8.gptq(layers.blocks[i].scaled_weights()[name], h)
+        rounded.setdefault(str(i), {})[name] = int8_calibration.gptq(layers.blocks[i].scaled_weights()[name], h)
     return rounded
 
 
@@ -140,24 +142,24 @@ def run(args: argparse.Namespace) -> int:
     rgbs = [load_rgb(p) for p in calibration_paths(args.data, args.images, args.seed)]
     images = (torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div(255)
               .contiguous(memory_format=torch.channels_last) for rgb in rgbs)
-    analysis = int8.measure_ranges(net.g_a, images, int8.residual_blocks(net.g_a), args.seed)
+    analysis = int8_calibration.measure_ranges(net.g_a, images, int8.residual_blocks(net.g_a), args.seed)
     layers = sorted(blocks + upsampling)
     latents = list(synthesis_inputs(model, rgbs)) if layers else []
-    synthesis = int8.measure_ranges(net.g_s, latents, layers, args.seed) if layers else {}
+    synthesis = int8_calibration.measure_ranges(net.g_s, latents, layers, args.seed) if layers else {}
     two_pass = sorted(two_pass + upsampling)  # a sub-pixel convolution's input is the whole signal
     source = {"data": args.data, "images": len(rgbs), "seed": args.seed, "synthesis_levels": args.synthesis_levels,
               "two_pass_blocks": two_pass, "upsamplings": upsampling, "rounding": args.rounding,
               "command": "python -m training int8"}
     stem = Path(entry["file"]).stem
     name = stem + ".int8.json"
-    data = (json.dumps(int8.ranges_document(model_id, analysis, synthesis, source, two_pass)) + "\n").encode()
+    data = (json.dumps(int8_calibration.ranges_document(model_id, analysis, synthesis, source, two_pass)) + "\n").encode()
     spec = {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
     rounded = {}
     if args.rounding == "gptq" and synthesis:
-        ranges = int8.with_two_pass(synthesis, two_pass)
+        ranges = int8_calibration.with_two_pass(synthesis, two_pass)
         rounded = rounded_weights(int8.Int8Layers(net.g_s[:-1], ranges, saturate=True), latents, args.seed)
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **int8.rounded_arrays(rounded))
+        np.savez_compressed(buffer, **int8_calibration.rounded_arrays(rounded))
         (out / (stem + ".int8.npz")).write_bytes(buffer.getvalue())
         spec["rounded"] = {"file": stem + ".int8.npz", "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}
     else:  # an older run's rounded weights would ship in the wheel, named by no manifest entry

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from pillow_cnnz.layers import GDN
-from pillow_cnnz.model import (ENCODER_PARAMETERS, LAMBDA_TABLES, QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, grown_key,
-                     lambda_for)
+from pillow_cnnz.model import ENCODER_PARAMETERS, LAMBDA_TABLES, QUALITY_MAX, QUALITY_MIN, CnnzNet, Config, lambda_for
 
+from . import surgery
 from .data import DEFAULT_DATA, DEFAULT_VAL, CropSampler, image_paths, load_rgb
 
 
@@ -60,15 +60,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", help="start from this checkpoint's weights (fresh optimizer)")
     p.add_argument("--grow", type=lambda v: tuple(int(n) for n in v.split(",")), metavar="A,B,C",
                    help="residual blocks after each synthesis level (e.g. 0,1,0): a resumed network gets "
-                        "the missing ones as identity blocks (CnnzNet.grown); Adam keeps the old parameters' moments")
+                        "the missing ones as identity blocks (surgery.grown); Adam keeps the old parameters' moments")
     p.add_argument("--grow-analysis", type=lambda v: tuple(int(n) for n in v.split(",")), metavar="A,B,C",
                    help="residual blocks after each analysis level, fine to coarse (e.g. 0,2,2): like --grow, "
                         "for the encoder; they cost encode time only")
     p.add_argument("--context", type=int, metavar="C",
                    help="add a checkerboard context of C channels to a resumed network without one "
-                        "(CnnzNet.with_context: it starts as no change; trained with the density's rate)")
+                        "(surgery.with_context: it starts as no change; trained with the density's rate)")
     p.add_argument("--widen", type=int, metavar="M",
-                   help="give a resumed network M latent channels (CnnzNet.widened: it starts reconstructing "
+                   help="give a resumed network M latent channels (surgery.widened: it starts reconstructing "
                         "as before; Adam starts afresh, the parameters' shapes change)")
     p.add_argument("--encoder-only", action="store_true",
                    help="train only what the encoder alone runs (model.ENCODER_PARAMETERS: g_a, h_a, the gains "
@@ -154,7 +154,7 @@ def adopt_lambdas(net: CnnzNet, state: dict, lambdas: tuple[float, ...]) -> bool
     old = checkpoint_lambdas(state)
     if old == lambdas:
         return False
-    net.remap_gains(old, lambdas)
+    surgery.remap_gains(net, old, lambdas)
     return True
 
 
@@ -272,7 +272,7 @@ def grown_adam(opt_state: dict, old: CnnzNet, new: CnnzNet) -> dict:
     cost ~0.4 dB at the top quality for ~2k steps."""
     opt_state = regroup(opt_state, old)
     old_names = {id(p): n for n, p in old.named_parameters()}
-    carried = [grown_key(old_names[id(p)], old.config, new.config) for g in group_members(old) for p in g]
+    carried = [surgery.grown_key(old_names[id(p)], old.config, new.config) for g in group_members(old) for p in g]
     new_names = {id(p): n for n, p in new.named_parameters()}
     groups = group_members(new)
     index = {new_names[id(p)]: k for k, p in enumerate(p for g in groups for p in g)}
@@ -310,13 +310,13 @@ def run(args: argparse.Namespace) -> int:
     grown_a = args.grow_analysis is not None and tuple(args.grow_analysis) != net.config.ares
     before = net
     if grown or grown_a:
-        net = net.grown(args.grow, args.grow_analysis)
+        net = surgery.grown(net, args.grow, args.grow_analysis)
     contexted = bool(args.context) and not net.config.ctx
     if contexted:
-        net = net.with_context(args.context)
+        net = surgery.with_context(net, args.context)
     widened = bool(args.widen) and args.widen != net.config.M
     if widened:
-        net = net.widened(args.widen)
+        net = surgery.widened(net, args.widen)
     net = net.to(args.device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(param_groups(net), lr=args.lr)
     if state:

@@ -1,20 +1,20 @@
 #!/usr/bin/env python
 """Which synthesis layers can run in int8, at what cost in PSNR, for how much time?
 
-Measures each channel's activation ranges of every synthesis block on training images (as
-``python -m training int8`` does, on ŷ the decoder gets from them), then decodes the
-ŷ of every image of ``--data`` (the float32 analysis' files at each quality) with float32
-``g_s`` and with each level's blocks in int8 (``pillow_cnnz/int8.py``), alone, in one and in two
-passes (the input's rounding residual quantized too), every block in one pass, and the shipped
-ranges file's choice: its residual blocks alone and each of its int8 sub-pixel convolutions alone,
-each with its weights rounded to nearest and as ``train int8`` rounded them (``int8.gptq``), and all
-of it; and every convolution but the last (the sub-pixel ones too, the one from the latents
-included) in one pass, rounded to nearest, the sub-pixel inputs' scale at their headroom and
-at their measured quantile: what int8 alone could give a decode. Reports mean PSNR against the
-original per quality and each variant's difference from float32, and the median time of ``g_s``
-on the first image for float32, the shipped choice, its blocks alone (the release before), the
-outer levels' blocks alone, every block in one pass and every convolution in one pass (at the
-quantile), timed interleaved (the machine's speed drifts).
+Measures each channel's activation ranges of every synthesis block on training images (as the
+training command ``int8`` does, on ŷ the decoder gets from them), then decodes the ŷ of every image
+of ``--data`` (the float32 analysis' files at each quality) with float32 ``g_s`` and with each
+level's blocks in int8 (``pillow_cnnz/int8.py``), alone, in one and in two passes (the input's
+rounding residual quantized too), every block in one pass, and the shipped ranges file's choice: its
+residual blocks alone and each of its int8 sub-pixel convolutions alone, each with its weights
+rounded to nearest and as that command rounded them (``training.int8_calibration.gptq``), and all of
+it; and every convolution but the last (the sub-pixel ones too, the one from the latents included)
+in one pass, rounded to nearest, the sub-pixel inputs' scale at their headroom and at their measured
+quantile: what int8 alone could give a decode. Reports mean PSNR against the original per quality
+and each variant's difference from float32, and the median time of ``g_s`` on the first image for
+float32, the shipped choice, its blocks alone (the release before), the outer levels' blocks alone,
+every block in one pass and every convolution in one pass (at the quantile), timed interleaved (the
+machine's speed drifts).
 
 Example (from the repository root; about 12 minutes on 2 cores)::
 
@@ -31,6 +31,7 @@ import torch
 
 from benchmarks._common import DATA, DEFAULT_KODAK, image_paths, load_rgb, write_json
 from pillow_cnnz import codec, int8, weights
+from training import int8_calibration
 from training.int8ranges import calibration_paths, decoded_latents, synthesis_inputs
 
 HERE = Path(__file__).resolve().parent
@@ -57,19 +58,19 @@ def main() -> int:
     net = model.net("cpu")
     g_s, body, last = net.g_s, net.g_s[:-1], net.g_s[-1]
     picked = calibration_paths(args.train, args.calibration, 0)  # the command's pick, at its default seed
-    levels = int8.synthesis_levels(g_s)
+    levels = int8_calibration.synthesis_levels(g_s)
     latents = list(synthesis_inputs(model, [load_rgb(p) for p in picked]))  # measured twice
-    ranges = int8.measure_ranges(g_s, latents, [i for level in levels for i in level])
+    ranges = int8_calibration.measure_ranges(g_s, latents, [i for level in levels for i in level])
     shipped = model.int8_synthesis()
     variants = {}
     for n, level in enumerate(levels):
         variants[f"level {n}"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in level}, saturate=True)
         variants[f"level {n} two-pass"] = int8.Int8Layers(
-            body, int8.with_two_pass({str(i): ranges[str(i)] for i in level}, level), saturate=True)
+            body, int8_calibration.with_two_pass({str(i): ranges[str(i)] for i in level}, level), saturate=True)
     variants["all levels"] = int8.Int8Layers(body, ranges, saturate=True)
     outer = [i for level in (levels[0], levels[-1]) for i in level]  # the choice before the two-pass middle level
     variants["outer levels"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in outer}, saturate=True)
-    # The shipped ranges, with and without the weights train int8 rounded (int8.gptq): its residual blocks
+    # The shipped ranges, with and without the weights train int8 rounded (int8_calibration.gptq): its residual blocks
     # alone (the release before the int8 sub-pixel convolutions), and each sub-pixel convolution alone
     ranges = model._int8_ranges(net)[1]
     rounded = model._int8_rounded(net, ranges)
@@ -82,9 +83,9 @@ def main() -> int:
     # Every convolution but the last in int8, each input in one pass: what int8 alone could give the
     # decode, measured at the sub-pixel convolutions' headroom and clipped at their quantile (x1)
     ups = int8.upsamplings(g_s)
-    every = int8.measure_ranges(g_s, latents, [*ups, *(i for level in levels for i in level)])
-    for headroom in (int8.UPSAMPLING_HEADROOM, 1.0):
-        one_pass = {k: {**r, "input": [v * headroom / int8.UPSAMPLING_HEADROOM for v in r["input"]]}
+    every = int8_calibration.measure_ranges(g_s, latents, [*ups, *(i for level in levels for i in level)])
+    for headroom in (int8_calibration.UPSAMPLING_HEADROOM, 1.0):
+        one_pass = {k: {**r, "input": [v * headroom / int8_calibration.UPSAMPLING_HEADROOM for v in r["input"]]}
                     if int(k) in ups else r for k, r in every.items()}
         variants[f"every conv one pass x{headroom:g}"] = int8.Int8Layers(body, one_pass, saturate=True)
     qualities = [float(q) for q in args.qualities.split(",")]

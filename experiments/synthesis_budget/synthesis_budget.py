@@ -31,6 +31,7 @@ import torch
 from benchmarks._common import DEFAULT_KODAK, image_paths, load_rgb, write_json
 from pillow_cnnz import codec, container, int8, weights
 from pillow_cnnz.model import CnnzNet, Config
+from training import int8_calibration
 from training.distill import adopt_teacher, student_config
 
 HERE = Path(__file__).resolve().parent
@@ -48,9 +49,9 @@ def _variants(teacher: CnnzNet, dec: tuple, res: tuple, y: torch.Tensor) -> tupl
     student = CnnzNet(student_config(teacher.config, dec, res)).eval()
     adopt_teacher(student, teacher)
     g_s = student.g_s.requires_grad_(False).to(memory_format=torch.channels_last)  # as weights.Model.net builds it
-    levels = int8.synthesis_levels(g_s)
-    ranges = int8.measure_ranges(g_s, [y], [i for level in levels for i in level])
-    ranges = int8.with_two_pass(ranges, levels[1] if len(levels) > 1 else [])
+    levels = int8_calibration.synthesis_levels(g_s)
+    ranges = int8_calibration.measure_ranges(g_s, [y], [i for level in levels for i in level])
+    ranges = int8_calibration.with_two_pass(ranges, levels[1] if len(levels) > 1 else [])
     net = types.SimpleNamespace(g_s=g_s)
     runs = {"float32": codec._torch_synthesis(net, "cpu", "float32")}
     if int8.supported():
