@@ -82,6 +82,9 @@ def test_wheel_ships_the_weights_inside_the_package_and_the_cli(tmp_path):
         names = zf.namelist()
         zf.extractall(site)
     assert "pillow_cnnz/weights/manifest.json" in names
+    # the runtime only: training/, benchmarks/ (the fuzzing helper included) and experiments/ run from a checkout
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"pillow_cnnz"}
+    assert not any(n.startswith(("pillow_cnnz/train/", "pillow_cnnz/fuzzing")) for n in names)
     models = json.loads((ROOT / "weights" / "manifest.json").read_text())["models"]
     for entry in models.values():
         if "decoded_by" in entry:  # an older model whose files decode with a shipped one
@@ -104,3 +107,14 @@ def test_wheel_ships_the_weights_inside_the_package_and_the_cli(tmp_path):
     found, model_id = run.stdout.split()
     assert Path(found) == site / "pillow_cnnz" / "weights"
     assert model_id == json.loads((ROOT / "weights" / "manifest.json").read_text())["default"]
+
+
+def test_tests_import_benchmarks_and_training_as_packages_without_path_edits():
+    folders = ("benchmarks", "experiments", "training")
+    edits = [f"{path.name}:{n}" for path in sorted((ROOT / "tests").rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if any(f in line for f in ("sys.path.insert(", "sys.path.append(", "syspath_prepend("))
+             and ("parents[1]" in line or any(name in line for name in folders))]
+    assert edits == []
+    for package in folders:
+        assert (ROOT / package / "__init__.py").is_file()
