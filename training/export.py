@@ -393,7 +393,7 @@ def _int8_note(info: dict) -> str:
                 "CPUs with VNNI run the analysis and synthesis in float32 until then.\n")
     rounded = spec.get("rounded")
     weights = (f"; the synthesis' int8 weights rounded on the same images to keep their error off its outputs "
-               f"(`int8.gptq`) in `{rounded['file']}` (sha256 `{rounded['sha256'][:16]}…`)" if rounded
+               f"(GPTQ, `training/int8_calibration.py`) in `{rounded['file']}` (sha256 `{rounded['sha256'][:16]}…`)" if rounded
                else "; weights rounded to nearest")
     return (f"- int8 transforms (CPUs with VNNI and no bfloat16, `pillow_cnnz/int8.py`): per-channel activation "
             f"ranges of the analysis' residual blocks and of the synthesis layers that run in int8 (residual "
