@@ -32,8 +32,22 @@ def _encode(args: argparse.Namespace) -> int:
     return _info(argparse.Namespace(file=args.output))
 
 
+def _decode_to_stdout(args: argparse.Namespace) -> int:
+    """``cnnz decode IN -``: the image on standard output, in ``--format`` (PNG by default)."""
+    with Image.open(_source(args.input)) as im:
+        if im.format != pil_plugin.FORMAT:
+            msg = f"{args.input} is a {im.format} file, not CNNZ"
+            raise ValueError(msg)
+        out = io.BytesIO()
+        im.save(out, format=args.format or "PNG")  # complete before anything is written
+    sys.stdout.buffer.write(out.getvalue())
+    return 0
+
+
 def _decode(args: argparse.Namespace) -> int:
-    with Image.open(args.input) as im:
+    if args.output == "-":
+        return _decode_to_stdout(args)
+    with Image.open(_source(args.input)) as im:
         if im.format != pil_plugin.FORMAT:
             msg = f"{args.input} is a {im.format} file, not CNNZ"
             raise ValueError(msg)
@@ -73,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="cpu or cuda (default: CNNZ_DEVICE, else cuda when available)")
     p.add_argument("--any-extension", action="store_true", help="write CNNZ even to a name such as x.png")
     p.set_defaults(func=_encode)
-    p = sub.add_parser("decode", help=".cnnz -> any format Pillow writes (by extension)")
+    p = sub.add_parser("decode", help=".cnnz -> any format Pillow writes (by extension; '-': standard input / output)")
     p.add_argument("input")
     p.add_argument("output")
+    p.add_argument("-f", "--format", help="the format written to standard output (default PNG)")
     p.set_defaults(func=_decode)
     p = sub.add_parser("convert", help="files, folders and globs -> .cnnz (or back), on worker processes")
     convert.add_arguments(p)
