@@ -227,7 +227,7 @@ def write(path: str | os.PathLike[str], data: bytes) -> None:
         import fsspec
 
         fs, inner = fsspec.core.url_to_fs(path)
-        fs.makedirs(fs._parent(inner), exist_ok=True)
+        fs.makedirs(posixpath.dirname(inner), exist_ok=True)
         fs.pipe_file(inner, data)
         return
     target_path = Path(_local(path))
@@ -276,7 +276,6 @@ def convert_file(source: str | os.PathLike[str], output: str | os.PathLike[str],
         return Result(source, output, bytes_in, len(out))
     except Exception as e:  # noqa: BLE001  (every failure of one file is that file's result)
         return Result(source, output, bytes_in, error=_reason(e))
-
 
 
 # --------------------------------------------------------------------------- sources -> jobs
@@ -543,19 +542,18 @@ def command(args: argparse.Namespace) -> int:
         raise ValueError(msg)
     pairs, failed = plan(args.sources, args.out, args.to)
     if_exists = "skip" if args.skip_existing else "overwrite" if args.overwrite else "fail"
-    settled: list[Result] = []
+    settled: dict[int, Result] = {}
     if if_exists != "overwrite":  # here, not in the workers: a finished run's rerun starts none
-        for source, output in pairs:
-            if os.path.lexists(output):
-                settled.append(Result(source, output, skipped=True) if if_exists == "skip" else
-                               Result(source, output, error=_EXISTS))
-        known = {r.source for r in settled}
-        pairs = [p for p in pairs if p[0] not in known]
-    bar = _progress(len(pairs), args.quiet)
+        for i, (source, output) in enumerate(pairs):
+            if exists(output):
+                skip = if_exists == "skip"
+                settled[i] = Result(source, output, skipped=skip, error=None if skip else _EXISTS)
+    todo = [i for i in range(len(pairs)) if i not in settled]
+    bar = _progress(len(todo), args.quiet)
     try:
-        results = convert_paths(pairs, jobs=args.jobs, on_result=(lambda _: bar.update()) if bar else None,
-                                to=args.to, quality=args.quality, method=args.method, device=args.device,
-                                convert_modes=args.convert)
+        results = convert_paths([pairs[i] for i in todo], jobs=args.jobs, to=args.to, quality=args.quality,
+                                method=args.method, device=args.device, convert_modes=args.convert,
+                                on_result=(lambda _: bar.update()) if bar else None)
     except KeyboardInterrupt:
         print("cnnz convert: interrupted; the outputs written are complete: --skip-existing resumes",
               file=sys.stderr)
@@ -563,7 +561,8 @@ def command(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    summary = Summary(failed + settled + results, time.perf_counter() - started)
+    settled.update(zip(todo, results))
+    summary = Summary(failed + [settled[i] for i in range(len(pairs))], time.perf_counter() - started)
     for r in summary.failed:
         print(f"cnnz convert: {r.source}: {r.error}", file=sys.stderr)
     if not args.quiet:

@@ -247,7 +247,8 @@ def test_worker_processes_convert_and_report_like_one_process(tmp_path, make_pho
     (src / "bad.png").write_bytes(b"not a png at all")
     assert _cnnz(src, "--out", tmp_path / "out", "-j", "2") == 1
     captured = capsys.readouterr()
-    assert captured.err.strip() == f"cnnz convert: {src / 'bad.png'}: not an image Pillow can read (no installed plugin recognises it)"
+    reason = "not an image Pillow can read (no installed plugin recognises it)"
+    assert captured.err.strip() == f"cnnz convert: {src / 'bad.png'}: {reason}"
     assert "4 files: 3 converted, 0 skipped, 1 failed" in captured.out
     for i in range(3):
         with Image.open(tmp_path / "out" / f"{i}.cnnz") as im:
@@ -325,11 +326,19 @@ def test_version_and_encode_refusing_another_formats_extension(tmp_path, make_ph
         assert im.format == "CNNZ"
 
 
-def test_encode_reads_stdin_and_writes_stdout_for_a_dash(make_photo, monkeypatch, capsysbinary):
+def test_encode_and_decode_read_stdin_and_write_stdout_for_a_dash(make_photo, monkeypatch, capsysbinary):
     pixels = make_photo(H, W)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(_saved(Image.fromarray(pixels), "PNG"))))
     assert cli.main(["encode", "-", "-", "-q", "6"]) == 0
-    assert capsysbinary.readouterr().out == pillow_cnnz.encode(pixels, quality=6.0)
+    encoded = capsysbinary.readouterr().out
+    assert encoded == pillow_cnnz.encode(pixels, quality=6.0)
+    for argv, fmt in ((["decode", "-", "-"], "PNG"), (["decode", "-", "-", "--format", "webp"], "WEBP")):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(encoded)))
+        assert cli.main(argv) == 0
+        with Image.open(io.BytesIO(capsysbinary.readouterr().out)) as im:
+            assert (im.format, im.size) == (fmt, (W, H))
+            if fmt == "PNG":
+                assert np.array_equal(np.asarray(im), pillow_cnnz.decode(encoded))
 
 
 # --------------------------------------------------------------------------- imports and DataLoader workers

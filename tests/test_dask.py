@@ -22,8 +22,8 @@ H, W = 48, 64
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as c:
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    with cluster, distributed.Client(cluster) as c:
         yield c
 
 
@@ -118,7 +118,8 @@ def test_memory_urls_in_and_out(make_photo):
             assert [r.ok for r in summary.results] == [True, True]
             assert sorted(fs.find("/cnnz-test/out")) == ["/cnnz-test/out/d0/0.cnnz", "/cnnz-test/out/d1/1.cnnz"]
             pixels = c.compute(cnnz_dask.imread("memory://cnnz-test/out/*/*.cnnz")).result()
-            decoded = cnnz_dask.convert("memory://cnnz-test/out/d1/1.cnnz", "memory://cnnz-test/png", to="png", client=c)
+            decoded = cnnz_dask.convert("memory://cnnz-test/out/d1/1.cnnz", "memory://cnnz-test/png", to="png",
+                                        client=c)
         assert decoded.failed == [] and len(decoded.converted) == 1
         for i in range(2):
             assert np.array_equal(pixels[i], pillow_cnnz.decode(fs.cat_file(f"/cnnz-test/out/d{i}/{i}.cnnz")))
