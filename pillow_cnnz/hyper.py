@@ -98,8 +98,8 @@ def hyper_band(layers: list[dict], z: np.ndarray, top: int, bottom: int, cols: i
     lo, hi = max(top - HALO, 0), min(bottom + HALO, z.shape[1])
     width = z.shape[2]
     band = None  # filled chunk by chunk: no list of parts and concatenated copy (2x a band's bytes)
-    # One BLAS thread: its spinning workers otherwise fight torch's for the cores
-    # (measured: hyper network 245 ms -> 25 ms per Kodak image on 2 cores).
+    # One BLAS thread: its spinning workers otherwise fight torch's for the cores, which made
+    # the hyper network about ten times slower.
     with blas.threads(1):
         for c0 in range(0, width, cols):
             c1 = min(c0 + cols, width)

@@ -53,18 +53,15 @@ class GDN(nn.Module):
         self.gamma_sqrt = nn.Parameter(torch.where(torch.eye(channels, dtype=torch.bool), 0.1**0.5, off))
 
     # Elements of x normalized at a time in inference mode: a band (4 MB in float32, 2 MB a core)
-    # stays in the cores' L2 caches between the abs, the convolution and the product. Against
-    # 16 MB bands a Kodak encode's first GDN took 16.6 instead of 22.2 ms, the synthesis' finest 7.5 instead of 8.5
-    # (median of 12 interleaved rounds, 2-core Xeon; for the int8 blocks' bands smaller was no faster).
+    # stays in the cores' L2 caches between the abs, the convolution and the product, which
+    # larger bands do not (for the int8 blocks' bands smaller was no faster).
     INFERENCE_CHUNK = 1 << 20
     # Smallest normal float32. Training drives many off-diagonal roots below 1e-19, whose squares
-    # are subnormal: they add nothing to a norm, but a CPU multiplies subnormals ~50x slower, and
-    # a 48-channel GDN on a Kodak image took 180 ms instead of 3 (AVX-512 without bfloat16).
+    # are subnormal: they add nothing to a norm, but a CPU multiplies subnormals many times slower.
     TINY = torch.finfo(torch.float32).tiny
     # Where the codec runs (inference) entries below 2**-60 go too: their products with an
-    # activation are subnormal as well (the middle synthesis level's GDN took 3.4 ms instead of
-    # 1.3 on a Kodak image), and next to beta (>= 0.03 in the shipped weights) a sum of them
-    # is below half a float32 step for |x| < 2**20: Kodak's norms came out bit-identical.
+    # activation are subnormal as well, and next to beta (>= 0.03 in the shipped weights) a sum
+    # of them is below half a float32 step for |x| < 2**20, so the norms do not change.
     NEGLIGIBLE = 2.0**-60
 
     def gamma(self, floor: float = TINY) -> torch.Tensor:
@@ -132,7 +129,7 @@ class ResBlock(nn.Module):
 
     def _parameters_in(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         """The convolutions' weights and biases in ``dtype``, cast once and kept until they
-        change (a decode otherwise casts every block's weights again: ~2 ms of a Kodak one)."""
+        change (a decode would otherwise cast every block's weights again)."""
         params = (self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias)
         if all(p.dtype == dtype for p in params):
             return params
@@ -197,8 +194,7 @@ class TileCrops:
     """Cuts each module's output in a tile's synthesis to its ``needed_spans``: as views, or with
     ``dense`` as channels-last copies. The float residual blocks need the copies (oneDNN's fused
     sum runs in place only on dense tensors; on views it copied twice), the int8 ones read views
-    band by band: an interior Kodak-photo tile of 64 latents took 589 ms with copies against 689
-    with views in float32, and 398 with views against 440 with copies in int8 (694 and 512 whole)."""
+    band by band, which is faster for them than copying."""
 
     def __init__(self, modules: list[nn.Module], core: tuple[tuple[int, int], tuple[int, int]],
                  size: tuple[int, int], dense: bool = True, in_output: bool = False) -> None:
