@@ -32,16 +32,20 @@ def save(image: "Image.Image", path: str | os.PathLike[str], quality: float = 4.
     """``image.save(path, quality=...)`` that never leaves a partial file nor damages an existing one.
 
     Pillow truncates the target before encoding starts; this encodes in memory and
-    renames a complete file into place. ``params`` are the usual save options
+    renames a complete file into place. Otherwise the file is written as ``open(path, "wb")``
+    would write it (``atomic``): a symlink is followed, a FIFO or device is written in place,
+    a file keeps its mode and (where permitted) owner, and a path that ``open`` would refuse
+    is refused with its error, before the encode. ``params`` are the usual save options
     (``exif``, ``icc_profile``, ``xmp``, ``device``, ``method``).
     """
     import io
 
     from . import atomic
 
+    target = atomic.Target(path)
     buf = io.BytesIO()
     image.save(buf, format=pil_plugin.FORMAT, quality=quality, **params)
-    atomic.write_bytes(path, buf.getvalue())
+    target.write_bytes(buf.getvalue())
 
 
 def _as_array(image: "np.ndarray | Image.Image") -> tuple["np.ndarray", str]:

@@ -10,31 +10,53 @@ A batch's exact stage runs on a thread pool inside one section of its caller: th
 workers are *lent* it (:func:`lend`) and run their BLAS calls in it without setting the
 count themselves. The count is set and restored by the thread that holds the section:
 OpenBLAS 0.3.31 was seen to ignore a restore made from another thread.
+
+The lock is a :class:`forksafe.Lock`: a child forked while another thread holds a section
+gets it back free, and its first section first restores the count that section changed.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import settings
+from . import forksafe, settings
 
-_lock = threading.Lock()
 _local = threading.local()  # .count: the count of the section this thread runs in (its own or lent)
 _controller = None
 _default = 1
+_blas_libs: list = []  # threadpoolctl's controllers of the BLAS libraries (numpy's)
+_outside: list[int] | None = None  # their counts before the section being held changed them
+_undo: list[int] | None = None  # in a forked child: those of a section the fork cut off, for the next one to restore
+
+
+def _forked_mid_section() -> None:
+    """In a child forked while another thread held a section (forksafe.Lock's reset): that
+    thread is gone, so its count stays set; the child's next section restores the BLAS
+    counts first (only those: torch keeps a child's OpenMP pool at one thread, codec._torch).
+    threadpoolctl's own lock (taken briefly when a section sets or restores the count) is
+    renewed too: the thread that may have held it is gone, no thread of the child holds it."""
+    global _undo, _outside
+    _undo, _outside = _outside, None
+    state = getattr(getattr(sys.modules.get("threadpoolctl"), "OpenBLASController", None), "_SHARED_STATE", None)
+    if state is not None and hasattr(state, "lock"):
+        state.lock = threading.Lock()
+
+
+_lock = forksafe.Lock(reset=_forked_mid_section)
 
 
 def _init() -> None:
-    global _controller, _default
+    global _controller, _default, _blas_libs
     if _controller is None:
         from threadpoolctl import ThreadpoolController
 
         _controller = ThreadpoolController()
-        counts = [c.num_threads for c in _controller.select(user_api="blas").lib_controllers]
-        _default = max(counts, default=1)
+        _blas_libs = _controller.select(user_api="blas").lib_controllers
+        _default = max((c.num_threads for c in _blas_libs), default=1)
 
 
 def _default_count() -> int:
@@ -65,16 +87,25 @@ def threads(count: int | None = None) -> Iterator[None]:
             raise RuntimeError(msg)
         yield
         return
+    global _outside, _undo
     with _lock:
         _init()
         if count is None:
             count = _default_count()
-        with _controller.limit(limits=count, user_api="blas"):
-            _local.count = count
-            try:
-                yield
-            finally:
-                _local.count = None
+        if _undo is not None:
+            for lib, n in zip(_blas_libs, _undo):
+                lib.set_num_threads(n)
+            _undo = None
+        _outside = [lib.num_threads for lib in _blas_libs]
+        try:
+            with _controller.limit(limits=count, user_api="blas"):
+                _local.count = count
+                try:
+                    yield
+                finally:
+                    _local.count = None
+        finally:
+            _outside = None
 
 
 def lend(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +30,20 @@ def _encode(args: argparse.Namespace) -> int:
                     method=args.method)
             return 0
         save(im, args.output, quality=args.quality, device=args.device, method=args.method)
+    if not os.path.isfile(args.output):  # a FIFO or a device, written in place: nothing to read back
+        return 0
     return _info(argparse.Namespace(file=args.output))
+
+
+def _output_format(path: str) -> str:
+    """The Pillow format that writes files named like ``path`` (by its extension)."""
+    ext = os.path.splitext(path)[1].lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        msg = (f"{path}: cannot tell the output format from the file extension ({ext or 'none'}); "
+               f"name the output with one Pillow writes, e.g. .png, .webp or .tif")
+        raise ValueError(msg)
+    return fmt
 
 
 def _decode_to_stdout(args: argparse.Namespace) -> int:
@@ -47,13 +61,18 @@ def _decode_to_stdout(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     if args.output == "-":
         return _decode_to_stdout(args)
+    # The output is complete in memory before anything is written: a failure or a kill
+    # meanwhile leaves no partial file (and the old one, if any, as it was).
+    fmt = _output_format(args.output)
+    target = atomic.Target(args.output)  # what open(output, "wb") would refuse, before the decode
     with Image.open(_source(args.input)) as im:
         if im.format != pil_plugin.FORMAT:
             msg = f"{args.input} is a {im.format} file, not CNNZ"
             raise ValueError(msg)
         im.load()
-        with atomic.replacing(args.output) as tmp:
-            im.save(tmp)
+        out = io.BytesIO()
+        im.save(out, format=fmt)
+    target.write_bytes(out.getvalue())
     return 0
 
 

@@ -12,13 +12,12 @@ import importlib.util
 import numbers
 import os
 import sys
-import threading
 import warnings
 from typing import Any
 
 import numpy as np
 
-from . import blas, container, context, entropy, errors, hyper, refine, settings
+from . import blas, container, context, entropy, errors, forksafe, hyper, refine, settings
 from .weights import Model, load
 
 LATENT_STRIDE = 16  # pixels per latent
@@ -31,7 +30,7 @@ HALO = 7  # latents of context around each tile: more than the transforms' recep
 # same pixels in any process.
 TORCH_FROM_PIXELS = 2_000_000
 
-_torch_lock = threading.Lock()
+_torch_lock = forksafe.Lock()  # a child forked mid-import must not wait on it
 _torch_ready = False
 
 

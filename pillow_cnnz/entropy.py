@@ -18,7 +18,6 @@ Payload layout: u32 escape count, that many i32 escapes, then the ANS words (u32
 """
 from __future__ import annotations
 
-import functools
 import struct
 from dataclasses import dataclass
 
@@ -37,15 +36,23 @@ class Tables:
     lo: np.ndarray  # (K,) int64, value of symbol 0 of each table
     length: np.ndarray  # (K,) int64
 
-    @functools.cached_property
+    @property
     def models(self) -> list:
-        """constriction's quantized tables, built once (they are immutable)."""
-        import constriction
+        """constriction's quantized tables, built once (they are immutable).
 
-        return [
-            constriction.stream.model.Categorical(self.pmf[k, : self.length[k]].copy(), perfect=False)
-            for k in range(len(self.lo))
-        ]
+        Not a ``functools.cached_property``: before Python 3.12 that holds one lock, shared by
+        every instance, while it builds, and a child forked meanwhile waits on it forever. Two
+        threads that meet here build the same tables; either's are kept."""
+        models = self.__dict__.get("_models")
+        if models is None:
+            import constriction
+
+            models = [
+                constriction.stream.model.Categorical(self.pmf[k, : self.length[k]].copy(), perfect=False)
+                for k in range(len(self.lo))
+            ]
+            self.__dict__["_models"] = models  # frozen: not through setattr
+        return models
 
 
 def _groups(index: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:

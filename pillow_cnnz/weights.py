@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import context
+from . import context, forksafe
 from .entropy import Tables
 from .errors import WeightsError
 
@@ -51,10 +50,17 @@ class LazyArrays(Mapping[str, np.ndarray]):
     """
 
     def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data  # to reopen it in a child forked mid-read (zipfile's lock)
         self._npz: Any = np.load(io.BytesIO(data), allow_pickle=False)
         self._names = tuple(self._npz.files)
         self._loaded: dict[str, np.ndarray] = {}
-        self._lock = threading.Lock()
+        self._lock = forksafe.Lock(reset=self._reopen)
+
+    def _reopen(self) -> None:
+        """In a child forked while another thread was inflating an array: the npz's zip reader
+        may be mid-read (its own lock held by the thread that is gone); read from a fresh one."""
+        if self._data is not None:
+            self._npz = np.load(io.BytesIO(self._data), allow_pickle=False)
 
     def __getitem__(self, key: str) -> np.ndarray:
         with self._lock:
@@ -64,7 +70,7 @@ class LazyArrays(Mapping[str, np.ndarray]):
                 self._loaded[key] = self._npz[key]
                 if len(self._loaded) == len(self._names):
                     self._npz.close()
-                    self._npz = None
+                    self._npz = self._data = None
             return self._loaded[key]
 
     def __contains__(self, key: object) -> bool:
@@ -95,7 +101,7 @@ class Model:
     context_layers: dict | None = None  # context.py's integer network, when the model has one
     entry: dict = field(default_factory=dict)  # the model's manifest entry (its files and their hashes)
     _nets: dict[str, Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: forksafe.Lock = field(default_factory=forksafe.Lock)
 
     def log2_gains(self, quality: float) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel log2 (gain, inverse gain) at a fractional quality (linear in log2)."""
@@ -205,7 +211,7 @@ def _at_quality(table: np.ndarray, quality: float) -> np.ndarray:
 
 
 _cache: dict[bytes, Model] = {}
-_cache_lock = threading.Lock()
+_cache_lock = forksafe.Lock()
 
 
 def _verified(path: Path, sha256: str) -> bytes:

@@ -316,27 +316,52 @@ def test_weights_arrays_inflate_on_first_use_and_equal_the_file():
 
 
 def test_batch_exact_stage_runs_on_a_thread_per_core_with_the_same_results(monkeypatch):
+    """A batch's exact stage (entropy coding, the integer networks) goes to a pool of a thread per
+    core, at most one per file, every file's on a pool thread, and gives the bytes and pixels of one
+    file at a time. Pinned by what is handed to the pool, not by timing: which of the pool's threads
+    takes which file is the scheduler's business (a barrier that waited for two files decoding at
+    once timed out on a loaded machine)."""
+    import concurrent.futures
+
     images = [photo(64, 96, seed=s) for s in range(4)]
     files = [codec.encode(im, "RGB", 3.0) for im in images]
     alone = [codec.decode(f, device="cpu") for f in files]
-    names = set()
+    pools = []  # (max_workers, thread_name_prefix, tasks submitted) of each pool _per_file made
+
+    class RecordingPool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, max_workers=None, thread_name_prefix="", *args, **kwargs):
+            super().__init__(max_workers, thread_name_prefix, *args, **kwargs)
+            self.record = [max_workers, thread_name_prefix, 0]
+            pools.append(self.record)
+
+        def submit(self, fn, /, *args, **kwargs):
+            self.record[2] += 1
+            return super().submit(fn, *args, **kwargs)
+
+    ran_on = []
     real = codec.decode_y_hat
-    two_at_once = threading.Barrier(2, timeout=20)  # broken (an error) unless two files decode at the same time
 
     def recording(*args):
-        names.add(threading.current_thread().name)
-        if len(names) <= 2 and not two_at_once.broken:
-            two_at_once.wait()
+        ran_on.append(threading.current_thread().name)
         return real(*args)
 
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", RecordingPool)
     monkeypatch.setattr(codec, "decode_y_hat", recording)
     monkeypatch.setattr(codec, "_cores", lambda: 4)
     batch = codec.decode_batch(files, device="cpu")
-    assert len(names) >= 2 and all(n.startswith("cnnz-batch") for n in names)
+    assert pools == [[4, "cnnz-batch", 4]]  # four files, four cores: a thread each
+    assert len(ran_on) == 4 and all(name.startswith("cnnz-batch") for name in ran_on)
     for one, many in zip(alone, batch):
         np.testing.assert_array_equal(one, many)  # the same latents; on a CPU the same synthesis, file by file
+    pools.clear()
     again = codec.encode_batch(images, ["RGB"] * 4, 3.0)
+    assert [p for p in pools if p[1] == "cnnz-batch"] == [[4, "cnnz-batch", 4]]
     assert again == files  # encoder's exact stage on threads: the same bytes
+    monkeypatch.setattr(codec, "_cores", lambda: 2)
+    pools.clear()
+    for one, many in zip(alone, codec.decode_batch(files, device="cpu")):
+        np.testing.assert_array_equal(one, many)
+    assert pools == [[2, "cnnz-batch", 4]]  # two cores: two threads share the four files
 
 
 @pytest.mark.parametrize("shape", [(70, 130, 3), (1030, 90, 3), (17, 300, 3)])

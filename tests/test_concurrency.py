@@ -1,6 +1,7 @@
 """Threads, forked workers and DataLoaders give the same pixels as one call at a time."""
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 import pillow_cnnz
-from pillow_cnnz import codec, weights
+from pillow_cnnz import blas, codec, forksafe, weights
 
 from .conftest import _photo as photo
 
@@ -113,3 +114,146 @@ def test_forked_children_and_dataloader_workers_decode_on_the_cpu_by_default(mon
     monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: False)
     monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
     assert codec.resolve_device() == "cpu"
+
+
+# --- fork while another thread holds one of the package's locks (issue 35, item 1) ----------
+
+@contextlib.contextmanager
+def _held_by_another_thread(hold):
+    """``hold()`` (a context manager) entered on another thread for the body: deterministic, no timing."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def holder():
+        with hold():
+            entered.set()
+            leave.wait()
+
+    thread = threading.Thread(target=holder, daemon=True)
+    thread.start()
+    assert entered.wait(60)
+    try:
+        yield
+    finally:
+        leave.set()
+        thread.join(60)
+
+
+def _run_forked(target, *args) -> int | None:
+    """The exit code of ``target(*args)`` in a forked child; None if it is still running after 120 s
+    (it hung), after which it is killed."""
+    child = multiprocessing.get_context("fork").Process(target=target, args=args)
+    child.start()
+    child.join(120)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        return None
+    return child.exitcode
+
+
+def _blas_count() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def _decode_and_check(data: bytes, expected: np.ndarray, blas_count: int, use_torch: bool) -> None:
+    if use_torch:
+        codec._torch()
+    pixels = pillow_cnnz.decode(data, device="cpu")
+    ok = np.abs(pixels.astype(int) - expected).max() <= SYNTHESIS_SPREAD and _blas_count() == blas_count
+    os._exit(0 if ok else 3)
+
+
+def _hold_blas_section():
+    return blas.threads(1)
+
+
+def _hold(get_lock):
+    return lambda: get_lock()
+
+
+_PACKAGE_LOCKS = {
+    "blas section": _hold_blas_section,  # held for most of a decode: the hang the issue found
+    "weights cache": _hold(lambda: weights._cache_lock),
+    "model": _hold(lambda: weights.load()._lock),
+    "model arrays": _hold(lambda: weights.load().arrays._lock),
+    "torch setup": _hold(lambda: codec._torch_lock),
+}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("held", list(_PACKAGE_LOCKS))
+def test_a_child_forked_while_another_thread_holds_a_package_lock_decodes(files, held):
+    images, encoded = files
+    expected = pillow_cnnz.decode(encoded[1], device="cpu")
+    outside = _blas_count()  # the BLAS count outside any section
+    with _held_by_another_thread(_PACKAGE_LOCKS[held]):
+        code = _run_forked(_decode_and_check, encoded[1], expected, outside, held == "torch setup")
+    assert code is not None, f"the forked child hung (the {held} lock stayed held in it)"
+    assert code == 0, "the child decoded other pixels, or kept the BLAS count of the section the fork cut off"
+
+
+def _use_forksafe_lock_in_child(lock: forksafe.Lock, resets: list, held_here: bool) -> None:
+    if held_here:  # the forking thread holds it: still held, released by this thread as usual
+        ok = lock.locked() and not resets
+        lock.release()
+    else:
+        ok = resets == ["reset"]
+    ok = ok and lock.acquire(timeout=10)
+    lock.release()
+    os._exit(0 if ok else 3)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forksafe_lock_is_free_in_a_child_unless_the_forking_thread_holds_it():
+    resets = []
+    lock = forksafe.Lock(reset=lambda: resets.append("reset"))
+    with _held_by_another_thread(lambda: lock):
+        assert _run_forked(_use_forksafe_lock_in_child, lock, resets, False) == 0
+    assert not resets and not lock.locked()  # nothing changes in the parent
+    with lock:
+        assert _run_forked(_use_forksafe_lock_in_child, lock, resets, True) == 0
+    assert not resets and not lock.locked()
+
+
+def _build_entropy_models(tables_args) -> None:
+    from pillow_cnnz import entropy
+
+    os._exit(0 if len(entropy.Tables(*tables_args).models) == len(tables_args[1]) else 3)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_another_thread_builds_entropy_models_builds_its_own(monkeypatch):
+    """``functools.cached_property`` (before Python 3.12) holds one lock for every instance while
+    it builds: a child forked meanwhile waited on it forever for its first file's tables."""
+    import constriction
+
+    from pillow_cnnz import entropy
+
+    tables = weights.load().z_tables
+    args = (tables.pmf, tables.lo, tables.length)
+    real = constriction.stream.model.Categorical
+    building, finish = threading.Event(), threading.Event()
+    builder = []
+
+    def blocking_in_the_builder(*a, **k):  # only in the other thread: the child builds freely
+        if threading.get_ident() in builder:
+            building.set()
+            finish.wait()
+        return real(*a, **k)
+
+    monkeypatch.setattr(constriction.stream.model, "Categorical", blocking_in_the_builder)
+
+    def build():
+        builder.append(threading.get_ident())
+        entropy.Tables(*args).models
+
+    thread = threading.Thread(target=build, daemon=True)
+    thread.start()
+    try:
+        assert building.wait(60)
+        assert _run_forked(_build_entropy_models, args) == 0
+    finally:
+        finish.set()
+        thread.join(60)

@@ -65,13 +65,19 @@ def cnnz_path(tmp_path_factory, photo_array) -> Path:
 
 # --- registration --------------------------------------------------------------------
 
-def test_imageio_routes_cnnz_to_pillow():
+def test_imageio_routes_cnnz_to_its_pillow_plugin():
+    """To imageio's Pillow plugin, as the subclass that writes a file by name all or nothing."""
+    from imageio.config import known_plugins
+    from imageio.plugins.pillow import PillowPlugin
+
     pillow_cnnz.register()
     pillow_cnnz.register()
     entries = [e for e in known_extensions[".cnnz"] if e.name == "CNNZ"]
     assert len(entries) == 1
-    assert entries[0].priority == ["pillow"]
+    assert entries[0].priority == ["pillow-cnnz"]
     assert known_extensions[".cnnz"][0] is entries[0]
+    plugin = known_plugins["pillow-cnnz"].plugin_class
+    assert issubclass(plugin, PillowPlugin) and plugin.__name__ == "CnnzPlugin"
 
 
 def test_import_does_not_import_imageio_but_registers_when_it_loads():
@@ -79,21 +85,21 @@ def test_import_does_not_import_imageio_but_registers_when_it_loads():
         import sys
         import pillow_cnnz
         print("imageio" in sys.modules)
-        from imageio.config import known_extensions
-        print([e.name for e in known_extensions[".cnnz"]])
+        from imageio.config import known_extensions, known_plugins
+        print([e.name for e in known_extensions[".cnnz"]], known_plugins["pillow-cnnz"].plugin_class.__name__)
     """)
-    assert lines == ["False", "['CNNZ']"]
+    assert lines == ["False", "['CNNZ'] CnnzPlugin"]
 
 
 def test_registers_when_imageio_was_imported_first():
     lines = run_py("""
-        from imageio.config import known_extensions
+        from imageio.config import known_extensions, known_plugins
         print(".cnnz" in known_extensions)
         import pillow_cnnz
         pillow_cnnz.register()
-        print([e.name for e in known_extensions[".cnnz"]])
+        print([e.name for e in known_extensions[".cnnz"]], known_plugins["pillow-cnnz"].plugin_class.__name__)
     """)
-    assert lines == ["False", "['CNNZ']"]
+    assert lines == ["False", "['CNNZ'] CnnzPlugin"]
 
 
 # --- v3 ------------------------------------------------------------------------------
@@ -188,3 +194,50 @@ def test_v2_imwrite_bytes_with_format(photo_array):
     assert data[:8] == MAGIC
     with Image.open(io.BytesIO(data)) as im:
         assert (im.format, im.size, im.mode) == ("CNNZ", (130, 70), "RGB")
+
+
+# --- writes are all or nothing (issue 35, item 4) ----------------------------------------------
+
+OLD = b"precious old contents"
+
+
+def _imwrite(api: str, path: Path, array: np.ndarray, **options) -> None:
+    if api == "v3":
+        iio.imwrite(path, array, **options)
+    elif api == "v2":
+        iio2.imwrite(path, array, **options)
+    else:  # v2, naming the format for another extension
+        iio2.imwrite(path, array, format="cnnz", **options)
+
+
+APIS = ["v3", "v2", "v2 format=cnnz"]
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("bad", [{"quality": 95}, {"quality": "high"}, {"method": 9}, {"dtype": np.uint16}],
+                         ids=["quality=95", "quality=high", "method=9", "uint16"])
+def test_a_failed_imwrite_leaves_the_existing_file_untouched(tmp_path, photo_array, api, bad):
+    """imageio opened (and emptied) the file before Pillow encoded: a bad option left 0 bytes."""
+    path = tmp_path / ("old.bin" if "format" in api else "old.cnnz")
+    path.write_bytes(OLD)
+    options = dict(bad)
+    dtype = options.pop("dtype", None)
+    array = photo_array if dtype is None else photo_array[..., 0].astype(dtype)  # mode I;16
+    with pytest.raises((OSError, ValueError)):
+        _imwrite(api, path, array, **options)
+    assert path.read_bytes() == OLD
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_imwrite_replaces_a_file_as_save_does(tmp_path, photo_array, api):
+    """Through the same path as ``pillow_cnnz.save``: a symlink is followed, the mode kept."""
+    real = tmp_path / ("real.bin" if "format" in api else "real.cnnz")
+    real.write_bytes(OLD)
+    real.chmod(0o604)
+    link = tmp_path / ("link.bin" if "format" in api else "link.cnnz")
+    link.symlink_to(real.name)
+    _imwrite(api, link, photo_array, quality=3)
+    assert link.is_symlink() and real.read_bytes()[:8] == MAGIC
+    assert real.stat().st_mode & 0o777 == 0o604
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([real.name, link.name])
