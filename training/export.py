@@ -314,7 +314,7 @@ def _synthesis_note(meta: dict) -> str:
     synth = meta["training"].get("synthesis")
     if not synth:
         return ""
-    return (f"- then the synthesis alone: {synth['steps']:,} steps of `{synth['command']}` "
+    return (f"- then the synthesis alone: {synth['steps']:,} steps of `{_as_run_today(synth['command'])}` "
             f"({synth['seconds'] / 3600:.2f} h, {synth.get('device', 'cpu')}; λ·255²·MSE weighted by rate balance "
             f"{synth.get('rate_balance', 0):g}, every other weight frozen), exported with `export --synthesis-only`: "
             f"files of model{'s' if len(meta.get('decodes', [])) > 1 else ''} {', '.join(meta.get('decodes', []))} "
@@ -423,6 +423,12 @@ def phases(history: list[dict]) -> list[dict]:
     return merged
 
 
+def _as_run_today(command: str) -> str:
+    """A command recorded in a checkpoint or weights file, as it runs from a checkout today (the
+    training code was ``pillow_cnnz.train`` before it left the package)."""
+    return command.replace("python -m pillow_cnnz.train ", "python -m training ")
+
+
 def phase_data(h: dict) -> str:
     """The training images of a phase: its own folder, or the default where it recorded none or
     recorded the default set's former folder."""
@@ -456,7 +462,7 @@ def model_card(info: dict, results: Path) -> str:
                                   and not h.get("widened")):
             commands.append("python -m training slim runs/main/last.pt runs/main/last.pt")  # resumed from a slim one
         if h.get("data_from"):  # how a phase's own data folder was made (``subset``)
-            commands.append(h["data_from"])
+            commands.append(_as_run_today(h["data_from"]))
         commands.append(f"python -m training fit --run runs/main --steps {until} --lr {h['lr']:g} "
                         f"--density-lr {dlr:g} --gain-lr {glr:g} --batch {h['batch']} --crop {h['crop']} "
                         f"--lambdas {table} --rate-balance {balance:g} "
