@@ -10,7 +10,7 @@ worker. This measures, in one run and on the same machine, the wall time of fres
 ``one process``    one Python process saving the files in a loop (the model loaded once)
 ``convert -j 1``   ``cnnz convert DIR --out OUT -j 1``
 ``convert -j 2``   ``cnnz convert DIR --out OUT -j 2`` (two worker processes, one thread each)
-``dask 2``         ``pillow_cnnz.dask.convert`` on a new LocalCluster of 2 one-thread workers
+``dask 2``         ``pillow_cnnz.dask.convert`` on a new ``local_cluster(2)`` (2 one-thread workers)
 
 and on the first 12 files the issue's bars: ``convert -j 2`` against ``one process``, and a
 ``--skip-existing`` rerun of it. Then a torch DataLoader reading the 24 images as ``.cnnz``
@@ -55,11 +55,10 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("*.png")):
 
 DASK = """
 import sys
-from distributed import Client, LocalCluster
-from pillow_cnnz.dask import convert
+from distributed import Client
+from pillow_cnnz.dask import convert, local_cluster
 if __name__ == "__main__":
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \\
-            Client(cluster) as client:
+    with local_cluster(2) as cluster, Client(cluster) as client:
         summary = convert(sys.argv[1], sys.argv[2], client=client)
     assert not summary.failed, summary.failed
 """

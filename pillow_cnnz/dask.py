@@ -33,6 +33,24 @@ def _convert_files(pairs: list[tuple[str, str]], options: dict[str, Any]) -> lis
     return [_convert.convert_file(source, output, **options) for source, output in pairs]
 
 
+def local_cluster(workers: int | None = None) -> Any:
+    """A LocalCluster for the codec: ``workers`` worker processes (default: one per core) of one
+    thread each, started with glibc's own malloc trimming.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which hands every freed
+    block above 64 kB back to the system at once; an encode or decode allocates and frees
+    large arrays tile by tile, and would then pay page faults for them on every image. For a
+    cluster of your own, set ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_`` to
+    None in the Dask config before starting it.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return LocalCluster(n_workers=workers or _convert._cores(), threads_per_worker=1, processes=True,
+                            dashboard_address=":0")
+
+
 def convert(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], destination: str | os.PathLike[str],
             *, quality: float = 4.0, to: str = _convert.CNNZ, client: Any = None, skip_existing: bool = False,
             method: int = 0, device: str | None = None, convert_modes: bool = False) -> _convert.Summary:
@@ -41,12 +59,12 @@ def convert(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], 
     As ``cnnz convert`` (:func:`pillow_cnnz.convert.plan` names the outputs, and
     :func:`pillow_cnnz.convert.convert_bytes` explains ``to``, ``quality``, ``method``,
     ``device`` and ``convert_modes``), on ``client``'s cluster; with no client, on a
-    LocalCluster of one single-threaded worker process per core, closed at the end.
+    :func:`local_cluster` (one single-threaded worker process per core), closed at the end.
     ``skip_existing`` keeps outputs that exist; otherwise they are replaced. Failures are
     collected in the summary's results (``error``), never raised; a worker that dies fails
     the files of its task.
     """
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     _convert.target(to)  # an unknown format stops the run before any work
     started = time.perf_counter()
@@ -55,8 +73,7 @@ def convert(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], 
                    if_exists="skip" if skip_existing else "overwrite")
     cluster = None
     if client is None:
-        cluster = LocalCluster(n_workers=_convert._cores(), threads_per_worker=1, processes=True,
-                               dashboard_address=":0")
+        cluster = local_cluster()
         client = Client(cluster)
     try:
         threads = sum(client.nthreads().values()) or 1

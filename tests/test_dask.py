@@ -22,9 +22,19 @@ H, W = 48, 64
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    with cluster, distributed.Client(cluster) as c:
+    with cnnz_dask.local_cluster(2) as cluster, distributed.Client(cluster) as c:
         yield c
+
+
+def _malloc_trim() -> str | None:
+    import os
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_the_local_cluster_has_single_threaded_workers_with_default_malloc_trimming(client):
+    assert list(client.nthreads().values()) == [1, 1]
+    assert list(client.run(_malloc_trim).values()) == [None, None]
 
 
 def _count_model_reads() -> None:
