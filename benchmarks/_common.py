@@ -179,9 +179,9 @@ def environment() -> dict:
     except OSError:
         pass
     try:  # what CNNZ_PRECISION=auto picks for a CPU decode here (bfloat16 needs torch)
-        from pillow_cnnz import codec
+        from pillow_cnnz import precision, weights
 
-        info["cpu_decode_precision"] = codec.resolve_precision(None, "cpu", int8=codec.load().has_int8)
+        info["cpu_decode_precision"] = precision.resolve_precision(None, "cpu", int8=weights.load().has_int8)
     except ValueError as e:
         info["cpu_decode_precision"] = str(e)
     try:

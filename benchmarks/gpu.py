@@ -42,7 +42,7 @@ import pillow_cnnz
 from benchmarks._common import DEFAULT_KODAK
 from benchmarks.rd import psnr
 from benchmarks.speed import scaled_image
-from pillow_cnnz import codec, container
+from pillow_cnnz import batching, codec, container, latents, synthesis
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 def symbols_sha(data: bytes) -> str:
     """sha256 of the integer ẑ and latent symbols a decoder reads from ``data`` (numpy only)."""
     header, payloads = container.parse(data)
-    z, symbols, _ = codec.decode_latents(header, payloads["LATZ"], payloads["LATY"])
+    z, symbols, _ = latents.decode_latents(header, payloads["LATZ"], payloads["LATY"])
     return hashlib.sha256(z.astype(np.int32).tobytes() + symbols.astype(np.int32).tobytes()).hexdigest()
 
 
@@ -124,14 +124,14 @@ def part_batch(images: list[np.ndarray], q: float, dev: str, sizes: list[int]) -
         out["runs"].append({"batch_size": bs, "encode_mp_s": mp / te, "decode_mp_s": mp / td,
                             "encode_s": te, "decode_s": td})
     parsed = [container.parse(f) for f in files]
-    y_hats, t_cpu = timed(lambda: [codec.y_hat_of(f) for f in parsed])
-    _, t_threads = timed(codec._per_file, codec.y_hat_of, parsed)
+    y_hats, t_cpu = timed(lambda: [latents.y_hat_of(f) for f in parsed])
+    _, t_threads = timed(batching.per_file, latents.y_hat_of, parsed)
     bs = max(sizes)
     headers = [h for h, _ in parsed]
 
     def synth() -> None:  # same-size files together, as decode_batch groups them
-        for ids in codec._groups([(h.height, h.width) for h in headers], bs):
-            codec.synthesize_batch([headers[i] for i in ids], [y_hats[i] for i in ids], dev)
+        for ids in batching.groups([(h.height, h.width) for h in headers], bs):
+            synthesis.synthesize_batch([headers[i] for i in ids], [y_hats[i] for i in ids], dev)
 
     _, t_syn = timed(synth)
     out["decode_split_s"] = {"entropy_and_hyper_cpu": t_cpu, "entropy_and_hyper_cpu_thread_per_core": t_threads,

@@ -27,7 +27,7 @@ Parts (all on by default; ``--parts`` picks a subset):
              ``--skip-rss`` times the sizes in this process instead (faster, no memory).
 ``batch``    ``encode_batch`` / ``decode_batch`` of the images (batch 8) against one file at a
              time, and the exact per-file stage of a batch (entropy coding, integer networks)
-             on one thread against a thread per core (``codec._per_file``); medians of 3
+             on one thread against a thread per core (``batching.per_file``); medians of 3
              rounds, each round running every variant in turn.
 ``floor``    what the transforms' arithmetic alone costs on this CPU: the best rate of a
              dense 3x3 convolution (96 -> 96 channels, 128x192, channels-last, torch, the
@@ -39,11 +39,11 @@ Parts (all on by default; ``--parts`` picks a subset):
              per pixel a transform could have to fit a time budget.
 ``decodeonly`` a process that only decodes (no warm-up, torch not imported): ``Image.open().load()``
              of one image at ``--decode-only-sizes`` megapixels, in ``auto`` precision (from
-             ``codec.TORCH_FROM_PIXELS`` it imports torch itself) and with ``CNNZ_PRECISION=float32``
+             ``synthesis.TORCH_FROM_PIXELS`` it imports torch itself) and with ``CNNZ_PRECISION=float32``
              (numpy throughout); seconds from ``Image.open`` on (the torch import included), peak
              RSS, and whether torch was imported.
 ``tiling``   a ~4 MP image decoded with the default tiling and with one tile
-             (``pillow_cnnz.codec.TILE`` patched above the latent grid): pixel
+             (``pillow_cnnz.tiling.TILE`` patched above the latent grid): pixel
              differences; the same comparison of the latents the encoder produces.
 
 Threads: torch uses ``torch.get_num_threads()`` unless ``CNNZ_THREADS`` (or ``--threads``,
@@ -246,7 +246,7 @@ def part_codecs(paths: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
     # bfloat16) or int8 (VNNI without it); then float32 is timed too, in torch (a decode-only
     # process runs numpy's float32: ``--parts scaling``).
     first = next(iter(codecs))
-    precision = {first: codec.resolve_precision(None, "cpu", int8=codec.load().has_int8)}
+    precision = {first: precision.resolve_precision(None, "cpu", int8=weights.load().has_int8)}
     if precision[first] != "float32" and not os.environ.get("CNNZ_PRECISION"):
         name = f"{first}-float32"
         codecs = {first: codecs[first], name: codecs[first], **{k: v for k, v in codecs.items() if k != first}}
@@ -287,7 +287,7 @@ def part_codecs(paths: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
                      "decode": cnnz["decode_ms_median"] / s["decode_ms_median"]}
               for name, s in summary.items() if s["format"] != "CNNZ"}
     return {"images": [p.name for p in paths], "torch_threads": torch.get_num_threads(),
-            "analysis_precision": codec.resolve_precision(None, "cpu", analysis=True, int8=codec.load().has_int8),
+            "analysis_precision": precision.resolve_precision(None, "cpu", analysis=True, int8=weights.load().has_int8),
             "repeat": args.repeat, "cnnz_repeat": args.cnnz_repeat, "skipped": skipped,
             "codecs": summary, "cnnz_over_peer": ratios}
 
@@ -310,7 +310,7 @@ def part_stages(paths: list[Path], args: argparse.Namespace) -> dict:
         out[label] = {"ms_median": summary, "torch_threads": res["torch_threads"], "per_image_s": res["rows"]}
         print(f"  stages ({label}) done", file=sys.stderr)
     return {"images": [Path(p).name for p in cfg["paths"]], "variants": out,
-            "legend": {"transform": "codec._analysis / codec._synthesis: g_a (encode) or g_s (decode), tiled",
+            "legend": {"transform": "analysis.run_analysis / tiling.synthesize_tiles: g_a (encode) or g_s (decode), tiled",
                        "hyper": "hyper.hyper_band: integer hyper network, numpy float64 BLAS",
                        "ans_encode/ans_decode": "entropy.Encoder.push+finish / Decoder.pull+finish (both streams), constriction",
                        "other": "the rest: h_a (encode), padding, conversions, container, Pillow"}}
@@ -329,15 +329,15 @@ def part_batch(paths: list[Path], args: argparse.Namespace) -> dict:
     parsed = [container.parse(f) for f in files]
 
     def exact_stage() -> None:
-        codec._per_file(codec.y_hat_of, parsed)
+        batching.per_file(latents.y_hat_of, parsed)
 
-    one_core = mock.patch.object(codec, "_cores", lambda: 1)
+    one_core = mock.patch.object(batching, "cores", lambda: 1)
 
     def exact_stage_one_thread() -> None:
         with one_core:
             exact_stage()
 
-    out = {"images": len(arrays), "megapixels": pixels / 1e6, "batch_size": 8, "cores": codec._cores(),
+    out = {"images": len(arrays), "megapixels": pixels / 1e6, "batch_size": 8, "cores": batching.cores(),
            "rounds": 3}
     runs = {"exact one thread": exact_stage_one_thread, "exact thread per core": exact_stage,
             "decode_batch": lambda: codec.decode_batch(files, batch_size=8),
@@ -365,7 +365,7 @@ def _int8_conv_rate(conv, x, macs: int, runs: int) -> float | None:  # noqa: ANN
 
     from pillow_cnnz import codec
 
-    if not (codec._cpu_has_vnni() and codec._int8_supported()):
+    if not (precision.cpu_has_vnni() and precision.int8_supported()):
         return None
     from pillow_cnnz import int8
 
@@ -400,12 +400,12 @@ def part_floor(args: argparse.Namespace, pixels: int = 768 * 512) -> dict:
     from pillow_cnnz import codec, weights
     from pillow_cnnz.model import Config
 
-    codec._torch()  # applies CNNZ_THREADS as the codec does
+    precision.import_torch()  # applies CNNZ_THREADS as the codec does
     x = torch.randn(1, 96, 128, 192).contiguous(memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(96, 96, 3, padding=1).to(memory_format=torch.channels_last).eval()
     macs = 96 * 96 * 9 * 128 * 192
     rates = {}
-    dtypes = ["float32"] + (["bfloat16"] if codec._cpu_has_bf16() else [])
+    dtypes = ["float32"] + (["bfloat16"] if precision.cpu_has_bf16() else [])
     with torch.inference_mode():
         for dtype in dtypes:
             c, xi = conv.to(getattr(torch, dtype)), x.to(getattr(torch, dtype))
@@ -432,7 +432,7 @@ from PIL import Image
 t1 = time.perf_counter()
 im = Image.open(sys.argv[1])
 t2 = time.perf_counter()
-from pillow_cnnz import codec, weights, entropy, hyper
+from pillow_cnnz import analysis, batching, codec, entropy, hyper, latents, precision, synthesis, tiling, weights
 seconds = {}
 def timed(obj, name, label):
     fn = getattr(obj, name)
@@ -446,8 +446,8 @@ def timed(obj, name, label):
     setattr(obj, name, wrapper)
 timed(codec, "_torch", "first torch use (import torch)")
 timed(weights, "_read", "weights read+verify")
-timed(weights.Model, "net", "network build (torch)")
-timed(weights.Model, "numpy_synthesis", "network build (numpy)")
+timed(weights.Weights, "net", "network build (torch)")
+timed(weights.Weights, "numpy_synthesis", "network build (numpy)")
 timed(entropy, "decode", "ans decode")
 timed(hyper, "hyper_band", "hyper")
 timed(codec, "_synthesis", "synthesis (tiled)")
@@ -593,7 +593,7 @@ def part_decode_only(base: Image.Image, args: argparse.Namespace, tmp: Path) -> 
               f"float32 {row['float32']['seconds']:.1f} s", file=sys.stderr)
     from pillow_cnnz import codec
 
-    return {"torch_from_pixels": codec.TORCH_FROM_PIXELS, "rows": rows}
+    return {"torch_from_pixels": synthesis.TORCH_FROM_PIXELS, "rows": rows}
 
 
 def part_tiling(base: Image.Image, args: argparse.Namespace) -> dict:
@@ -626,7 +626,7 @@ def part_tiling(base: Image.Image, args: argparse.Namespace) -> dict:
                            "max_abs_diff": int(np.abs(va - vb).max())}
     return {
         "width": im.width, "height": im.height, "latent_grid": [rows, cols],
-        "default_tile": codec.TILE, "one_tile": one,
+        "default_tile": tiling.TILE, "one_tile": one,
         "decode": {"max_abs_diff": int(diff.max()), "mean_abs_diff": float(diff.mean()),
                    "fraction_differing": float(np.count_nonzero(diff) / diff.size),
                    "psnr_between_db": float(10 * np.log10(255**2 / max(np.mean(diff.astype(np.float64) ** 2), 1e-12))),
@@ -838,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
             res["cold"] = part_cold(cnnz_path, args, tmp)
             from pillow_cnnz import codec
 
-            if codec._cpu_has_bf16():
+            if precision.cpu_has_bf16():
                 res["cold_bf16"] = part_cold(cnnz_path, args, tmp, "bfloat16")
         if "import" in parts:
             print("import cost ...", file=sys.stderr)

@@ -36,7 +36,7 @@ _undo: list[int] | None = None  # in a forked child: those of a section the fork
 def _forked_mid_section() -> None:
     """In a child forked while another thread held a section (forksafe.Lock's reset): that
     thread is gone, so its count stays set; the child's next section restores the BLAS
-    counts first (only those: torch keeps a child's OpenMP pool at one thread, codec._torch).
+    counts first (only those: torch keeps a child's OpenMP pool at one thread, precision.import_torch).
     threadpoolctl's own lock (taken briefly when a section sets or restores the count) is
     renewed too: the thread that may have held it is gone, no thread of the child holds it."""
     global _undo, _outside

@@ -393,7 +393,7 @@ def plan(sources: Sequence[str | os.PathLike[str]], destination: str | os.PathLi
 
 
 def _cores() -> int:
-    from .codec import _cores as cores
+    from .batching import cores
 
     return cores()
 

@@ -70,7 +70,7 @@ def residual_blocks(layers: nn.Sequential) -> list[int]:
 
 def upsamplings(g_s: nn.Sequential) -> list[int]:
     """Indexes of the synthesis' sub-pixel convolutions that can run in int8: all but the last,
-    which makes the pixels (``codec._torch_synthesis`` runs it in float32)."""
+    which makes the pixels (``synthesis.torch_synthesis`` runs it in float32)."""
     return [i for i, layer in enumerate(g_s) if isinstance(layer, SubPixelConv) and i < len(g_s) - 1]
 
 

@@ -94,7 +94,7 @@ class Config:
 
     def synthesis_radius(self) -> float:
         """How far, in latents, an output pixel of ``g_s`` sees: the decoder's tiles need at
-        least this much halo (``codec.HALO``) to match an untiled decode."""
+        least this much halo (``tiling.HALO``) to match an untiled decode."""
         radius, scale = 0.0, 1  # output pixels of the current level per latent
         for blocks in self.res:
             radius += 1 / scale  # the sub-pixel 3x3 convolution, at the coarser level

@@ -11,17 +11,23 @@ Inference for Neural Image Compression"): each latent is a soft mix of its two n
 integers around the mean, the mix hardening as the steps go; ẑ is rounded straight-through.
 The noise comes from a seeded generator, so the same image gives the same bytes.
 
-The synthesis' gradient is accumulated tile by tile (``codec``'s tiles and halo), so its
+The synthesis' gradient is accumulated tile by tile (``tiling``'s tiles and halo), so its
 memory is bounded by a tile whatever the image size; the rate terms run on the whole latent
 grid (1/256 of the pixels, `Config.M` channels), which is what grows with the image.
-Each step costs about three synthesis passes: ``method`` 6 (12 steps) makes a Kodak encode
-2.6 s instead of 0.2 s on 2 CPU cores, for BD-rate vs JPEG −39.2 → −41.8 % (docs/training.md).
+Each step costs about three synthesis passes; what the methods gain and cost is measured in
+docs/performance.md. Torch is imported by the functions that run it, so choosing a method
+(``check_method``) imports none.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
+
+from . import latents, tiling
+from . import precision as policy
+from .weights import Weights
 
 # Steps of Adam per ``method`` (0 = the analysis alone, like WebP's method 0 = fastest).
 METHOD_STEPS = (0, 2, 4, 6, 8, 10, 12)
@@ -36,11 +42,13 @@ def check_method(method: int) -> int:
     return int(method)
 
 
-def _soft_round(torch: Any, r: Any, tau: float, generators: list) -> Any:
+def _soft_round(r: Any, tau: float, generators: list) -> Any:
     """A Gumbel-softmax sample between floor(r) and floor(r) + 1, weighted by closeness.
 
     Each image of the batch draws from its own generator: a file does not depend on the
     images it was encoded with."""
+    import torch
+
     lower = torch.floor(r).detach()
     frac = (r - lower).clamp(1e-4, 1 - 1e-4)
     logits = torch.stack([-torch.atanh(frac), -torch.atanh(1 - frac)]) / tau
@@ -49,12 +57,14 @@ def _soft_round(torch: Any, r: Any, tau: float, generators: list) -> Any:
     return lower + weights[1]
 
 
-def _weighted_distortion(torch: Any, net: Any, y_hat: Any, rgbs: list[np.ndarray], windows: list[tuple],
+def _weighted_distortion(net: Any, y_hat: Any, rgbs: list[np.ndarray], windows: list[tuple],
                          stride: int, lam: Any, bfloat16: bool) -> Any:
     """Per image λ·255²·MSE of the synthesis of ``y_hat``, one tile at a time. When ``y_hat``
     requires a gradient, each tile's is added to ``y_hat.grad`` as it goes (bounded memory).
     ``bfloat16`` runs the synthesis under autocast: 1.8x faster steps on a CPU with native
     bfloat16, for the same loss to 0.1 % (the latents' rounding stays float32)."""
+    import torch
+
     total = torch.zeros(len(rgbs), device=y_hat.device)
     for (r0, r1, c0, c1), (a0, a1, b0, b1) in windows:
         target = torch.from_numpy(np.stack([im[r0 * stride:r1 * stride, c0 * stride:c1 * stride] for im in rgbs]))
@@ -69,34 +79,37 @@ def _weighted_distortion(torch: Any, net: Any, y_hat: Any, rgbs: list[np.ndarray
     return total
 
 
-def _entropy_parameters(torch: Any, net: Any, z_hat: Any, y: Any) -> tuple[Any, Any]:
+def _entropy_parameters(net: Any, z_hat: Any, y: Any) -> tuple[Any, Any]:
     """(μ, log2 σ) of each image's latents, computed image by image: float32 convolutions
     on a CPU round differently for a batch than for one image (seen: 5e-6 at one thread),
     and a bfloat16 synthesis downstream can turn that into other latents, so a batched file
     would differ from the same image encoded alone."""
+    import torch
+
     pairs = [net.entropy_parameters(net.h_s(z_hat[i : i + 1]), y[i : i + 1]) for i in range(y.shape[0])]
     return torch.cat([mu for mu, _ in pairs]), torch.cat([scale for _, scale in pairs])
 
 
-def _loss(torch: Any, net: Any, y: Any, z: Any, ig: Any, pixels: int, tile_loss: Any, file_bits: Any) -> Any:
+def _loss(net: Any, y: Any, z: Any, ig: Any, pixels: int, tile_loss: Any, file_bits: Any) -> Any:
     """Per image: the bits of the file these latents make (``file_bits``, the real coder) per
     pixel, plus the weighted distortion of their hard rounding."""
+    import torch
+
     with torch.no_grad():
-        mu, _ = _entropy_parameters(torch, net, torch.round(z), y)
+        mu, _ = _entropy_parameters(net, torch.round(z), y)
         distortion = tile_loss((torch.round(y - mu) + mu) * ig)
     bits = file_bits(y.cpu().numpy(), z.cpu().numpy())
     return torch.from_numpy(np.asarray(bits, np.float64) / pixels).to(distortion) + distortion
 
 
-def refine(net: Any, rgbs: list[np.ndarray], y: np.ndarray, z: np.ndarray, lambdas: list[float],
-           inv_gains: np.ndarray, steps: int, windows: list[tuple], stride: int, file_bits: Any,
-           device: str = "cpu", precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
-    """Refined (y, z), float32 like the inputs, of same-size (H, W, 3) uint8 images.
+def refine(model: Weights, rgbs: list[np.ndarray], y: np.ndarray, z: np.ndarray, qualities: list[float],
+           steps: int, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Refined (y, z), float32 like the inputs, of same-size (H, W, 3) uint8 images at ``qualities``.
 
-    ``net`` is the float network with its entropy model (``Model.net(..., entropy=True)``),
-    ``windows`` the synthesis tiles of ``codec._windows`` and ``stride`` pixels per latent;
-    ``precision`` is the synthesis' (``codec.resolve_precision``). ``file_bits(y, z)`` gives
-    the size in bits of each image's coded latents (the real entropy coder).
+    The loss is the training loss at each file's quality: the float network with its entropy
+    model (``Weights.net(..., entropy=True)``), synthesized in the tiles of ``tiling`` and in the
+    synthesis' precision (``precision.resolve_precision``); the rate is the size of each image's
+    coded latents (``latents.file_bits``, the real entropy coder).
 
     The relaxed loss and the file's can part ways: Adam moves every latent by about the step
     size whatever its gradient, and after a dozen steps the noise of the annealing can move
@@ -107,16 +120,23 @@ def refine(net: Any, rgbs: list[np.ndarray], y: np.ndarray, z: np.ndarray, lambd
 
     from .model import SCALE_MIN, gaussian_likelihood, round_st
 
+    net = model.net(device, "float32", entropy=True)
+    lambdas = [model.lambda_for(q) for q in qualities]
+    inv_gains = np.stack([2 ** model.log2_gains(q)[1] for q in qualities])
+    windows = tiling.synthesis_windows(*rgbs[0].shape[:2], y.shape[2:])
+    stride = tiling.LATENT_STRIDE
+    file_bits = functools.partial(latents.file_bits, model)
+    precision = policy.resolve_precision(None, device)
     h, w = rgbs[0].shape[:2]
     pixels = h * w
     lam = torch.tensor(lambdas, dtype=torch.float32, device=device) * 255.0**2 / (3 * pixels)
     ig = torch.from_numpy(np.ascontiguousarray(inv_gains, np.float32)).to(device)[:, :, None, None]
 
     def tile_loss(y_hat: Any) -> Any:
-        return _weighted_distortion(torch, net, y_hat, rgbs, windows, stride, lam, precision == "bfloat16")
+        return _weighted_distortion(net, y_hat, rgbs, windows, stride, lam, precision == "bfloat16")
 
     def loss(y: Any, z: Any) -> Any:
-        return _loss(torch, net, y, z, ig, pixels, tile_loss, file_bits)
+        return _loss(net, y, z, ig, pixels, tile_loss, file_bits)
 
     y0, z0 = torch.from_numpy(y).to(device), torch.from_numpy(z).to(device)
     best_y, best_z, best = y0, z0, loss(y0, z0)
@@ -130,8 +150,8 @@ def refine(net: Any, rgbs: list[np.ndarray], y: np.ndarray, z: np.ndarray, lambd
         opt.zero_grad(set_to_none=True)
         z_hat = round_st(zv)
         bits = -torch.log2(net.density_z.likelihood(z_hat).clamp_min(1e-9)).sum()
-        mu, log2_scale = _entropy_parameters(torch, net, z_hat, yv)
-        r = _soft_round(torch, yv - mu, tau, generators)
+        mu, log2_scale = _entropy_parameters(net, z_hat, yv)
+        r = _soft_round(yv - mu, tau, generators)
         bits = bits - torch.log2(gaussian_likelihood(r, (2**log2_scale).clamp_min(SCALE_MIN))).sum()
         y_hat = (r + mu) * ig
         leaf = y_hat.detach().requires_grad_(True)

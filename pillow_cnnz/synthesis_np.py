@@ -1,7 +1,6 @@
 """The synthesis transform ``g_s`` in plain numpy, so that a float32 decode on a CPU need not import torch.
 
-Importing torch alone takes 1.2-1.7 s, most of the cold-start budget for "new process,
-open a file, decode one image". This module computes the same function as
+Importing torch is most of the cold start of "new process, open a file, decode one image". This module computes the same function as
 ``model.CnnzNet.g_s`` (sub-pixel 3x3 convolutions, inverse simplified GDN and residual
 blocks, see ``layers.py``) in float32 from the weights' numpy arrays; results differ from torch's
 float32 only by rounding.
@@ -23,20 +22,20 @@ Threads: a layer's bands run on ``workers`` threads of a pool made for the call,
 sgemm on whatever numpy's BLAS is set to (nothing here sets it; the codec sets one thread
 and a worker per core). Many small sgemms made several BLAS threads slow wherever a core is
 busy, and a band's work beside its sgemm (im2col, GDN, the shuffle) ran on one core; bands
-on two workers were 1.15-1.24x faster than one band at a time on two BLAS threads (see the
-benchmark at the bottom: ``python -m pillow_cnnz.synthesis_np``).
+on workers beat one band at a time on several BLAS threads (``benchmarks/speed.py`` times
+the backends, docs/performance.md).
 """
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import spans
-from .weights import Model
 
 BAND_BYTES = 1 << 21  # target size of a band's im2col (or tap product) matrix
 NEGLIGIBLE = 2.0**-60  # GDN weights set to 0, as layers.GDN.NEGLIGIBLE (this module runs without torch)
@@ -191,13 +190,14 @@ class _Last:
 
 
 class NumpySynthesis:
-    """``model.CnnzNet.g_s`` in numpy float32, built once from a loaded ``weights.Model``.
+    """``model.CnnzNet.g_s`` in numpy float32, built once from loaded weights (``weights.Weights``,
+    or anything with their ``arrays``).
 
     Thread-safe: a call allocates its own buffers and changes nothing shared.
     """
 
-    def __init__(self, model: Model) -> None:
-        arrays = model.arrays
+    def __init__(self, weights: Any) -> None:
+        arrays = weights.arrays
         self.layers: list[_Upsample | _Residual] = []
         i, ups = 0, 0
         while True:  # g_s.<i> in order: (sub-pixel conv, GDN) pairs, each followed by any residual blocks
@@ -272,51 +272,3 @@ def _cropped(xp: np.ndarray, has: tuple[tuple[int, int], tuple[int, int]],
     out[1:-1, 1:-1] = xp[1 + a0 - h0 : 1 + a1 - h0, 1 + b0 - w0 : 1 + b1 - w0]
     return out
 
-
-if __name__ == "__main__":
-    # Benchmark on a Kodak-sized latent (512x768 pixels): numpy (one band at a time on BLAS's
-    # threads, or bands on workers of one BLAS thread each, as the codec runs it) vs torch float32
-    # vs torch bfloat16 autocast (last layer in float32, as codec._synthesis runs it), 1 and 2 threads.
-    import statistics
-    import time
-
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    from . import weights
-
-    def median_ms(fn, runs: int = 5) -> float:
-        fn()  # warm-up
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return 1e3 * statistics.median(times)
-
-    model = weights.load()
-    net = model.net("cpu", "float32")  # channels_last already
-    synth = NumpySynthesis(model)
-    y = 2 * np.random.default_rng(0).standard_normal((1, synth.channels, 32, 48), dtype=np.float32)
-    x = torch.from_numpy(y).contiguous(memory_format=torch.channels_last)
-
-    def torch_bf16() -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            body = net.g_s[:-1](x)
-        return net.g_s[-1](body.float())
-
-    with torch.inference_mode():
-        ref = net.g_s(x).numpy()
-        print(f"max |numpy - torch float32| = {np.abs(synth(y) - ref).max():.2e}, "
-              f"max |torch bf16 - float32| = {np.abs(torch_bf16().numpy() - ref).max():.2e}")
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            with threadpool_limits(threads, user_api="blas"):
-                t_np = median_ms(lambda: synth(y))
-            with threadpool_limits(1, user_api="blas"):  # as the codec runs it
-                t_workers = median_ms(lambda: synth(y, threads))
-            t_fp32 = median_ms(lambda: net.g_s(x))
-            t_bf16 = median_ms(torch_bf16)
-            print(f"{threads} thread(s): numpy {t_np:.0f} ms with {threads} BLAS thread(s), {t_workers:.0f} ms with "
-                  f"{threads} worker(s) of one BLAS thread, torch float32 {t_fp32:.0f} ms, "
-                  f"torch bfloat16 {t_bf16:.0f} ms")

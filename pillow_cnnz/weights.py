@@ -89,8 +89,9 @@ class LazyArrays(Mapping[str, np.ndarray]):
 
 
 @dataclass
-class Model:
-    """Everything one weights file holds, with the torch networks built on demand."""
+class Weights:
+    """Everything one weights file holds (a model's arrays, tables and manifest entry), with its
+    torch and numpy networks built on demand."""
 
     model_id: bytes
     meta: dict
@@ -210,7 +211,7 @@ def _at_quality(table: np.ndarray, quality: float) -> np.ndarray:
     return table[lo] * (1 - (t - lo)) + table[lo + 1] * (t - lo)
 
 
-_cache: dict[bytes, Model] = {}
+_cache: dict[bytes, Weights] = {}
 _cache_lock = forksafe.Lock()
 
 
@@ -240,7 +241,7 @@ def _parsed(spec: dict, parse: Any) -> Any:
         raise WeightsError(msg) from e
 
 
-def _read(model_id: bytes) -> Model:
+def _read(model_id: bytes) -> Weights:
     models = manifest()["models"]
     entry = models.get(model_id.hex())
     if entry is None:
@@ -267,7 +268,7 @@ def _read(model_id: bytes) -> Model:
         ctx = {name: {"shift": meta["context"]["shifts"][name],
                       "weight": arrays[f"context/{name}/weight"].astype(np.float64),
                       "bias": arrays[f"context/{name}/bias"].astype(np.float64)} for name in context.NAMES}
-    return Model(model_id, meta, arrays, tables("z"), tables("y"), layers, ctx, entry)
+    return Weights(model_id, meta, arrays, tables("z"), tables("y"), layers, ctx, entry)
 
 
 def _decoded_by(model_id: bytes) -> bytes:
@@ -285,7 +286,7 @@ def _decoded_by(model_id: bytes) -> bytes:
     return bytes.fromhex(target)
 
 
-def load(model_id: bytes | None = None) -> Model:
+def load(model_id: bytes | None = None) -> Weights:
     """The model with this id (default: the shipped default), loaded once per process; for the id of
     a model whose synthesis a later release retrained, that release's model."""
     if model_id is None:

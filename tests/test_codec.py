@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pillow_cnnz import codec, container, entropy, hyper, weights
+from pillow_cnnz import batching, codec, container, entropy, hyper, latents, precision, synthesis, tiling, weights
 
 from .conftest import _photo as photo
 
@@ -41,10 +41,10 @@ def test_decoded_latents_identical_across_processes_threads_and_precision(tmp_pa
     """)
     decode = f"""
         import numpy as np
-        from pillow_cnnz import codec, container
+        from pillow_cnnz import codec, container, latents, precision
         h, p = container.parse(open({str(tmp_path / 'f.cnnz')!r}, 'rb').read())
-        z, sym, _ = codec.decode_latents(h, p['LATZ'], p['LATY'])
-        tag = codec.resolve_precision()
+        z, sym, _ = latents.decode_latents(h, p['LATZ'], p['LATY'])
+        tag = precision.resolve_precision()
         np.save({str(tmp_path)!r} + '/z_%s.npy' % tag, z)
         np.save({str(tmp_path)!r} + '/y_%s.npy' % tag, sym)
         np.save({str(tmp_path)!r} + '/px_%s.npy' % tag, codec.decode_payloads(h, p))
@@ -141,7 +141,7 @@ def test_image_of_several_bands_decodes_to_the_encoded_latents():
     img = photo(2 * 64 * hyper.BAND_ROWS + 70, 48)  # three bands of ẑ rows
     _, z, sym, _, data = codec.encode_latents(img, 4.0)
     h, p = container.parse(data)
-    z_dec, sym_dec, _ = codec.decode_latents(h, p["LATZ"], p["LATY"])
+    z_dec, sym_dec, _ = latents.decode_latents(h, p["LATZ"], p["LATY"])
     assert len(hyper.bands(z.shape[1])) == 3
     assert np.array_equal(z, z_dec) and np.array_equal(sym, sym_dec)
 
@@ -149,28 +149,28 @@ def test_image_of_several_bands_decodes_to_the_encoded_latents():
 def test_bfloat16_transforms_change_pixels_by_at_most_a_few_levels():
     img = photo(128, 192)
     h, p = container.parse(codec.encode(img, "RGB", 6.0))
-    ref = codec.decode_rgb(h, p["LATZ"], p["LATY"], precision="float64").astype(int)
-    bf16 = codec.decode_rgb(h, p["LATZ"], p["LATY"], precision="bfloat16")
+    ref = synthesis.decode_rgb(h, p["LATZ"], p["LATY"], precision="float64").astype(int)
+    bf16 = synthesis.decode_rgb(h, p["LATZ"], p["LATY"], precision="bfloat16")
     diff = np.abs(bf16 - ref)
     assert diff.max() <= 3 and diff.mean() < 0.3  # measured on Kodak: max 2, mean 0.11
 
 
 def test_auto_precision_is_a_real_float_type():
-    assert codec.resolve_precision("auto", "cpu") in ("float32", "bfloat16")
-    assert codec.resolve_precision("auto", "cpu", analysis=True) in ("float32", "bfloat16")
+    assert precision.resolve_precision("auto", "cpu") in ("float32", "bfloat16")
+    assert precision.resolve_precision("auto", "cpu", analysis=True) in ("float32", "bfloat16")
     with pytest.raises(ValueError, match="unknown precision"):
-        codec.resolve_precision("float16")
+        precision.resolve_precision("float16")
 
 
 def test_cpu_analysis_takes_bfloat16_only_with_amx(monkeypatch):
-    monkeypatch.setattr(codec, "_torch_installed", lambda: True)
-    monkeypatch.setattr(codec, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    assert codec.resolve_precision("auto", "cpu") == "bfloat16"
-    assert codec.resolve_precision("auto", "cpu", analysis=True) == "float32"  # seen to round differently per call
-    monkeypatch.setattr(codec, "_cpu_flags", lambda: frozenset({"avx512_bf16", "amx_tile", "amx_bf16"}))
-    assert codec.resolve_precision("auto", "cpu", analysis=True) == "bfloat16"
+    monkeypatch.setattr(precision, "torch_installed", lambda: True)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert precision.resolve_precision("auto", "cpu") == "bfloat16"
+    assert precision.resolve_precision("auto", "cpu", analysis=True) == "float32"  # seen to round differently per call
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_tile", "amx_bf16"}))
+    assert precision.resolve_precision("auto", "cpu", analysis=True) == "bfloat16"
     monkeypatch.setenv("CNNZ_PRECISION", "float32")  # asked for: always
-    assert codec.resolve_precision(None, "cpu", analysis=True) == "float32"
+    assert precision.resolve_precision(None, "cpu", analysis=True) == "float32"
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -200,8 +200,8 @@ def test_tile_halo_covers_the_shipped_synthesis_receptive_field():
     from pillow_cnnz.model import Config
 
     config = Config.from_dict(weights.load().meta["config"])
-    assert codec.HALO >= config.synthesis_radius()
-    assert codec.HALO >= config.analysis_radius()
+    assert tiling.HALO >= config.synthesis_radius()
+    assert tiling.HALO >= config.analysis_radius()
     assert Config().synthesis_radius() == 1 + 1 / 2 + 1 / 4 + 1 / 8
     assert Config(res=(0, 1, 0)).synthesis_radius() == Config().synthesis_radius() + 2 / 4
 
@@ -209,18 +209,18 @@ def test_tile_halo_covers_the_shipped_synthesis_receptive_field():
 def test_tiled_synthesis_matches_one_tile_within_one_level(monkeypatch):
     img = photo(200, 264)
     data = codec.encode(img, "RGB", 5.0)
-    monkeypatch.setattr(codec, "TILE", 5)  # many tiles with halos
+    monkeypatch.setattr(tiling, "TILE", 5)  # many tiles with halos
     tiled = codec.decode(data)
-    monkeypatch.setattr(codec, "TILE", 1000)
+    monkeypatch.setattr(tiling, "TILE", 1000)
     whole = codec.decode(data)
     assert np.abs(tiled.astype(int) - whole).max() <= 1
 
 
 def test_tiled_analysis_gives_nearly_the_same_file(monkeypatch):
     img = photo(200, 264)
-    monkeypatch.setattr(codec, "TILE", 5)
+    monkeypatch.setattr(tiling, "TILE", 5)
     _, _, tiled, _, _ = codec.encode_latents(img, 5.0)
-    monkeypatch.setattr(codec, "TILE", 1000)
+    monkeypatch.setattr(tiling, "TILE", 1000)
     _, _, whole, _, _ = codec.encode_latents(img, 5.0)
     assert np.mean(tiled != whole) < 0.01  # float rounding can flip a few roundings
 
@@ -267,9 +267,9 @@ def test_quality_is_stored_and_drives_rate():
 def test_device_override_is_validated(monkeypatch):
     monkeypatch.setenv("CNNZ_DEVICE", "tpu")
     with pytest.raises(ValueError, match="tpu"):
-        codec.resolve_device()
+        precision.resolve_device()
     monkeypatch.setenv("CNNZ_DEVICE", "cpu")
-    assert codec.resolve_device() == "cpu"
+    assert precision.resolve_device() == "cpu"
 
 
 def test_batch_api_matches_one_at_a_time():
@@ -339,15 +339,15 @@ def test_batch_exact_stage_runs_on_a_thread_per_core_with_the_same_results(monke
             return super().submit(fn, *args, **kwargs)
 
     ran_on = []
-    real = codec.decode_y_hat
+    real = latents.decode_y_hat
 
     def recording(*args):
         ran_on.append(threading.current_thread().name)
         return real(*args)
 
     monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", RecordingPool)
-    monkeypatch.setattr(codec, "decode_y_hat", recording)
-    monkeypatch.setattr(codec, "_cores", lambda: 4)
+    monkeypatch.setattr(latents, "decode_y_hat", recording)
+    monkeypatch.setattr(batching, "cores", lambda: 4)
     batch = codec.decode_batch(files, device="cpu")
     assert pools == [[4, "cnnz-batch", 4]]  # four files, four cores: a thread each
     assert len(ran_on) == 4 and all(name.startswith("cnnz-batch") for name in ran_on)
@@ -357,7 +357,7 @@ def test_batch_exact_stage_runs_on_a_thread_per_core_with_the_same_results(monke
     again = codec.encode_batch(images, ["RGB"] * 4, 3.0)
     assert [p for p in pools if p[1] == "cnnz-batch"] == [[4, "cnnz-batch", 4]]
     assert again == files  # encoder's exact stage on threads: the same bytes
-    monkeypatch.setattr(codec, "_cores", lambda: 2)
+    monkeypatch.setattr(batching, "cores", lambda: 2)
     pools.clear()
     for one, many in zip(alone, codec.decode_batch(files, device="cpu")):
         np.testing.assert_array_equal(one, many)
@@ -371,7 +371,7 @@ def test_encode_window_repeats_the_edge_pixels_past_the_image(shape):
     h, w = shape[:2]
     for top, bottom, left, right in [(0, h, 0, w), (0, h + 50, 0, w + 13), (h // 2, h + 24, w // 3, w + 1)]:
         clamped = im[np.ix_(np.minimum(np.arange(top, bottom), h - 1), np.minimum(np.arange(left, right), w - 1))]
-        assert np.array_equal(codec._edge_padded(im, top, bottom, left, right), clamped)
+        assert np.array_equal(tiling.edge_padded(im, top, bottom, left, right), clamped)
 
 
 def test_files_of_a_model_the_shipped_one_replaced_decode_with_it():

@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 import pillow_cnnz
-from pillow_cnnz import blas, codec, forksafe, weights
+from pillow_cnnz import blas, forksafe, precision, weights
 
 from .conftest import _photo as photo
 
 # Children decode on the CPU. So does the parent, within a level, unless it is on a CUDA
 # machine: the GPU's float synthesis lands up to 2 levels from the CPU's (benchmarks/gpu.py,
 # Kodak). Same latents either way.
-SYNTHESIS_SPREAD = 2 if codec.resolve_device() == "cuda" else 1
+SYNTHESIS_SPREAD = 2 if precision.resolve_device() == "cuda" else 1
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +106,14 @@ def test_forked_children_and_dataloader_workers_decode_on_the_cpu_by_default(mon
 
     monkeypatch.delenv("CNNZ_DEVICE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert codec.resolve_device() == "cuda"
+    assert precision.resolve_device() == "cuda"
     monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
-    assert codec.resolve_device() == "cpu"
+    assert precision.resolve_device() == "cpu"
     with pytest.raises(ValueError, match="spawn"):
-        codec.resolve_device("cuda")
+        precision.resolve_device("cuda")
     monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: False)
     monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
-    assert codec.resolve_device() == "cpu"
+    assert precision.resolve_device() == "cpu"
 
 
 # --- fork while another thread holds one of the package's locks (issue 35, item 1) ----------
@@ -159,7 +159,7 @@ def _blas_count() -> int:
 
 def _decode_and_check(data: bytes, expected: np.ndarray, blas_count: int, use_torch: bool) -> None:
     if use_torch:
-        codec._torch()
+        precision.import_torch()
     pixels = pillow_cnnz.decode(data, device="cpu")
     ok = np.abs(pixels.astype(int) - expected).max() <= SYNTHESIS_SPREAD and _blas_count() == blas_count
     os._exit(0 if ok else 3)
@@ -178,7 +178,7 @@ _PACKAGE_LOCKS = {
     "weights cache": _hold(lambda: weights._cache_lock),
     "model": _hold(lambda: weights.load()._lock),
     "model arrays": _hold(lambda: weights.load().arrays._lock),
-    "torch setup": _hold(lambda: codec._torch_lock),
+    "torch setup": _hold(lambda: precision._torch_lock),
 }
 
 

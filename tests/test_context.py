@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pillow_cnnz import codec, container, context, hyper, weights
+from pillow_cnnz import codec, container, context, hyper, latents, weights
 
 from .conftest import _photo as photo
 
@@ -112,7 +112,7 @@ def test_file_coded_with_a_context_decodes_to_the_same_latents_and_bands_stay_ap
     rgb = photo(1100, 96)  # two bands of latent rows
     _, z, sym, idx, data = codec.encode_latents(rgb, 5.0)
     hdr, payloads = container.parse(data)
-    z_dec, sym_dec, _ = codec.decode_latents(hdr, payloads["LATZ"], payloads["LATY"])
+    z_dec, sym_dec, _ = latents.decode_latents(hdr, payloads["LATZ"], payloads["LATY"])
     assert np.array_equal(z, z_dec) and np.array_equal(sym, sym_dec)
     plain = np.concatenate([hyper.means_and_indexes(hyper.hyper_band(model.hyper_layers, z, a, b),
                                                     model.meta["scale"])[1] for a, b in hyper.bands(z.shape[1])], 1)

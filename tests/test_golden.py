@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pillow_cnnz import codec, container
+from pillow_cnnz import container, latents
 from tests.golden import make_golden as golden
 
 MANIFEST = json.loads(golden.MANIFEST.read_text())
@@ -127,7 +127,7 @@ def test_the_references_are_the_pinned_decodes_of_their_paths():
 def _latents(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """ẑ and ŷ of a file, ŷ in quantization steps (times the quality's gain): symbols + means."""
     header, payloads = container.parse(data)
-    z, symbols, mu = codec.decode_latents(header, payloads["LATZ"], payloads["LATY"])
+    z, symbols, mu = latents.decode_latents(header, payloads["LATZ"], payloads["LATY"])
     return z, symbols + mu
 
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import pillow_cnnz
-from pillow_cnnz import codec, weights
+from pillow_cnnz import codec, latents, precision, synthesis, tiling, weights
 
 from .conftest import _photo as photo
 
@@ -47,7 +47,7 @@ def test_int8_analysis_moves_latents_by_less_than_a_rounding_step():
 
 def _encode_int8(img: np.ndarray) -> bytes:
     ((z, y),) = codec.analyse_batch([img], [6.0], precision="int8")
-    latz, laty = codec.code_latents(weights.load(), z, y)
+    latz, laty = latents.code_latents(weights.load(), z, y)
     return latz + laty
 
 
@@ -200,40 +200,40 @@ def test_int8_bytes_of_an_image_do_not_depend_on_the_rest_of_its_batch(monkeypat
 
 def test_auto_takes_int8_on_vnni_without_bfloat16_when_the_model_has_ranges(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", sys.modules["torch"])
-    monkeypatch.setattr(codec, "_int8_supported", lambda: True)
-    monkeypatch.setattr(codec, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
-    assert codec.resolve_precision("auto", "cpu", analysis=True, int8=True) == "int8"
-    assert codec.resolve_precision("auto", "cpu", int8=True) == "int8"  # the synthesis too
-    assert codec.resolve_precision("auto", "cpu", analysis=True, int8=False) == "float32"  # no ranges shipped
-    assert codec.resolve_precision("auto", "cuda", int8=True) in ("bfloat16", "float32")  # int8 is the CPU's
-    monkeypatch.setattr(codec, "_cpu_flags", lambda: frozenset({"avx512_vnni", "avx512_bf16"}))
-    assert codec.resolve_precision("auto", "cpu", int8=True) == "bfloat16"  # the synthesis: faster still
-    assert codec.resolve_precision("auto", "cpu", analysis=True, int8=True) == "int8"  # bfloat16 analysis unstable
-    monkeypatch.setattr(codec, "_cpu_flags", lambda: frozenset({"avx512_vnni", "amx_tile", "amx_bf16"}))
-    assert codec.resolve_precision("auto", "cpu", analysis=True, int8=True) == "bfloat16"  # AMX: faster still
-    monkeypatch.setattr(codec, "_cpu_flags", lambda: frozenset({"avx2"}))
-    assert codec.resolve_precision("auto", "cpu", analysis=True, int8=True) == "float32"  # no VNNI: no gain
-    assert codec.resolve_precision("auto", "cpu", int8=True) == "float32"
+    monkeypatch.setattr(precision, "int8_supported", lambda: True)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    assert precision.resolve_precision("auto", "cpu", analysis=True, int8=True) == "int8"
+    assert precision.resolve_precision("auto", "cpu", int8=True) == "int8"  # the synthesis too
+    assert precision.resolve_precision("auto", "cpu", analysis=True, int8=False) == "float32"  # no ranges shipped
+    assert precision.resolve_precision("auto", "cuda", int8=True) in ("bfloat16", "float32")  # int8 is the CPU's
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_vnni", "avx512_bf16"}))
+    assert precision.resolve_precision("auto", "cpu", int8=True) == "bfloat16"  # the synthesis: faster still
+    assert precision.resolve_precision("auto", "cpu", analysis=True, int8=True) == "int8"  # bfloat16 analysis unstable
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_vnni", "amx_tile", "amx_bf16"}))
+    assert precision.resolve_precision("auto", "cpu", analysis=True, int8=True) == "bfloat16"  # AMX: faster still
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert precision.resolve_precision("auto", "cpu", analysis=True, int8=True) == "float32"  # no VNNI: no gain
+    assert precision.resolve_precision("auto", "cpu", int8=True) == "float32"
 
 
 def test_auto_decode_without_torch_installed_stays_float32(monkeypatch):
-    monkeypatch.setattr(codec, "_torch_installed", lambda: False)  # int8 blocks run in torch
-    monkeypatch.setattr(codec, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
-    assert codec.resolve_precision("auto", "cpu", int8=True) == "float32"
+    monkeypatch.setattr(precision, "torch_installed", lambda: False)  # int8 blocks run in torch
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    assert precision.resolve_precision("auto", "cpu", int8=True) == "float32"
 
 
 def test_int8_asked_for_on_cuda_means_auto(monkeypatch):
-    monkeypatch.setattr(codec, "_cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
     monkeypatch.setenv("CNNZ_PRECISION", "int8")
-    assert codec.resolve_precision(None, "cpu") == "int8"  # asked for: always, on a CPU
-    assert codec.resolve_precision(None, "cpu", analysis=True) == "int8"
-    monkeypatch.setattr(codec, "_torch", lambda: types.SimpleNamespace(cuda=types.SimpleNamespace(is_bf16_supported=lambda: True)))
-    assert codec.resolve_precision(None, "cuda") == "bfloat16"
+    assert precision.resolve_precision(None, "cpu") == "int8"  # asked for: always, on a CPU
+    assert precision.resolve_precision(None, "cpu", analysis=True) == "int8"
+    monkeypatch.setattr(precision, "import_torch", lambda: types.SimpleNamespace(cuda=types.SimpleNamespace(is_bf16_supported=lambda: True)))
+    assert precision.resolve_precision(None, "cuda") == "bfloat16"
 
 
 def _decode(data: bytes, precision: str) -> np.ndarray:
     header, sections = codec.container.parse(data)
-    return codec.decode_rgb(header, sections["LATZ"], sections["LATY"], "cpu", precision).astype(float)
+    return synthesis.decode_rgb(header, sections["LATZ"], sections["LATY"], "cpu", precision).astype(float)
 
 
 @needs_int8
@@ -349,7 +349,7 @@ def test_changed_ranges_file_is_reported_not_used(weights_copy, monkeypatch):
 
 def test_model_without_ranges_says_so():
     model = weights.load()
-    bare = weights.Model(model.model_id, model.meta, model.arrays, model.z_tables, model.y_tables,
+    bare = weights.Weights(model.model_id, model.meta, model.arrays, model.z_tables, model.y_tables,
                          model.hyper_layers, model.context_layers, {k: v for k, v in model.entry.items() if k != "int8"})
     assert not bare.has_int8
     for transform in (bare.int8_analysis, bare.int8_synthesis):
@@ -462,13 +462,13 @@ def test_int8_synthesis_tiles_give_one_window_s_pixels_even_beyond_the_block_ran
     tight = {k: {**r, "input": [v / 16 for v in r["input"]]} for k, r in synthesis.items()}  # every tile exceeds them
     img = photo(200, 264, seed=5)
     header, payloads = container.parse(codec.encode(img, "RGB", 6.0))
-    y = codec.y_hat_of((header, payloads))[None]
+    y = latents.y_hat_of((header, payloads))[None]
 
     def decode(tile: int, saturate: bool) -> np.ndarray:
-        monkeypatch.setattr(codec, "TILE", tile)
-        run = codec._torch_synthesis(net, "cpu", "int8", int8.Int8Layers(net.g_s[:-1], tight, saturate=saturate))
+        monkeypatch.setattr(tiling, "TILE", tile)
+        run = synthesis.torch_synthesis(net, "cpu", "int8", int8.Int8Layers(net.g_s[:-1], tight, saturate=saturate))
         with torch.inference_mode():
-            return codec._synthesis(run, y, header.height, header.width)[0].astype(int)
+            return tiling.synthesize_tiles(run, y, header.height, header.width)[0].astype(int)
 
     clipped = np.abs(decode(6, True) - decode(1000, True)).max()
     widened = np.abs(decode(6, False) - decode(1000, False)).max()  # each tile's scale follows its own extremes
@@ -513,7 +513,7 @@ def _shipped_upsample(i: int = 1):
 def test_int8_sub_pixel_convolution_is_close_to_float32_and_exact_band_by_band(monkeypatch):
     model, net, layer, index = _shipped_upsample()
     img = photo(128, 160, seed=8)
-    y = torch.from_numpy(codec.y_hat_of(pillow_cnnz_parse(codec.encode(img, "RGB", 6.0)))[None])
+    y = torch.from_numpy(latents.y_hat_of(pillow_cnnz_parse(codec.encode(img, "RGB", 6.0)))[None])
     with torch.inference_mode():
         x = net.g_s[:index](y.contiguous(memory_format=torch.channels_last))
         ref = layer(x)

@@ -104,7 +104,7 @@ def test_gdn_drops_negligible_entries_where_the_codec_runs_and_the_norms_stay_th
     """Entries above the subnormal ones but below 2**-60 still make subnormal products with the
     activations (the middle synthesis level's GDN ran 2.6x slower); the codec (inference) drops them."""
     torch = pytest.importorskip("torch")
-    from pillow_cnnz import codec, synthesis_np, weights
+    from pillow_cnnz import latents, synthesis_np, weights
     from pillow_cnnz.layers import GDN
 
     from .conftest import _photo
@@ -116,7 +116,7 @@ def test_gdn_drops_negligible_entries_where_the_codec_runs_and_the_norms_stay_th
         gdn.gamma_sqrt[1, 0] = 1e-9  # square 1e-18 > 2**-60: kept
     gamma = gdn.gamma(GDN.NEGLIGIBLE)
     assert gamma[0, 1].item() == 0 and gamma[1, 0].item() > 0 and gdn.gamma()[0, 1].item() > 0  # training keeps it
-    y_hat = codec.decode_y_hat(*_parsed(_photo(128, 192, seed=4)))
+    y_hat = latents.decode_y_hat(*_parsed(_photo(128, 192, seed=4)))
     x = torch.from_numpy(y_hat[None].copy()).contiguous(memory_format=torch.channels_last)
     g_s = weights.load().net("cpu").g_s
     with torch.inference_mode():

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 import pillow_cnnz
-from pillow_cnnz import codec, container, pil_plugin
+from pillow_cnnz import codec, container, pil_plugin, precision
 
 ROOT = Path(__file__).resolve().parents[1]
 MAGIC = b"\x89CNNZ\r\n\x1a"
@@ -224,7 +224,7 @@ def test_open_does_not_import_torch(tmp_path, full_file):
     assert result.stdout.splitlines() == ["CNNZ (130, 70) RGBA 4.0 6", "[]"]
 
 
-@pytest.mark.skipif(codec._cuda_possible(), reason="an NVIDIA driver is present: decoding goes to torch")
+@pytest.mark.skipif(precision.cuda_possible(), reason="an NVIDIA driver is present: decoding goes to torch")
 def test_load_on_a_cpu_decodes_without_importing_torch_or_inflating_the_encoder(tmp_path, rgb_file):
     path = tmp_path / "x.cnnz"
     path.write_bytes(rgb_file)

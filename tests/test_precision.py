@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pillow_cnnz import codec
+from pillow_cnnz import codec, precision, synthesis, weights
 
 from .conftest import _photo as photo
 
@@ -36,30 +36,30 @@ def test_auto_precision_follows_the_hardware_not_what_is_imported(monkeypatch, i
         monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or object())
     else:
         monkeypatch.delitem(sys.modules, "torch", raising=False)  # a process that has only decoded so far
-    monkeypatch.setattr(codec, "_int8_supported", lambda: True)
-    monkeypatch.setattr(codec, "_torch_installed", lambda: True)
+    monkeypatch.setattr(precision, "int8_supported", lambda: True)
+    monkeypatch.setattr(precision, "torch_installed", lambda: True)
     expected = {AMX: ("bfloat16", "bfloat16"), BF16: ("bfloat16", "int8"), VNNI: ("int8", "int8"),
                 PLAIN: ("float32", "float32")}
     for flags, (synthesis, analysis) in expected.items():
-        monkeypatch.setattr(codec, "_cpu_flags", lambda flags=flags: flags)
-        assert codec.resolve_precision("auto", "cpu", int8=True) == synthesis
-        assert codec.resolve_precision("auto", "cpu", analysis=True, int8=True) == analysis
-    monkeypatch.setattr(codec, "_cpu_flags", lambda: AMX)
-    monkeypatch.setattr(codec, "_torch_installed", lambda: False)  # bfloat16 and int8 need torch
-    assert codec.resolve_precision("auto", "cpu", int8=True) == "float32"
-    assert codec.resolve_precision("bfloat16", "cpu") == "bfloat16"  # asked for: always
+        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
+        assert precision.resolve_precision("auto", "cpu", int8=True) == synthesis
+        assert precision.resolve_precision("auto", "cpu", analysis=True, int8=True) == analysis
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
+    monkeypatch.setattr(precision, "torch_installed", lambda: False)  # bfloat16 and int8 need torch
+    assert precision.resolve_precision("auto", "cpu", int8=True) == "float32"
+    assert precision.resolve_precision("bfloat16", "cpu") == "bfloat16"  # asked for: always
 
 
 def test_a_float32_synthesis_picks_numpy_or_torch_by_the_image_size_even_with_torch_imported(monkeypatch):
     pytest.importorskip("torch")
     used = []
-    monkeypatch.setattr(codec, "_numpy_synthesis", lambda model: used.append("numpy") or _fake_run)
-    monkeypatch.setattr(codec, "_torch_synthesis", lambda *args: used.append("torch") or _fake_run)
-    monkeypatch.setattr(codec, "TORCH_FROM_PIXELS", 64 * 96)
+    monkeypatch.setattr(synthesis, "numpy_synthesis", lambda model: used.append("numpy") or _fake_run)
+    monkeypatch.setattr(synthesis, "torch_synthesis", lambda *args: used.append("torch") or _fake_run)
+    monkeypatch.setattr(synthesis, "TORCH_FROM_PIXELS", 64 * 96)
     for height, width in [(64, 95), (64, 96)]:
         header = codec.container.Header.unpack(codec.container.serialize(
-            width, height, "RGB", 4.0, codec.load().model_id, {"LATZ": b"z", "LATY": b"y"}))
-        codec.synthesize_batch([header], [np.zeros((codec.load().meta["config"]["M"], 4, 8), np.float32)],
+            width, height, "RGB", 4.0, weights.load().model_id, {"LATZ": b"z", "LATY": b"y"}))
+        synthesis.synthesize_batch([header], [np.zeros((weights.load().meta["config"]["M"], 4, 8), np.float32)],
                                "cpu", "float32")
     assert used == ["numpy", "torch"]
 
@@ -99,9 +99,9 @@ def test_a_decode_only_process_imports_torch_only_where_its_answer_needs_it(tmp_
             import sys
             from PIL import Image
             import pillow_cnnz
-            from pillow_cnnz import codec
-            codec.TORCH_FROM_PIXELS = {threshold}
-            codec._cpu_flags = lambda: frozenset({sorted(flags)!r})
+            from pillow_cnnz import precision, synthesis
+            synthesis.TORCH_FROM_PIXELS = {threshold}
+            precision.cpu_flags = lambda: frozenset({sorted(flags)!r})
             Image.open({str(path)!r}).load()
             print("torch" in sys.modules)
         """, {"CNNZ_DEVICE": "cpu", **env})

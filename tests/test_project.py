@@ -118,3 +118,58 @@ def test_tests_import_benchmarks_and_training_as_packages_without_path_edits():
     assert edits == []
     for package in folders:
         assert (ROOT / package / "__init__.py").is_file()
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Each module of pillow_cnnz and the package's modules it imports, at module level or
+    inside functions alike ("pillow_cnnz" for the package's ``__init__``)."""
+    import ast
+
+    package = ROOT / "pillow_cnnz"
+    modules = {p.stem for p in package.glob("*.py")}
+
+    def target(name: str) -> str:
+        return name if name in modules and name != "__init__" else "pillow_cnnz"
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted(package.glob("*.py")):
+        me = "pillow_cnnz" if path.stem == "__init__" else path.stem
+        edges = graph.setdefault(me, set())
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level == 1 or (node.level == 0 and base.split(".")[0] == "pillow_cnnz"):
+                    parts = base.split(".")[1:] if node.level == 0 else [p for p in base.split(".") if p]
+                    if parts:
+                        edges.add(target(parts[0]))
+                    else:  # from . import a, b: modules, or names of __init__
+                        edges.update(target(alias.name) for alias in node.names)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    parts = alias.name.split(".")
+                    if parts[0] == "pillow_cnnz":
+                        edges.add(target(parts[1]) if len(parts) > 1 else "pillow_cnnz")
+        edges.discard(me)
+    return graph
+
+
+def test_no_import_cycle_in_the_package():
+    """Modules form layers: none imports, directly or through others, a module that imports it."""
+    graph = _package_imports()
+    assert len(graph) > 10 and "codec" in graph["pillow_cnnz"]
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for other in sorted(graph.get(module, ())):
+            if state.get(other) == 1:
+                cycles.append([*path[path.index(other):], other])
+            elif other not in state:
+                visit(other, [*path, other])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == [], " ; ".join(" -> ".join(c) for c in cycles)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pillow_cnnz import codec, container, refine, weights
+from pillow_cnnz import codec, container, refine, tiling, weights
 
 from .conftest import _photo as photo
 
@@ -41,9 +41,9 @@ def test_refinement_in_tiles_matches_one_tile(monkeypatch):
     monkeypatch.setenv("CNNZ_DEVICE", "cpu")
     monkeypatch.setenv("CNNZ_PRECISION", "float32")
     img = photo(80, 112, seed=1)
-    monkeypatch.setattr(codec, "TILE", 3)  # many tiles, each with its halo
+    monkeypatch.setattr(tiling, "TILE", 3)  # many tiles, each with its halo
     (z_tiled, y_tiled), = codec.analyse_batch([img], [5.0], method=1)
-    monkeypatch.setattr(codec, "TILE", 1000)
+    monkeypatch.setattr(tiling, "TILE", 1000)
     (z_whole, y_whole), = codec.analyse_batch([img], [5.0], method=1)
     np.testing.assert_array_equal(z_tiled, z_whole)
     np.testing.assert_allclose(y_tiled, y_whole, atol=1e-3)

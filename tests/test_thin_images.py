@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pillow_cnnz import blas, codec, synthesis_np
+from pillow_cnnz import blas, codec, synthesis, synthesis_np, tiling, weights
 
 # Images as thin as this, and thicker, cost at most 4x a square image per pixel. Thinner ones cost
 # more: a pixel row depends on ~7 latent rows of context at the coarsest level whatever the image's
@@ -18,9 +18,9 @@ THIN = [(12, 1366), (1366, 12)]
 
 def _y_hat(height: int, width: int, seed: int = 0) -> np.ndarray:
     """Random latents (1, M, h, w) on the padded grid a file of that size codes."""
-    rows, cols = codec._hyper_grid(height, width)
-    grid = (rows * codec.PAD_MULTIPLE // codec.LATENT_STRIDE, cols * codec.PAD_MULTIPLE // codec.LATENT_STRIDE)
-    m = codec.load().meta["config"]["M"]
+    rows, cols = tiling.hyper_grid(height, width)
+    grid = (rows * tiling.PAD_MULTIPLE // tiling.LATENT_STRIDE, cols * tiling.PAD_MULTIPLE // tiling.LATENT_STRIDE)
+    m = weights.load().meta["config"]["M"]
     return 2 * np.random.default_rng(seed).standard_normal((1, m, *grid), dtype=np.float32)
 
 
@@ -40,7 +40,7 @@ def _numpy_work(monkeypatch, height: int, width: int) -> int:
     counted(synthesis_np._Upsample, lambda layer, c: 9 * c * layer.weight.shape[1] + 4 * layer.gamma_t.size)
     counted(synthesis_np._Residual, lambda layer, c: 2 * 9 * c * c)
     counted(synthesis_np._Last, lambda layer, c: 9 * c * layer.cout4)
-    codec._synthesis(codec._numpy_synthesis(codec.load()), _y_hat(height, width), height, width)
+    tiling.synthesize_tiles(synthesis.numpy_synthesis(weights.load()), _y_hat(height, width), height, width)
     monkeypatch.undo()
     return work[0]
 
@@ -51,7 +51,7 @@ def _torch_work(height: int, width: int) -> int:
     torch = pytest.importorskip("torch")
     from pillow_cnnz.layers import GDN, ResBlock, SubPixelConv
 
-    net = codec.load().net("cpu", "float32")
+    net = weights.load().net("cpu", "float32")
     work = [0]
 
     def per_output(module) -> int:
@@ -61,7 +61,7 @@ def _torch_work(height: int, width: int) -> int:
             return 2 * 9 * module.conv1.in_channels
         if isinstance(module, GDN):
             return module.beta_sqrt.numel()
-        return 9 * module.in_channels  # the last convolution, which codec._torch_synthesis calls itself
+        return 9 * module.in_channels  # the last convolution, which synthesis.torch_synthesis calls itself
 
     def hook(module, inputs, output):
         work[0] += output[0].numel() * per_output(module)
@@ -70,7 +70,7 @@ def _torch_work(height: int, width: int) -> int:
     handles = [m.register_forward_hook(hook) for m in modules]
     try:
         with torch.inference_mode():
-            codec._synthesis(codec._torch_synthesis(net, "cpu", "float32"), _y_hat(height, width), height, width)
+            tiling.synthesize_tiles(synthesis.torch_synthesis(net, "cpu", "float32"), _y_hat(height, width), height, width)
     finally:
         for h in handles:
             h.remove()
@@ -83,12 +83,12 @@ def test_the_synthesis_is_asked_for_the_image_pixels_only(height, width):
 
     def run(window, core):
         (r0, r1), (c0, c1) = core
-        assert 0 <= r0 < r1 <= codec.LATENT_STRIDE * window.shape[2]
-        assert 0 <= c0 < c1 <= codec.LATENT_STRIDE * window.shape[3]
+        assert 0 <= r0 < r1 <= tiling.LATENT_STRIDE * window.shape[2]
+        assert 0 <= c0 < c1 <= tiling.LATENT_STRIDE * window.shape[3]
         asked.append((r1 - r0) * (c1 - c0))
         return np.zeros((window.shape[0], r1 - r0, c1 - c0, 3), np.uint8)
 
-    codec._synthesis(run, _y_hat(height, width), height, width)
+    tiling.synthesize_tiles(run, _y_hat(height, width), height, width)
     assert sum(asked) == height * width  # not the 16-pixel latents around them
 
 
@@ -111,20 +111,20 @@ def test_a_thinner_strip_costs_less_in_torch():
 @pytest.mark.parametrize(("height", "width"), [(1, 300), (5, 700), (70, 9)])
 def test_a_thin_image_gets_the_pixels_of_the_whole_synthesis(monkeypatch, height, width):
     """Tiles and per-layer cuts change which pixels are computed, never their values (numpy)."""
-    monkeypatch.setattr(codec, "TILE", 8)  # several tiles along the long side, with halos
+    monkeypatch.setattr(tiling, "TILE", 8)  # several tiles along the long side, with halos
     y = _y_hat(height, width, seed=1)
-    tiled = codec._synthesis(codec._numpy_synthesis(codec.load()), y, height, width)
+    tiled = tiling.synthesize_tiles(synthesis.numpy_synthesis(weights.load()), y, height, width)
     with blas.threads(1):  # as the codec runs it: sgemm rounds differently at other thread counts
-        whole = codec.load().numpy_synthesis()(y)[:, :, :height, :width]
+        whole = weights.load().numpy_synthesis()(y)[:, :, :height, :width]
     expected = np.rint(np.clip(whole, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(tiled, expected)
 
 
 def test_a_cut_torch_synthesis_gets_the_pixels_of_the_whole_one():
     torch = pytest.importorskip("torch")
-    net = codec.load().net("cpu", "float32")
+    net = weights.load().net("cpu", "float32")
     y = _y_hat(5, 300, seed=2)
-    run = codec._torch_synthesis(net, "cpu", "float32")
+    run = synthesis.torch_synthesis(net, "cpu", "float32")
     with torch.inference_mode():
         whole = run(y)
         for core in [((0, 5), (0, 300)), ((3, 9), (17, 250)), ((0, 64), (100, 101))]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pillow_cnnz import codec, container, weights
+from pillow_cnnz import codec, container, synthesis, weights
 
 from .conftest import _photo as photo
 
@@ -434,7 +434,7 @@ def test_resuming_with_grow_adds_blocks_once_and_the_card_reproduces_it(tmp_path
     data_bytes = codec.encode(rgb, "RGB", 6.0)
     numpy_pixels = codec.decode(data_bytes)  # float32 on a CPU: the numpy synthesis
     hdr, payloads = container.parse(data_bytes)
-    torch_pixels = codec.decode_rgb(hdr, payloads["LATZ"], payloads["LATY"], precision="float64")
+    torch_pixels = synthesis.decode_rgb(hdr, payloads["LATZ"], payloads["LATY"], precision="float64")
     assert numpy_pixels.shape == (64, 80, 3) and abs(numpy_pixels.astype(int) - torch_pixels).max() <= 1
 
 

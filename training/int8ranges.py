@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pillow_cnnz import codec, container, int8, weights
+from pillow_cnnz import codec, container, int8, latents, weights
 
 from . import int8_calibration
 from .data import DEFAULT_DATA, image_paths, load_rgb
@@ -106,15 +106,15 @@ def calibration_paths(data: str, images: int, seed: int) -> list[Path]:
     return [paths[i] for i in sorted(np.random.default_rng(seed).choice(len(paths), min(images, len(paths)), replace=False))]
 
 
-def decoded_latents(model: weights.Model, rgb: np.ndarray, quality: float) -> torch.Tensor:
+def decoded_latents(model: weights.Weights, rgb: np.ndarray, quality: float) -> torch.Tensor:
     """ŷ (1, M, h, w) of ``rgb`` as a decoder gets it, the synthesis' input."""
     ((z, y),) = codec.analyse_batch([rgb], [quality], "cpu", precision="float32")
-    latz, laty = codec.code_latents(model, z, y)
+    latz, laty = latents.code_latents(model, z, y)
     data = container.serialize(rgb.shape[1], rgb.shape[0], "RGB", quality, model.model_id, {"LATZ": latz, "LATY": laty})
-    return torch.from_numpy(codec.y_hat_of(container.parse(data))[None]).contiguous(memory_format=torch.channels_last)
+    return torch.from_numpy(latents.y_hat_of(container.parse(data))[None]).contiguous(memory_format=torch.channels_last)
 
 
-def synthesis_inputs(model: weights.Model, rgbs: list[np.ndarray]) -> Iterator[torch.Tensor]:
+def synthesis_inputs(model: weights.Weights, rgbs: list[np.ndarray]) -> Iterator[torch.Tensor]:
     """What the synthesis' ranges are measured on: each image's ŷ at a quality cycling through the range."""
     return (decoded_latents(model, rgb, 1.0 + k % 8) for k, rgb in enumerate(rgbs))
 
@@ -126,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
     model_id = manifest["default"]
     entry = manifest["models"][model_id]
     model = weights.load(bytes.fromhex(model_id))
-    if codec.load().model_id != model.model_id:
-        msg = f"the encoder's default model is {codec.load().model_id.hex()}, the manifest's in {out} {model_id}"
+    if weights.load().model_id != model.model_id:
+        msg = f"the encoder's default model is {weights.load().model_id.hex()}, the manifest's in {out} {model_id}"
         raise SystemExit(msg)
     net = model.net("cpu")
     blocks = _levels(args.synthesis_levels, net.g_s)  # before reading any image: a bad argument fails at once

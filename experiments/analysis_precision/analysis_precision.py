@@ -8,7 +8,7 @@ PCHIP) of each against float32, the analysis time of each on the first image (af
 how many files differ, and how far each moves the latents from float32's: the rms and largest
 difference in quantization steps at quality 8 (the finest), over all images. The weights train under bfloat16 autocast, which is why the bfloat16
 analysis can be the better one. bfloat16 needs a CPU with native bfloat16 to be fast (AMX:
-``codec._cpu_has_amx``), int8 one with VNNI (``pillow_cnnz/int8.py``).
+``precision.cpu_has_amx``), int8 one with VNNI (``pillow_cnnz/int8.py``).
 
 Example (from the repository root)::
 
@@ -31,20 +31,20 @@ from PIL import Image
 from benchmarks._common import DEFAULT_KODAK
 from benchmarks.bdrate import bd_rate
 from benchmarks.rd import psnr
-from pillow_cnnz import codec
+from pillow_cnnz import analysis, codec, precision, weights
 from training.data import image_paths
 
 HERE = Path(__file__).resolve().parent
 
 
 def analysis_in(precision: str):
-    """``codec.resolve_precision`` answering ``precision`` for the analysis, as before otherwise."""
-    original = codec.resolve_precision
+    """``precision.resolve_precision`` answering ``precision`` for the analysis, as before otherwise."""
+    original = precision.resolve_precision
 
     def resolve(value=None, device="cpu", analysis=False, int8=False):  # noqa: ANN001, ANN202
         return precision if analysis else original(value, device, analysis, int8)
 
-    return mock.patch.object(codec, "resolve_precision", resolve)
+    return mock.patch.object(precision, "resolve_precision", resolve)
 
 
 def latent_shift(net, images, precision: str, g_a, log2_gain: np.ndarray) -> dict:  # noqa: ANN001
@@ -55,7 +55,7 @@ def latent_shift(net, images, precision: str, g_a, log2_gain: np.ndarray) -> dic
     squares, count, largest = 0.0, 0, 0.0
     for rgb in images:
         with torch.inference_mode():  # as analyse_batch runs it
-            d = (codec._analysis(net, [rgb], "cpu", precision, g_a) - codec._analysis(net, [rgb], "cpu", "float32")) * gain
+            d = (analysis.run_analysis(net, [rgb], "cpu", precision, g_a) - analysis.run_analysis(net, [rgb], "cpu", "float32")) * gain
         squares += float(np.square(d, dtype=np.float64).sum())
         count += d.size
         largest = max(largest, float(np.abs(d).max()))
@@ -74,15 +74,15 @@ def main() -> int:
     images = [np.asarray(Image.open(path).convert("RGB")) for path in image_paths(args.data)]
     if not images:
         p.error(f"no images in {args.data}")
-    model = codec.load()
+    model = weights.load()
     net = model.net("cpu", "float32")
     res: dict = {"data": args.data, "images": len(images), "model_id": model.model_id.hex(), "precisions": {}}
     files = {}
     for prec in precisions:
         g_a = model.int8_analysis() if prec == "int8" else None
-        codec._analysis(net, images[:1], "cpu", prec, g_a)  # warm-up
+        analysis.run_analysis(net, images[:1], "cpu", prec, g_a)  # warm-up
         t0 = time.perf_counter()
-        codec._analysis(net, images[:1], "cpu", prec, g_a)
+        analysis.run_analysis(net, images[:1], "cpu", prec, g_a)
         seconds = time.perf_counter() - t0
         bpp, quality = np.zeros((8, len(images))), np.zeros((8, len(images)))
         with analysis_in(prec):

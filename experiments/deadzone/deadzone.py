@@ -4,7 +4,7 @@
 An encoder-only change: the latent symbols become sign(r)·floor(|r| + ½ − δ), r = y − μ,
 instead of round(r), i.e. values are pulled toward the predicted mean μ; decoding is
 unchanged. For each image and quality the latents come from one analysis
-(``codec.analyse_batch``), are coded once per δ by ``codec.code_latents`` itself (same
+(``codec.analyse_batch``), are coded once per δ by ``latents.code_latents`` itself (same
 tables, same bands), and the real file is decoded. BD-rate (PSNR) of each δ's
 curve is against δ = 0, which is what the codec ships.
 
@@ -26,19 +26,19 @@ from PIL import Image
 
 from benchmarks._common import DATA
 from benchmarks.bdrate import bd_rate
-from pillow_cnnz import codec, container
+from pillow_cnnz import codec, container, latents, weights
 from training.data import image_paths
 
 HERE = Path(__file__).resolve().parent
 
 
 def code_with_deadzone(model, z: np.ndarray, y: np.ndarray, delta: float) -> tuple[bytes, bytes]:
-    """``codec.code_latents`` of latents moved δ toward their means μ: it codes round(y − μ), and
+    """``latents.code_latents`` of latents moved δ toward their means μ: it codes round(y − μ), and
     round(r − δ·sign(r)) = sign(r)·floor(|r| + ½ − δ) for δ < ½. δ = 0 gives the codec's bytes."""
     if model.context_layers is not None:  # the context's means depend on the coded anchors
         raise SystemExit("deadzone.py needs means that do not depend on the symbols: a model without a context")
-    mu, _ = codec._hyper(model, z, 0, z.shape[1])  # the exact means code_latents uses, band by band
-    return codec.code_latents(model, z, y - np.float32(delta) * np.sign(y - mu))
+    mu, _ = latents.hyper_means(model, z, 0, z.shape[1])  # the exact means code_latents uses, band by band
+    return latents.code_latents(model, z, y - np.float32(delta) * np.sign(y - mu))
 
 
 def main() -> int:
@@ -52,7 +52,7 @@ def main() -> int:
         p.error("each δ must be in [0, 0.5)")
     if deltas[0] != 0:
         deltas.insert(0, 0.0)
-    model = codec.load()
+    model = weights.load()
     images = [np.asarray(Image.open(path).convert("RGB")) for path in image_paths(args.data)]
     bpp = {d: np.zeros((8, len(images))) for d in deltas}
     psnr = {d: np.zeros((8, len(images))) for d in deltas}

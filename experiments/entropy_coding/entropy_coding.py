@@ -109,7 +109,7 @@ def int_bytes(values: np.ndarray) -> tuple[bytes, str]:
     return flat.astype(dtype).tobytes(), dtype
 
 
-def measure(path: Path, quality: float, lengths: dict[str, CodeLengths], model: weights.Model,
+def measure(path: Path, quality: float, lengths: dict[str, CodeLengths], model: weights.Weights,
             zstd_level: int, repeat: int) -> dict:
     import zstandard
 

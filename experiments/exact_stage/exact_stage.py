@@ -4,7 +4,7 @@
 Why: the exact stage (entropy decoding, the integer hyper network, the checkerboard context)
 takes about 50 ms of a Kodak decode on a 2-core CPU whatever the synthesis costs: half of a
 100 ms decode budget (the speed issue). It decodes each image's ``.cnnz`` file
-(``codec.y_hat_of``, in process, after one warm-up) ``--repeat`` times and times the whole and,
+(``latents.y_hat_of``, in process, after one warm-up) ``--repeat`` times and times the whole and,
 inclusively, its parts: the ANS pulls, the integer hyper network and its float64 products, the
 context's refinement and its products, and the means and scale indexes taken from their outputs.
 Reports the median over images of each image's median.
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks._common import DEFAULT_KODAK, StageTimer, image_paths, load_rgb, md_table, median, write_json
-from pillow_cnnz import codec, container, context, entropy, hyper
+from pillow_cnnz import codec, container, context, entropy, hyper, latents
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,13 +47,13 @@ def main() -> int:
     per_image: dict[str, list[float]] = {"exact stage": [], **{k: [] for k in PARTS}}
     for path in paths:
         parsed = container.parse(codec.encode(load_rgb(path), "RGB", args.quality))
-        codec.y_hat_of(parsed)  # warm-up: the model and its tables load once
+        latents.y_hat_of(parsed)  # warm-up: the model and its tables load once
         runs: dict[str, list[float]] = {k: [] for k in per_image}
         with StageTimer(PARTS) as timer:
             for _ in range(args.repeat):
                 timer.reset()
                 t0 = time.perf_counter()
-                codec.y_hat_of(parsed)
+                latents.y_hat_of(parsed)
                 runs["exact stage"].append(time.perf_counter() - t0)
                 for key in PARTS:
                     runs[key].append(timer.seconds[key])

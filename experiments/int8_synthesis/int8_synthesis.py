@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from benchmarks._common import DATA, DEFAULT_KODAK, image_paths, load_rgb, write_json
-from pillow_cnnz import codec, int8, weights
+from pillow_cnnz import int8, precision, weights
 from training import int8_calibration
 from training.int8ranges import calibration_paths, decoded_latents, synthesis_inputs
 
@@ -119,7 +119,7 @@ def main() -> int:
               "levels": levels, "shipped_blocks": sorted(i for i, b in shipped.blocks.items() if isinstance(b, int8._Block)),
               "shipped_upsamplings": sorted(i for i, b in shipped.blocks.items() if isinstance(b, int8._Upsample)),
               "shipped_two_pass": sorted(i for i, b in shipped.blocks.items() if b.passes == 2),
-              "cpu_has_vnni": codec._cpu_has_vnni(),
+              "cpu_has_vnni": precision.cpu_has_vnni(),
               "threads": torch.get_num_threads(), "psnr": mean, "delta_db": delta, "g_s_ms_median": ms,
               "speedup": ms["float32"] / ms["shipped"]}
     write_json(args.out, result)

@@ -6,7 +6,7 @@ and training it is GPU work. This measures, before any training, what each candi
 cost on this CPU: the shipped network's synthesis rebuilt with the candidate's widths (coarse to
 fine) and residual blocks per level, the teacher's layers where the shapes agree and fresh ones
 elsewhere (the time does not depend on the values), run on the ŷ of a real Kodak file through the
-codec's own tile synthesis (``codec._torch_synthesis``), in float32 and in int8 as the codec runs
+codec's own tile synthesis (``synthesis.torch_synthesis``), in float32 and in int8 as the codec runs
 it (the outer levels' blocks in one pass, the middle level's in two; ranges measured on that ŷ).
 The exact stage of the same file (entropy decoding, integer hyper and context networks: what a
 decode costs besides the synthesis, whatever its shape) is timed in the same rounds, so a row's
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks._common import DEFAULT_KODAK, image_paths, load_rgb, write_json
-from pillow_cnnz import codec, container, int8, weights
+from pillow_cnnz import codec, container, int8, latents, precision, synthesis, weights
 from pillow_cnnz.model import CnnzNet, Config
 from training import int8_calibration
 from training.distill import adopt_teacher, student_config
@@ -48,14 +48,14 @@ def _variants(teacher: CnnzNet, dec: tuple, res: tuple, y: torch.Tensor) -> tupl
     """(config, {precision: tile synthesis}) of one candidate shape."""
     student = CnnzNet(student_config(teacher.config, dec, res)).eval()
     adopt_teacher(student, teacher)
-    g_s = student.g_s.requires_grad_(False).to(memory_format=torch.channels_last)  # as weights.Model.net builds it
+    g_s = student.g_s.requires_grad_(False).to(memory_format=torch.channels_last)  # as weights.Weights.net builds it
     levels = int8_calibration.synthesis_levels(g_s)
     ranges = int8_calibration.measure_ranges(g_s, [y], [i for level in levels for i in level])
     ranges = int8_calibration.with_two_pass(ranges, levels[1] if len(levels) > 1 else [])
     net = types.SimpleNamespace(g_s=g_s)
-    runs = {"float32": codec._torch_synthesis(net, "cpu", "float32")}
+    runs = {"float32": synthesis.torch_synthesis(net, "cpu", "float32")}
     if int8.supported():
-        runs["int8"] = codec._torch_synthesis(net, "cpu", "int8", int8.Int8Layers(g_s[:-1], ranges, saturate=True))
+        runs["int8"] = synthesis.torch_synthesis(net, "cpu", "int8", int8.Int8Layers(g_s[:-1], ranges, saturate=True))
     return student.config, runs
 
 
@@ -77,11 +77,11 @@ def main() -> int:
 
     Image.fromarray(rgb).save(buf, format="CNNZ", quality=args.quality)
     parsed = container.parse(buf.getvalue())
-    y_hat = codec.y_hat_of(parsed)
+    y_hat = latents.y_hat_of(parsed)
     teacher = weights.load().net("cpu")
     y = torch.from_numpy(y_hat[None].copy()).contiguous(memory_format=torch.channels_last)
     shapes = [_shape(c) for c in args.candidates.split(",")]
-    rows, timed = [], {"exact stage": lambda: codec.y_hat_of(parsed)}
+    rows, timed = [], {"exact stage": lambda: latents.y_hat_of(parsed)}
     with torch.inference_mode():
         for dec, res in shapes:
             config, runs = _variants(teacher, dec, res, y)
@@ -106,7 +106,7 @@ def main() -> int:
                 row[f"decode_estimate_ms_{precision}"] = ms[key] + ms["exact stage"]
     h, w = rgb.shape[:2]
     result = {"image": str(args.image), "size": [w, h], "quality": args.quality, "threads": torch.get_num_threads(),
-              "cpu_has_vnni": codec._cpu_has_vnni(), "repeat": args.repeat, "exact_stage_ms": ms["exact stage"],
+              "cpu_has_vnni": precision.cpu_has_vnni(), "repeat": args.repeat, "exact_stage_ms": ms["exact stage"],
               "candidates": rows}
     write_json(args.out, result)
     print(f"{w}x{h}, quality {args.quality:g}, {torch.get_num_threads()} threads; exact stage {ms['exact stage']:.0f} ms")

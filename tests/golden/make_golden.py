@@ -150,10 +150,10 @@ def digest(a: np.ndarray) -> str:
 def latents_digest(data: bytes) -> str:
     """sha256 of a file's entropy-decoded latents: ẑ, the latent symbols (int64) and their
     means (float32), each with its shape."""
-    from pillow_cnnz import codec, container
+    from pillow_cnnz import container, latents
 
     header, payloads = container.parse(data)
-    z, symbols, mu = codec.decode_latents(header, payloads["LATZ"], payloads["LATY"])
+    z, symbols, mu = latents.decode_latents(header, payloads["LATZ"], payloads["LATY"])
     h = hashlib.sha256()
     for a, dtype in ((z, np.int64), (symbols, np.int64), (mu, np.float32)):
         h.update(repr(a.shape).encode())
@@ -178,10 +178,10 @@ def decode(data: bytes, path: str) -> np.ndarray:
     """Pixels of ``data`` decoded on the CPU in ``path``, one of ``PATHS``."""
     if path == "float32-numpy":
         return numpy_decodes([data])[0]
-    from pillow_cnnz import codec
+    from pillow_cnnz import codec, synthesis
 
-    # float32 runs in torch from codec.TORCH_FROM_PIXELS, in numpy below: torch at any size here
-    with _precision(PATHS[path]), mock.patch.object(codec, "TORCH_FROM_PIXELS", 0):
+    # float32 runs in torch from synthesis.TORCH_FROM_PIXELS, in numpy below: torch at any size here
+    with _precision(PATHS[path]), mock.patch.object(synthesis, "TORCH_FROM_PIXELS", 0):
         return codec.decode(data, device="cpu")
 
 
