@@ -124,9 +124,10 @@ def test_file_coded_with_a_context_decodes_to_the_same_latents_and_bands_stay_ap
 def test_resuming_with_context_adds_it_once_keeps_adam_and_the_card_reproduces_it(tmp_path):
     torch = pytest.importorskip("torch")
     from training import __main__ as train_cli
-    from training.export import export, model_card
+    from training.card import model_card, phases_page
+    from training.export import export
 
-    from .test_train_export import frozen_fit_args
+    from .test_train_export import flat, frozen_fit_args
 
     common = frozen_fit_args(tmp_path)
     assert train_cli.main(["fit", "--steps", "1", *common]) == 0
@@ -140,5 +141,7 @@ def test_resuming_with_context_adds_it_once_keeps_adam_and_the_card_reproduces_i
     assert train_cli.main(["fit", "--steps", "3", "--resume", "--context", "8", *common]) == 0
     again = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
     assert "context" not in again["history"][-1]
-    card = model_card(export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware"), tmp_path)
-    assert "--resume --context 8" in card and "checkerboard context (8 channels" in card
+    info = export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware")
+    assert "--resume --context 8" in phases_page(info)
+    card = flat(model_card(info, tmp_path))
+    assert "checkerboard context (He et al. 2021, 8 channels)" in card and "the context added as no change" in card

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 from pillow_cnnz.model import CnnzNet, Config  # noqa: E402
 from training import distill, export  # noqa: E402
 from training.__main__ import main  # noqa: E402
+from training.card import model_card, phases_page  # noqa: E402
 from training.loop import read_checkpoint  # noqa: E402
 
 TEACHER = Config(res=(1, 2, 1))
@@ -109,7 +110,11 @@ def test_synthesis_only_export_changes_only_the_synthesis_and_the_old_model_s_fi
     assert manifest["default"] == info["model_id"] != base["model_id"]
     assert manifest["models"][base["model_id"]] == {"decoded_by": info["model_id"]}
     assert info["meta"]["decodes"] == [base["model_id"]] and info["meta"]["training"]["synthesis"]["steps"] == 2
-    assert "decode with this one" in export.model_card(info, tmp_path)
+    card, page = (" ".join(text.split()) for text in (model_card(info, tmp_path), phases_page(info)))
+    assert f"Files written with model `{base['model_id']}`" in card and "decode with these weights" in card
+    assert f"files of model `{base['model_id']}` (the same latents and entropy model) decode with this one" in page
+    assert "python -m training distill --teacher runs/main/last.pt --run runs/distill --steps 2 " in page
+    assert "export runs/distill/last.pt --out weights --synthesis-only" in page
     monkeypatch.setattr(weights, "_cache", {})
     assert weights.load(bytes.fromhex(base["model_id"])) is weights.load()  # the old id loads the new model
     assert codec.decode(old_file).shape == img.shape

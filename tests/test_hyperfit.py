@@ -68,6 +68,7 @@ def test_code_bits_counts_the_rounded_symbols_the_codec_codes():
 
 def test_model_card_gives_the_hyperfit_command_and_its_effect(tmp_path):
     from training import export
+    from training.card import model_card, phases_page
 
     ckpt, _ = _checkpoint(tmp_path)
     state = torch.load(ckpt, weights_only=False)
@@ -78,10 +79,11 @@ def test_model_card_gives_the_hyperfit_command_and_its_effect(tmp_path):
     torch.save(state, ckpt)
     info = export.export(ckpt, tmp_path / "w", "t", "test")
     assert info["meta"]["training"]["hyperfit"]["steps"] == 600
-    card = export.model_card(info, tmp_path)
-    assert "python -m training hyperfit runs/main/last.pt runs/main/hyperfit.pt --steps 600 --batch 8" in card
-    assert "export runs/main/hyperfit.pt --out weights" in card
-    assert "q4 0.800 → 0.500" in card
+    page = phases_page(info)
+    assert "python -m training hyperfit runs/main/last.pt runs/main/hyperfit.pt --steps 600 --batch 8" in page
+    assert "export runs/main/hyperfit.pt --out weights" in page
+    assert "q4 0.800 → 0.500" in " ".join(page.split())
+    assert "the hyperprior alone on whole images, 600 steps" in " ".join(model_card(info, tmp_path).split())
 
 
 def test_symbol_bits_are_the_real_code_length_and_learn_through_the_bins_not_the_rounding():

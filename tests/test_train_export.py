@@ -1,6 +1,9 @@
 """Exporting a training checkpoint gives weights the codec loads and codes with."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,6 +16,7 @@ def test_exported_checkpoint_loads_and_round_trips_an_image(tmp_path, monkeypatc
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import CnnzNet, Config
     from training import export
+    from training.card import model_card, phases_page
 
     torch.manual_seed(0)
     net = CnnzNet(Config())
@@ -23,12 +27,15 @@ def test_exported_checkpoint_loads_and_round_trips_an_image(tmp_path, monkeypatc
     info = export.export(ckpt, tmp_path / "w", "test", "test hardware")
     again = export.export(ckpt, tmp_path / "w2", "test", "test hardware")
     assert again["sha256"] == info["sha256"]  # same checkpoint, same bytes, same model id
-    card = export.model_card(info, tmp_path)
-    assert info["model_id"] in card and "| 3 | 0.500 / 25.00 | 0.500 / 25.00 | 0.500 / 25.00 |" in card
+    card, page = model_card(info, tmp_path), phases_page(info)
+    assert info["model_id"] in card and info["sha256"] in card and "No rate-distortion results" in card
+    assert "| 3 | zoo | 0.500 / 25.00 | 0.500 / 25.00 | 0.500 / 25.00 |" in page
     from training import __main__ as train_cli
 
     assert train_cli.main(["card", "--out", str(tmp_path / "w"), "--results", str(tmp_path)]) == 0
     assert (tmp_path / "w" / "README.md").read_text() == card  # the card from the file equals the export's
+    # the page goes beside the weights folder and links to the card there
+    assert (tmp_path / "docs" / "training-phases.md").read_text() == phases_page(info, "../w/README.md")
 
     monkeypatch.setattr(weights, "weights_dir", lambda: tmp_path / "w")
     monkeypatch.setattr(weights, "_cache", {})
@@ -131,8 +138,61 @@ def test_optimizer_state_of_an_older_grouping_follows_each_parameter():
             assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])
 
 
+def test_the_committed_model_card_and_phase_page_are_what_the_generator_writes(monkeypatch):
+    pytest.importorskip("torch")
+    from training import card
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the card names the results files relative to the repository root
+    info = card.default_weights(Path("weights"))
+    text = card.model_card(info, Path(card.RESULTS))
+    assert len(text.splitlines()) <= 100
+    hint = "run `python -m training card` and commit weights/README.md and docs/training-phases.md"
+    assert (root / "weights" / "README.md").read_text() == text, hint
+    assert (root / "docs" / "training-phases.md").read_text() == card.phases_page(info), hint
+    for heading in ("## Files", "## Architecture", "## Training", "## Metrics", "## Limitations", "## License"):
+        assert f"\n{heading}\n" in text
+    manifest = json.loads((root / "weights" / "manifest.json").read_text())
+    entry = manifest["models"][manifest["default"]]
+    for sha in (entry["sha256"], entry["int8"]["sha256"], entry["int8"]["rounded"]["sha256"]):
+        assert f"`{sha}`" in text
+    summary = json.loads((root / "benchmarks" / "results" / "kodak-int8" / "summary.json").read_text())
+    bd = summary["codecs"]["cnnz"]["bd_rate_psnr_vs_jpeg"]
+    assert f"| Kodak, 24 images | {bd:+.1f} %".replace("-", "−") in text
+
+
+def test_model_card_quotes_only_results_made_with_its_weights(tmp_path):
+    pytest.importorskip("torch")
+    from training.card import model_card
+
+    meta = {"config": {}, "scale": {"count": 64}, "lambdas": [0.0004, 0.25], "parameters": 10,
+            "decoder_parameters": 5, "training": {"step": 10, "seconds": 3600, "hardware": "h", "args": {"val": "v"},
+                                                  "history": [{"from_step": 0, "lr": 1e-4, "batch": 1, "crop": 64,
+                                                               "device": "cpu"}]}}
+    info = {"model_id": "ab" * 8, "sha256": "ab" * 32, "bytes": 1000, "meta": meta, "file": "m.npz"}
+    folder = tmp_path / "kodak"
+    folder.mkdir()
+    cnnz = {"bpp_range": [0.1, 1.2], "psnr_at_bpp": {"0.25": 30.0, "0.5": 33.0, "1.0": 35.5},
+            "bd_rate_psnr_vs_jpeg": -40.04, "bd_rate_msssim_vs_jpeg": -30.0, "bd_rate_psnr_vs_avif": 1.26,
+            "bd_rate_msssim_vs_avif": 9.0, "mean_decoding_time": 0.25}
+    avif = {"psnr_at_bpp": {"1.0": 36.0}, "mean_decoding_time": 0.004}
+    summary = {"meta": {"dataset": "data/kodak", "n_images": 24, "platform": "linux, 2 cpus"},
+               "codecs": {"cnnz": cnnz, "avif": avif}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    points = {"bpp": [0.1, 0.4, 1.2], "psnr-rgb": [25.0, 31.0, 36.2], "quality": [1, 4, 8]}
+    (folder / "cnnz.json").write_text(json.dumps({"results": points, "meta": {"model": info["model_id"]}}))
+    card = flat(model_card(info, tmp_path, ["kodak"]))
+    assert "| Kodak, 24 images | −40.0 % / −30.0 % | +1.3 % | 30.00 / 33.00 / 35.50 dB | 0.100 … 1.200 |" in card
+    assert "| Kodak bpp / PSNR | 0.100 / 25.00 dB | 0.400 / 31.00 dB | 1.200 / 36.20 dB |" in card
+    assert "+9.0 % in MS-SSIM" in card and "stops at 36.2 dB" in card and "0.5 dB under AVIF at 1 bpp" in card
+    assert "250 ms a Kodak image" in card and "4 ms for AVIF" in card
+    (folder / "cnnz.json").write_text(json.dumps({"results": points, "meta": {"model": "cd" * 8}}))
+    card = model_card(info, tmp_path, ["kodak"])  # results of other weights: not quoted
+    assert "No rate-distortion results" in card and "Kodak, 24 images" not in card
+
+
 def test_model_card_merges_resumes_that_changed_no_setting():
-    from training.export import phases
+    from training.card import phases
 
     a = {"lr": 1e-4, "batch": 8}
     history = [{"from_step": 0, **a}, {"from_step": 5, **a}, {"from_step": 9, **a, "lr": 3e-5}, {"from_step": 12, **a}]
@@ -140,11 +200,13 @@ def test_model_card_merges_resumes_that_changed_no_setting():
 
 
 def test_a_phase_on_another_data_folder_is_its_own_phase_and_older_ones_count_as_the_default():
-    from training.export import phases
+    from training.card import phases
+    from training.data import RECORDED_DATA
     from training.loop import DEFAULT_DATA
 
     a = {"lr": 1e-5, "batch": 4}
     history = [{"from_step": 0, **a}, {"from_step": 5, **a, "data": DEFAULT_DATA},
+               {"from_step": 6, **a, "data": RECORDED_DATA},
                {"from_step": 7, **a, "data": "subset"}, {"from_step": 9, **a, "data": DEFAULT_DATA}]
     assert [h["from_step"] for h in phases(history)] == [0, 7, 9]
 
@@ -197,11 +259,17 @@ def frozen_fit_args(tmp_path) -> list[str]:
             "--threads", "1", "--no-bf16", "--device", "cpu", "--lr", "0", "--density-lr", "0", "--gain-lr", "0"]
 
 
+def flat(text: str) -> str:
+    """Generated prose with its line breaks undone (the card wraps its paragraphs)."""
+    return " ".join(text.split())
+
+
 def test_resuming_on_another_lambda_table_remaps_once_and_records_it(tmp_path):
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import LAMBDA_TABLES
     from training import __main__ as train_cli
-    from training.export import model_card, export
+    from training.card import phases_page
+    from training.export import export
 
     common = frozen_fit_args(tmp_path)
     assert train_cli.main(["fit", "--steps", "1", "--lambdas", "zoo", *common]) == 0
@@ -221,12 +289,12 @@ def test_resuming_on_another_lambda_table_remaps_once_and_records_it(tmp_path):
 
     info = export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware")
     assert info["meta"]["lambdas"] == list(LAMBDA_TABLES["wide"])
-    card = model_card(info, tmp_path)
-    assert "--lambdas zoo --rate-balance 0 " in card and "--lambdas wide --rate-balance 0.5 " in card
-    assert "from step 1 on, quality 1 and 4 stand for other λ" in card
+    page = phases_page(info)
+    assert "--lambdas zoo --rate-balance 0 " in page and "--lambdas wide --rate-balance 0.5 " in page
+    assert "| 1 | zoo |" in page and "| 2 | wide |" in page  # each validation row names its λ table
     # the phases trained on this test's own folder, not the default one: the commands say so
-    assert card.count(f"--data {tmp_path / 'data'}") == card.count("fit --run runs/main --steps") > 0
-    assert f"| `{tmp_path / 'data'}` |" in card
+    assert page.count(f"--data {tmp_path / 'data'}") == page.count("fit --run runs/main --steps") > 0
+    assert f"| `{tmp_path / 'data'}` |" in page
 
 
 def test_rate_balance_weighs_low_qualities_up_and_high_ones_down():
@@ -370,7 +438,8 @@ def test_widened_network_reconstructs_as_before_and_gives_old_latents_their_prob
 def test_resuming_with_widen_starts_adam_afresh_and_the_card_reproduces_it(tmp_path):
     torch = pytest.importorskip("torch")
     from training import __main__ as train_cli
-    from training.export import export, model_card
+    from training.card import model_card, phases_page
+    from training.export import export
 
     common = frozen_fit_args(tmp_path)
     assert train_cli.main(["fit", "--steps", "1", *common]) == 0
@@ -380,8 +449,9 @@ def test_resuming_with_widen_starts_adam_afresh_and_the_card_reproduces_it(tmp_p
     assert wide["config"]["M"] == before + 4 and wide["model"]["log2_gain"].shape[1] == before + 4
     assert wide["history"][-1]["widened"] == before + 4 and wide["history"][-1]["fresh_optimizer"]
     info = export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware")
-    card = model_card(info, tmp_path)
-    assert f"--resume --widen {before + 4}" in card and "python -m training slim" not in card
+    page = phases_page(info)
+    assert f"--resume --widen {before + 4}" in page and "python -m training slim" not in page
+    assert f"latents widened to {before + 4}" in flat(model_card(info, tmp_path))
 
 
 def test_synthesis_macs_counts_what_the_layers_compute():
@@ -412,7 +482,8 @@ def test_synthesis_macs_counts_what_the_layers_compute():
 def test_resuming_with_grow_adds_blocks_once_and_the_card_reproduces_it(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     from training import __main__ as train_cli
-    from training.export import export, model_card
+    from training.card import model_card, phases_page
+    from training.export import export
 
     common = frozen_fit_args(tmp_path)
     assert train_cli.main(["fit", "--steps", "1", *common]) == 0
@@ -425,9 +496,9 @@ def test_resuming_with_grow_adds_blocks_once_and_the_card_reproduces_it(tmp_path
     assert "grown" not in again["history"][-1] and "fresh_optimizer" not in again["history"][-1]
 
     info = export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware")
-    card = model_card(info, tmp_path)
-    assert "--resume --grow 0,1,0" in card and "1 after the 64-channel level" in card
-    assert "python -m training slim" not in card  # no slim checkpoint in this history, and the grow kept Adam
+    page, card = phases_page(info), flat(model_card(info, tmp_path))
+    assert "--resume --grow 0,1,0" in page and "residual blocks 0 / 1 / 0 after the" in card
+    assert "python -m training slim" not in page  # no slim checkpoint in this history, and the grow kept Adam
     monkeypatch.setattr(weights, "weights_dir", lambda: tmp_path / "w")
     monkeypatch.setattr(weights, "_cache", {})
     rgb = photo(64, 80)
@@ -441,7 +512,8 @@ def test_resuming_with_grow_adds_blocks_once_and_the_card_reproduces_it(tmp_path
 def test_encoder_only_phase_moves_the_encoder_and_leaves_every_decoder_parameter_bit_for_bit(tmp_path):
     torch = pytest.importorskip("torch")
     from training import __main__ as train_cli
-    from training.export import export, model_card
+    from training.card import phases_page
+    from training.export import export
     from pillow_cnnz.model import ENCODER_PARAMETERS
 
     common = frozen_fit_args(tmp_path)
@@ -454,8 +526,8 @@ def test_encoder_only_phase_moves_the_encoder_and_leaves_every_decoder_parameter
     assert moved and all(k.startswith(ENCODER_PARAMETERS) for k in moved)
     assert any(k.startswith("g_a.") for k in moved) and "log2_inv_gain" not in moved
     assert after["history"][-1]["encoder_only"] is True
-    card = model_card(export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware"), tmp_path)
-    assert "--resume --encoder-only" in card and "(encoder only)" in card
+    page = phases_page(export(tmp_path / "r" / "last.pt", tmp_path / "w", "test", "test hardware"))
+    assert "--resume --encoder-only" in page and "(encoder only)" in page
 
 
 def test_resuming_on_another_lambda_table_keeps_the_transforms_adam_moments_and_drops_the_gains(tmp_path):

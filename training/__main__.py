@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import data, distill, export, hyperfit, int8ranges, loop
+from . import card, data, distill, export, hyperfit, int8ranges, loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,9 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     loop.add_slim_arguments(sub.add_parser("slim", help="checkpoint without optimizer state (to commit)"))
     hyperfit.add_arguments(sub.add_parser("hyperfit", help="fit the hyperprior on whole images, transforms frozen"))
     distill.add_arguments(sub.add_parser("distill", help="train a smaller synthesis, the rest of a checkpoint frozen"))
-    export.add_arguments(sub.add_parser("export", help="checkpoint -> weights file + model card"))
+    export.add_arguments(sub.add_parser("export", help="checkpoint -> weights file, model card, phase page"))
     int8ranges.add_arguments(sub.add_parser("int8", help="activation ranges of the int8 analysis, after export"))
-    export.add_card_arguments(sub.add_parser("card", help="rewrite the model card from the weights and results"))
+    card.add_arguments(sub.add_parser("card", help="rewrite the model card and phase page from the weights and results"))
     data.add_subset_arguments(sub.add_parser("subset", help="a seeded pick of training images under a byte budget"))
     args = parser.parse_args(argv)
     return args.func(args)
