@@ -152,13 +152,13 @@ def worker_stages(cfg: dict) -> dict:
     """Per-stage times of encode and decode on a few images (fresh process)."""
     import torch
 
-    from pillow_cnnz import codec, entropy, hyper
+    from pillow_cnnz import analysis, entropy, hyper, tiling
 
     paths = [Path(p) for p in cfg["paths"]]
     ims = [Image.open(p).convert("RGB") for p in paths]
     data, _ = encode(ims[0], "CNNZ", {"quality": cfg["quality"]})  # warm-up
     decode(data)
-    stages = {"analysis": (codec, "_analysis"), "synthesis": (codec, "_synthesis"), "hyper": (hyper, "hyper_band"),
+    stages = {"analysis": (analysis, "run_analysis"), "synthesis": (tiling, "synthesize_tiles"), "hyper": (hyper, "hyper_band"),
               "ans_push": (entropy.Encoder, "push"), "ans_finish": (entropy.Encoder, "finish"),
               "ans_pull": (entropy.Decoder, "pull"), "ans_check": (entropy.Decoder, "finish")}
     rows = {"encode": [], "decode": []}
@@ -240,13 +240,14 @@ def part_codecs(paths: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
         decode(encode(ims[0], fmt, opts)[0])
     import torch
 
-    from pillow_cnnz import codec
+    from pillow_cnnz import precision as policy
+    from pillow_cnnz import weights
 
     # Encoding imported torch, so ``auto`` may now decode in bfloat16 (CPUs with native
     # bfloat16) or int8 (VNNI without it); then float32 is timed too, in torch (a decode-only
     # process runs numpy's float32: ``--parts scaling``).
     first = next(iter(codecs))
-    precision = {first: precision.resolve_precision(None, "cpu", int8=weights.load().has_int8)}
+    precision = {first: policy.resolve_precision(None, "cpu", int8=weights.load().has_int8)}
     if precision[first] != "float32" and not os.environ.get("CNNZ_PRECISION"):
         name = f"{first}-float32"
         codecs = {first: codecs[first], name: codecs[first], **{k: v for k, v in codecs.items() if k != first}}
@@ -287,7 +288,7 @@ def part_codecs(paths: list[Path], args: argparse.Namespace, tmp: Path) -> dict:
                      "decode": cnnz["decode_ms_median"] / s["decode_ms_median"]}
               for name, s in summary.items() if s["format"] != "CNNZ"}
     return {"images": [p.name for p in paths], "torch_threads": torch.get_num_threads(),
-            "analysis_precision": precision.resolve_precision(None, "cpu", analysis=True, int8=weights.load().has_int8),
+            "analysis_precision": policy.resolve_precision(None, "cpu", analysis=True, int8=weights.load().has_int8),
             "repeat": args.repeat, "cnnz_repeat": args.cnnz_repeat, "skipped": skipped,
             "codecs": summary, "cnnz_over_peer": ratios}
 
@@ -318,7 +319,7 @@ def part_stages(paths: list[Path], args: argparse.Namespace) -> dict:
 
 def part_batch(paths: list[Path], args: argparse.Namespace) -> dict:
     """Batch API throughput, and the exact stage of a batch on one thread vs a thread per core."""
-    from pillow_cnnz import codec, container
+    from pillow_cnnz import batching, codec, container, latents
 
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     files = codec.encode_batch(arrays[:2], ["RGB"] * 2, args.quality)  # warm-up
@@ -363,16 +364,16 @@ def _int8_conv_rate(conv, x, macs: int, runs: int) -> float | None:  # noqa: ANN
     first one (uint8 in, uint8 ReLU out; ``pillow_cnnz/int8.py``), on CPUs where it pays (VNNI)."""
     import torch
 
-    from pillow_cnnz import codec
+    from pillow_cnnz import precision
 
     if not (precision.cpu_has_vnni() and precision.int8_supported()):
         return None
     from pillow_cnnz import int8
 
     scale = float(x.abs().max()) / 127
-    w, ws, wz, b, pad = int8._prepack(conv.weight.detach().float(), conv.bias.detach(), scale, [1, 1])
+    w, ws, wz, b, pad = int8.prepack(conv.weight.detach().float(), conv.bias.detach(), scale, [1, 1])
     q = torch.empty(x.shape, dtype=torch.uint8, memory_format=torch.channels_last).random_(0, 256)
-    _, qconv = int8._ops()
+    _, qconv = int8.qconv_ops()
     one = [1, 1]
 
     def run():  # noqa: ANN202
@@ -397,7 +398,7 @@ def part_floor(args: argparse.Namespace, pixels: int = 768 * 512) -> dict:
     time bar below it needs a smaller network or faster arithmetic, not faster code."""
     import torch
 
-    from pillow_cnnz import codec, weights
+    from pillow_cnnz import precision, weights
     from pillow_cnnz.model import Config
 
     precision.import_torch()  # applies CNNZ_THREADS as the codec does
@@ -432,7 +433,7 @@ from PIL import Image
 t1 = time.perf_counter()
 im = Image.open(sys.argv[1])
 t2 = time.perf_counter()
-from pillow_cnnz import analysis, batching, codec, entropy, hyper, latents, precision, synthesis, tiling, weights
+from pillow_cnnz import entropy, hyper, precision, tiling, weights
 seconds = {}
 def timed(obj, name, label):
     fn = getattr(obj, name)
@@ -444,13 +445,13 @@ def timed(obj, name, label):
         finally:
             seconds[label] += time.perf_counter() - s
     setattr(obj, name, wrapper)
-timed(codec, "_torch", "first torch use (import torch)")
+timed(precision, "import_torch", "first torch use (import torch)")
 timed(weights, "_read", "weights read+verify")
 timed(weights.Weights, "net", "network build (torch)")
 timed(weights.Weights, "numpy_synthesis", "network build (numpy)")
 timed(entropy, "decode", "ans decode")
 timed(hyper, "hyper_band", "hyper")
-timed(codec, "_synthesis", "synthesis (tiled)")
+timed(tiling, "synthesize_tiles", "synthesis (tiled)")
 im.load()
 t3 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "open_s": t2 - t1, "load_s": t3 - t2, "in_process_s": t3 - t0,
@@ -591,13 +592,13 @@ def part_decode_only(base: Image.Image, args: argparse.Namespace, tmp: Path) -> 
         rows.append(row)
         print(f"  decode-only: {im.width}x{im.height} auto {row['auto']['seconds']:.1f} s, "
               f"float32 {row['float32']['seconds']:.1f} s", file=sys.stderr)
-    from pillow_cnnz import codec
+    from pillow_cnnz import synthesis
 
     return {"torch_from_pixels": synthesis.TORCH_FROM_PIXELS, "rows": rows}
 
 
 def part_tiling(base: Image.Image, args: argparse.Namespace) -> dict:
-    from pillow_cnnz import codec, weights
+    from pillow_cnnz import tiling, weights
 
     from benchmarks._common import capture_entropy_calls
 
@@ -606,10 +607,10 @@ def part_tiling(base: Image.Image, args: argparse.Namespace) -> dict:
         data, t_enc_tiled = encode(im, "CNNZ", {"quality": args.quality})
     rows, cols = -(-im.height // 16), -(-im.width // 16)
     one = max(rows, cols) + 1
-    with patched(codec, "TILE", one), capture_entropy_calls() as whole_calls:
+    with patched(tiling, "TILE", one), capture_entropy_calls() as whole_calls:
         data_whole, t_enc_whole = encode(im, "CNNZ", {"quality": args.quality})
     out_tiled, t_tiled = decode(data)
-    with patched(codec, "TILE", one):
+    with patched(tiling, "TILE", one):
         out_whole, t_whole = decode(data)
     a = np.asarray(out_tiled).astype(np.int16)
     b = np.asarray(out_whole).astype(np.int16)
@@ -836,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
         if "cold" in parts:
             print("cold start ...", file=sys.stderr)
             res["cold"] = part_cold(cnnz_path, args, tmp)
-            from pillow_cnnz import codec
+            from pillow_cnnz import precision
 
             if precision.cpu_has_bf16():
                 res["cold_bf16"] = part_cold(cnnz_path, args, tmp, "bfloat16")

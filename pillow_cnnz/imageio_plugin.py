@@ -9,7 +9,7 @@ imageio's Pillow plugin whose writes to a file name encode in memory first and t
 through :mod:`atomic` (the file is replaced complete, or not touched); reading, bytes and
 file objects are imageio's Pillow plugin unchanged.
 
-Importing imageio costs ~200 ms (numpy), so when it is not yet imported an import hook
+Importing imageio is slow (it imports numpy), so when it is not yet imported an import hook
 adds the entries the moment imageio loads its tables; the plugin class is built on first use.
 """
 from __future__ import annotations

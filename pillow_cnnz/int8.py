@@ -48,7 +48,7 @@ FORMAT = 4  # version of the ranges file (1: one range per tensor, the analysis 
 # 3: residual blocks only)
 
 
-def _ops() -> Any:
+def qconv_ops() -> Any:
     """oneDNN's int8 convolution ops (what PyTorch's x86 quantization backend lowers to), or None
     where this torch build lacks them."""
     try:
@@ -60,7 +60,7 @@ def _ops() -> Any:
 
 def supported() -> bool:
     """Whether this torch can run int8 blocks (x86 build with oneDNN's int8 ops)."""
-    return torch.backends.mkldnn.is_available() and _ops() is not None
+    return torch.backends.mkldnn.is_available() and qconv_ops() is not None
 
 
 def residual_blocks(layers: nn.Sequential) -> list[int]:
@@ -160,8 +160,8 @@ def load_rounded(data: bytes, synthesis: dict[str, dict], g_s: nn.Sequential) ->
     return rounded
 
 
-def _prepack(weight: torch.Tensor, bias: torch.Tensor, x_scale: float, padding: list[int],
-             rounded: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple:
+def prepack(weight: torch.Tensor, bias: torch.Tensor, x_scale: float, padding: list[int],
+            rounded: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple:
     """A convolution's weights as oneDNN takes them: int8, one scale per output channel, rounded to
     nearest unless ``rounded`` gives the (levels, scales) to use (GPTQ, ``training/int8_calibration.py``)."""
     if rounded is None:
@@ -169,7 +169,7 @@ def _prepack(weight: torch.Tensor, bias: torch.Tensor, x_scale: float, padding: 
         q = torch.round(weight / scales[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
     else:
         q, scales = rounded
-    packed = _ops()[0](q, scales, x_scale, 0, [1, 1], padding, [1, 1], 1, None)
+    packed = qconv_ops()[0](q, scales, x_scale, 0, [1, 1], padding, [1, 1], 1, None)
     return packed, scales, torch.zeros(len(scales), dtype=torch.int64), bias.float(), padding
 
 
@@ -247,7 +247,7 @@ class _Quantized:
         a copy of ``x`` (oneDNN's fused sum clones x, which raised a tile's peak memory). The
         rows above and below a band are its padding (rows of the zero point at the edges); integer
         sums make the bands exact. ``conv`` is prepacked with no row padding."""
-        _, run = _ops()
+        _, run = qconv_ops()
         one = [1, 1]
         w, ws, wz, b, pad = conv
         rows, height = self._rows(x), x.shape[2]
@@ -272,10 +272,10 @@ class _Block(_Quantized):
         self.hidden = self.balanced(hidden_range)  # ReLU outputs scaled to [0, 1]
         w, rounded = self.scaled_weights(), rounded or {}
         b1, b2 = block.conv1.bias.detach().float(), block.conv2.bias.detach().float()
-        self.conv1 = _prepack(w["conv1"], b1 / self.hidden, 1.0, [1, 1], rounded.get("conv1"))
-        self.conv2 = _prepack(w["conv2"], b2, 1 / 255.0, [0, 1], rounded.get("conv2"))  # runs on bands padded by hand
+        self.conv1 = prepack(w["conv1"], b1 / self.hidden, 1.0, [1, 1], rounded.get("conv1"))
+        self.conv2 = prepack(w["conv2"], b2, 1 / 255.0, [0, 1], rounded.get("conv2"))  # runs on bands padded by hand
         # the same int8 weights without the bias, for the input's rounding residual (``passes`` 2)
-        self.fine = _prepack(w["conv1"], torch.zeros_like(b1), 1.0, [1, 1], rounded.get("conv1")) if passes == 2 else None
+        self.fine = prepack(w["conv1"], torch.zeros_like(b1), 1.0, [1, 1], rounded.get("conv1")) if passes == 2 else None
 
     def scaled_weights(self) -> dict[str, torch.Tensor]:
         """The float weights its int8 convolutions round: scaled for the quantized input (per
@@ -286,7 +286,7 @@ class _Block(_Quantized):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output for one image's ``x`` (1, C, H, W) float32 channels-last, written into ``x``."""
-        _, conv = _ops()
+        _, conv = qconv_ops()
         one = [1, 1]
         qx, fine, widen = self.quantize(x)
         w, ws, wz, b, pad = self.conv1
@@ -301,7 +301,7 @@ class _Block(_Quantized):
         """The first convolution's uint8 ReLU output from a two-pass input: both passes in float32
         (integer sums, then one rounding each), added, rectified and quantized as one pass'
         output is."""
-        _, conv = _ops()
+        _, conv = qconv_ops()
         one = [1, 1]
         w, ws, wz, b, pad = self.conv1
         h = conv(qx, widen, self.ZERO, w, ws, wz, b, one, pad, one, 1, 1.0, 0, torch.float32, "none", [], "")
@@ -323,8 +323,8 @@ class _Upsample(_Quantized):
         self.module = layer
         w, rounded = self.scaled_weights()["conv"], rounded or {}
         bias = layer.conv.bias.detach().float()
-        self.conv = _prepack(w, bias, 1.0, [1, 1], rounded.get("conv"))
-        self.fine = _prepack(w, torch.zeros_like(bias), 1.0, [0, 1], rounded.get("conv")) if passes == 2 else None
+        self.conv = prepack(w, bias, 1.0, [1, 1], rounded.get("conv"))
+        self.fine = prepack(w, torch.zeros_like(bias), 1.0, [0, 1], rounded.get("conv")) if passes == 2 else None
 
     def scaled_weights(self) -> dict[str, torch.Tensor]:
         """The float weights its int8 convolution rounds: scaled for the quantized input."""
@@ -332,7 +332,7 @@ class _Upsample(_Quantized):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's output for one image's ``x`` (1, C, H, W) float32 channels-last."""
-        _, conv = _ops()
+        _, conv = qconv_ops()
         one = [1, 1]
         qx, fine, widen = self.quantize(x)
         w, ws, wz, b, pad = self.conv

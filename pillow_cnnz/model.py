@@ -23,11 +23,14 @@ Minnen & Singh 2020 (straight-through rounding for the synthesis input).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
+from .errors import WeightsError
 from .factorized import FactorizedDensity
 from .layers import GDN, CheckerboardContext, ResBlock, SubPixelConv, anchor_mask, conv
 
@@ -223,3 +226,32 @@ def gaussian_likelihood(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     c = -1 / (math.sqrt(2) * scale)
     p = 0.5 * torch.erfc(c * (0.5 - v)) - 0.5 * torch.erfc(c * (-0.5 - v))
     return p.clamp_min(1e-9)
+
+
+def from_arrays(config: dict, arrays: Mapping[str, np.ndarray], device: str, dtype: str = "float32",
+                entropy: bool = False, name: str = "") -> CnnzNet:
+    """The inference network of a weights file's ``config`` and ``net/`` arrays, on ``device`` in
+    ``dtype``, channels-last, without gradients (``weights.Weights.net`` builds it once per pair).
+
+    Without ``entropy`` its float entropy model is dropped: coding uses the exact integer copies
+    (hyper.py, context.py). ``entropy`` keeps it, for the encoder's latent refinement
+    (``refine.py``), which needs the rate as a differentiable function; ``name`` names the
+    weights in the error raised where they lack it.
+    """
+    net = CnnzNet(Config.from_dict(config))
+    state = {k[4:]: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in arrays.items()
+             if k.startswith("net/")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(("h_s.", "density_z.", "context.")) for k in missing):
+        msg = f"weights file does not match the network: missing {missing}, unexpected {unexpected}"
+        raise WeightsError(msg)
+    if entropy and missing:
+        msg = (f"weights file {name} has no float entropy model, which method > 0 "
+               "needs; save with method=0 or install newer weights")
+        raise WeightsError(msg)
+    if not entropy:
+        net.h_s = net.density_z = net.context = None  # integer copies replace them
+    net = net.eval().to(device, getattr(torch, dtype))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.to(memory_format=torch.channels_last)  # channels-last CPU convolutions are faster

@@ -2,8 +2,10 @@
 
 The weights are an ``.npz`` read with ``allow_pickle=False`` (no code execution) and
 checked against the SHA-256 in ``manifest.json`` before use, so a corrupted or
-swapped file is reported instead of producing garbage. Torch is imported only when
-a network is first needed; the entropy tables and integer hyper network are numpy.
+swapped file is reported instead of producing garbage. The networks are built by the
+modules that define them (``model.from_arrays``, ``synthesis_np``, ``int8``), on first use:
+torch is imported only when a torch network is first needed; the entropy tables and
+integer hyper network are numpy.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ class LazyArrays(Mapping[str, np.ndarray]):
     """The arrays of a verified ``.npz``, each inflated on first use, then kept.
 
     A decode reads the synthesis, the integer networks and the tables: inflating the
-    encoder's transforms and the float entropy model too cost a cold start about 80 ms.
+    encoder's transforms and the float entropy model too would slow every cold start.
     Thread-safe; the compressed bytes are dropped once every array is loaded.
     """
 
@@ -128,7 +130,7 @@ class Weights:
         """Whether the model ships the activation ranges its int8 transforms need."""
         return "int8" in self.entry
 
-    def _int8_ranges(self, net: Any) -> tuple[dict, dict]:
+    def int8_ranges(self, net: Any) -> tuple[dict, dict]:
         """(analysis, synthesis) ranges of ``net`` (the CPU float32 network) from the model's verified
         ranges file."""
         from . import int8
@@ -139,7 +141,7 @@ class Weights:
             raise WeightsError(msg)
         return _parsed(spec, lambda data: int8.load_ranges(data, self.model_id.hex(), net.g_a, net.g_s))
 
-    def _int8_rounded(self, net: Any, synthesis: dict) -> dict:
+    def int8_rounded(self, net: Any, synthesis: dict) -> dict:
         """The synthesis' int8 weights as ``train int8`` rounded them (``int8.gptq``), from the
         model's verified ``.int8.npz``, or {} where it ships none (they then round to nearest)."""
         from . import int8
@@ -164,8 +166,8 @@ class Weights:
             if ("int8", transform) not in self._nets:
                 from . import int8
 
-                analysis, synthesis = self._int8_ranges(net)
-                rounded = self._int8_rounded(net, synthesis)
+                analysis, synthesis = self.int8_ranges(net)
+                rounded = self.int8_rounded(net, synthesis)
                 self._nets["int8", "analysis"] = int8.Int8Layers(net.g_a, analysis)
                 self._nets["int8", "synthesis"] = int8.Int8Layers(net.g_s[:-1], synthesis, saturate=True, rounded=rounded)
             return self._nets["int8", transform]
@@ -180,29 +182,11 @@ class Weights:
         key = (device, dtype, entropy)
         with self._lock:
             if key not in self._nets:
-                import torch
+                from .model import from_arrays
 
-                from .model import CnnzNet, Config
-
-                net = CnnzNet(Config.from_dict(self.meta["config"]))
-                state = {k[4:]: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in self.arrays.items()
-                         if k.startswith("net/")}
-                missing, unexpected = net.load_state_dict(state, strict=False)
-                if unexpected or any(not k.startswith(("h_s.", "density_z.", "context.")) for k in missing):
-                    msg = f"weights file does not match the network: missing {missing}, unexpected {unexpected}"
-                    raise WeightsError(msg)
-                if entropy and missing:
-                    msg = (f"weights file {self.model_id.hex()} has no float entropy model, which method > 0 "
-                           "needs; save with method=0 or install newer weights")
-                    raise WeightsError(msg)
-                if not entropy:
-                    net.h_s = net.density_z = net.context = None  # integer copies replace them
-                net = net.eval().to(device, getattr(torch, dtype))
-                for p in net.parameters():
-                    p.requires_grad_(False)
-                self._nets[key] = net.to(memory_format=torch.channels_last)  # 1.6x for CPU convs
+                self._nets[key] = from_arrays(self.meta["config"], self.arrays, device, dtype, entropy,
+                                              self.model_id.hex())
             return self._nets[key]
-
 
 def _at_quality(table: np.ndarray, quality: float) -> np.ndarray:
     """Row ``quality`` of a per-level table (level 1 first), linear between levels, clamped."""

@@ -283,7 +283,7 @@ def test_shipped_ranges_fit_the_shipped_transforms():
     # the middle level in one pass costs 0.021 dB at quality 8 (experiments/int8_synthesis): two passes
     # there, and in the sub-pixel convolutions, whose input is the whole signal
     assert sorted(int(k) for k, r in synthesis.items() if r.get("passes", 1) == 2) == sorted(levels[1] + inner)
-    rounded = model._int8_rounded(net, synthesis)  # every int8 convolution of the synthesis, rounded by gptq
+    rounded = model.int8_rounded(net, synthesis)  # every int8 convolution of the synthesis, rounded by gptq
     assert {(k, name) for k, convs in rounded.items() for name in convs} == {
         (k, name) for k in synthesis for name in int8.convolutions(net.g_s[int(k)])}
 
@@ -458,8 +458,8 @@ def test_int8_synthesis_tiles_give_one_window_s_pixels_even_beyond_the_block_ran
 
     model = weights.load()
     net = model.net("cpu")
-    _, synthesis = model._int8_ranges(net)
-    tight = {k: {**r, "input": [v / 16 for v in r["input"]]} for k, r in synthesis.items()}  # every tile exceeds them
+    _, ranges = model.int8_ranges(net)
+    tight = {k: {**r, "input": [v / 16 for v in r["input"]]} for k, r in ranges.items()}  # every tile exceeds them
     img = photo(200, 264, seed=5)
     header, payloads = container.parse(codec.encode(img, "RGB", 6.0))
     y = latents.y_hat_of((header, payloads))[None]
@@ -537,8 +537,8 @@ def pillow_cnnz_parse(data: bytes):
 @needs_int8
 def test_shipped_int8_synthesis_runs_the_rounded_weights():
     model, net, layer, index = _shipped_upsample()
-    _, synthesis = model._int8_ranges(net)
-    rounded = model._int8_rounded(net, synthesis)
+    _, synthesis = model.int8_ranges(net)
+    rounded = model.int8_rounded(net, synthesis)
     layers = model.int8_synthesis()
     assert isinstance(layers.blocks[index], int8._Upsample) and layers.blocks[index].passes == 2
     levels, scales = rounded[str(index)]["conv"]
@@ -569,7 +569,7 @@ def _rounded_file(arrays: dict) -> bytes:
 def test_rounded_weights_file_that_does_not_fit_is_refused(change, message):
     model = weights.load()
     net = model.net("cpu")
-    _, synthesis = model._int8_ranges(net)
+    _, synthesis = model.int8_ranges(net)
     spec = model.entry["int8"]["rounded"]
     with np.load(weights.weights_dir() / spec["file"]) as npz:
         arrays = {name: npz[name].copy() for name in npz.files}

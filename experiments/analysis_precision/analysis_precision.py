@@ -37,12 +37,12 @@ from training.data import image_paths
 HERE = Path(__file__).resolve().parent
 
 
-def analysis_in(precision: str):
-    """``precision.resolve_precision`` answering ``precision`` for the analysis, as before otherwise."""
+def analysis_in(answer: str):
+    """``precision.resolve_precision`` answering ``answer`` for the analysis, as before otherwise."""
     original = precision.resolve_precision
 
     def resolve(value=None, device="cpu", analysis=False, int8=False):  # noqa: ANN001, ANN202
-        return precision if analysis else original(value, device, analysis, int8)
+        return answer if analysis else original(value, device, analysis, int8)
 
     return mock.patch.object(precision, "resolve_precision", resolve)
 

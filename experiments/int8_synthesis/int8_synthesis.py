@@ -72,8 +72,8 @@ def main() -> int:
     variants["outer levels"] = int8.Int8Layers(body, {str(i): ranges[str(i)] for i in outer}, saturate=True)
     # The shipped ranges, with and without the weights train int8 rounded (int8_calibration.gptq): its residual blocks
     # alone (the release before the int8 sub-pixel convolutions), and each sub-pixel convolution alone
-    ranges = model._int8_ranges(net)[1]
-    rounded = model._int8_rounded(net, ranges)
+    ranges = model.int8_ranges(net)[1]
+    rounded = model.int8_rounded(net, ranges)
     blocks_only = {k: r for k, r in ranges.items() if isinstance(g_s[int(k)], int8.ResBlock)}
     for how, given in (("nearest", None), ("gptq", rounded)):
         variants[f"blocks, {how}"] = int8.Int8Layers(body, blocks_only, saturate=True, rounded=given)

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from benchmarks._common import DEFAULT_KODAK, image_paths, load_rgb, write_json
-from pillow_cnnz import codec, container, int8, latents, precision, synthesis, weights
+from pillow_cnnz import codec, container, int8, latents, synthesis, weights
+from pillow_cnnz import precision as policy
 from pillow_cnnz.model import CnnzNet, Config
 from training import int8_calibration
 from training.distill import adopt_teacher, student_config
@@ -106,7 +107,7 @@ def main() -> int:
                 row[f"decode_estimate_ms_{precision}"] = ms[key] + ms["exact stage"]
     h, w = rgb.shape[:2]
     result = {"image": str(args.image), "size": [w, h], "quality": args.quality, "threads": torch.get_num_threads(),
-              "cpu_has_vnni": precision.cpu_has_vnni(), "repeat": args.repeat, "exact_stage_ms": ms["exact stage"],
+              "cpu_has_vnni": policy.cpu_has_vnni(), "repeat": args.repeat, "exact_stage_ms": ms["exact stage"],
               "candidates": rows}
     write_json(args.out, result)
     print(f"{w}x{h}, quality {args.quality:g}, {torch.get_num_threads()} threads; exact stage {ms['exact stage']:.0f} ms")
