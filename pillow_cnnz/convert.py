@@ -1,58 +1,26 @@
-"""Many images at once: the per-file conversion any engine can call, and ``cnnz convert``.
+"""``cnnz convert``: a run of many conversions on a pool of worker processes, its summary and the command.
 
-Owns :func:`convert_bytes` and :func:`convert_file` (one image, engine-neutral: a process
-pool, Dask, Ray or Spark calls them as they are), the expansion of sources (files, folders
-mirrored under the destination, globs) into jobs, the pool of worker processes that runs
-them (:func:`convert_paths`) and the ``cnnz convert`` command. The model loads once per
-worker process, on its first image; nothing here imports torch until an image is converted.
-
-Outputs are written whole or not at all (``atomic``), so an output that exists is complete:
-``skip`` resumes an interrupted run. A file that fails gives a :class:`Result` carrying the
-reason and the others go on.
+The conversion of one image is ``conversion`` (engine-neutral: Dask, Ray or Spark call it as
+it is), the expansion of sources into (source, output) pairs is ``sources``. Outputs are
+written whole or not at all, so ``skip`` resumes an interrupted run; a file that fails gives a
+:class:`Result` carrying the reason and the others go on. The model loads once per worker
+process, on its first image; nothing here imports torch until an image is converted.
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import dataclasses
-import glob
-import io
 import os
-import posixpath
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path, PurePath, PurePosixPath
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from .conversion import CNNZ, EXISTS, Result, convert_file, exists, target
+from .sources import plan
 
-from . import atomic, pil_plugin
-
-CNNZ = "cnnz"
-IF_EXISTS = ("fail", "skip", "overwrite")
-_NOT_8_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_OTHER_COLOURS = ("CMYK", "LAB", "HSV")
-_EXISTS = "the output exists (--skip-existing keeps it, --overwrite replaces it)"
 _DIED = "its worker process ended abruptly (killed, or out of memory) while converting it"
-
-
-@dataclasses.dataclass(frozen=True)
-class Result:
-    """What became of one source. ``bytes_in`` / ``bytes_out``: read and written by this run
-    (0 for a skipped file); ``error``: the reason it failed, else None."""
-
-    source: str
-    output: str | None
-    bytes_in: int = 0
-    bytes_out: int = 0
-    error: str | None = None
-    skipped: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclasses.dataclass
@@ -97,296 +65,6 @@ def _size(n: int) -> str:
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError  # the loop returns at "GB"
-
-
-# --------------------------------------------------------------------------- one image
-
-
-def target(to: str) -> tuple[str, str]:
-    """(Pillow format id, output extension) of ``to``: ``cnnz`` or an extension Pillow writes."""
-    name = to.lower().lstrip(".")
-    if name == CNNZ:
-        return pil_plugin.FORMAT, pil_plugin.EXTENSION
-    fmt = Image.registered_extensions().get(f".{name}")
-    if fmt is None or fmt not in Image.SAVE:
-        msg = f"cannot convert to {to!r}: Pillow writes no format of that name or extension"
-        raise ValueError(msg)
-    return fmt, f".{name}"
-
-
-def _metadata(info: dict[str, Any]) -> dict[str, Any]:
-    """The save options that carry an image's EXIF, ICC profile and XMP."""
-    return {key: info[key] for key in ("exif", "icc_profile", "xmp") if info.get(key)}
-
-
-def _to_8_bits(im: Image.Image) -> Image.Image:
-    values = np.asarray(im).astype(np.int64)
-    if values.size and (values.min() < 0 or values.max() > 65535):
-        msg = f"mode {im.mode} holds values outside 0..65535, which have no 16-bit scale to 8 bits"
-        raise OSError(msg)
-    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
-
-
-def _to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:
-    if im.mode == "HSV" or not icc:
-        return im.convert("RGB")  # Pillow's own formulas; CMYK without a profile is naive
-    from PIL import ImageCms
-
-    source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-    return ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
-
-
-def _storable(im: Image.Image, fmt: str, convert_modes: bool) -> tuple[Image.Image, dict[str, Any]]:
-    """The image to save in ``fmt`` and the metadata options to save it with."""
-    meta = _metadata(im.info)
-    if fmt != pil_plugin.FORMAT or im.mode not in _NOT_8_BIT + _OTHER_COLOURS + ("F",):
-        return im, meta
-    if not convert_modes or im.mode == "F":
-        why = ("floating-point pixels have no fixed range to scale" if im.mode == "F" else
-               "16-bit" if im.mode in _NOT_8_BIT else "another colour space")
-        how = ("" if im.mode == "F" else
-               "; --convert (convert_modes=True) scales it to 8 bits" if im.mode in _NOT_8_BIT else
-               "; --convert (convert_modes=True) converts it to sRGB through its ICC profile")
-        msg = f"mode {im.mode} is not stored as it is ({why}){how}"
-        raise OSError(msg)
-    if im.mode in _NOT_8_BIT:
-        return _to_8_bits(im), meta  # a grey ICC profile still describes the scaled values
-    # The source's profile no longer describes the pixels (ImageCms tags its output with sRGB's)
-    return _to_rgb(im, meta.pop("icc_profile", None)), meta
-
-
-def _opened(data: bytes, device: str | None) -> Image.Image:
-    """The decoded image in ``data``, its ``info`` included."""
-    try:
-        im = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        msg = "not an image Pillow can read (no installed plugin recognises it)"
-        raise OSError(msg) from None
-    if im.format == pil_plugin.FORMAT and device is not None:
-        from . import decode  # Image.load() has no device option
-
-        decoded = Image.fromarray(decode(data, device=device))
-        decoded.info = dict(im.info)
-        return decoded
-    im.load()
-    return im
-
-
-def convert_bytes(data: bytes, *, to: str = CNNZ, quality: float = 4.0, method: int = 0,
-                  device: str | None = None, convert_modes: bool = False) -> bytes:
-    """``data`` (an image file any Pillow plugin reads) as a file of format ``to``.
-
-    ``to``: ``cnnz`` (encode, at ``quality`` and ``method``) or a format Pillow writes, by
-    name or extension (``png``, ``jpeg``, ``webp``, ...: decode, with Pillow's default options
-    for that format). EXIF (Orientation included, as stored), ICC profile and XMP are kept
-    where the format stores them. Modes the target cannot store raise ``OSError``, unless
-    ``convert_modes``: to CNNZ, 16-bit greys scale to 8 bits and CMYK, LAB and HSV convert
-    to sRGB (CMYK through its embedded ICC profile when it has one); to other formats, an
-    image the format refuses is saved as RGB (L for greys) instead, alpha dropped.
-    Engine-neutral: no state but the model each process loads once.
-    """
-    fmt, _ = target(to)
-    im = _opened(data, device)
-    im, options = _storable(im, fmt, convert_modes)
-    if fmt == pil_plugin.FORMAT:
-        options.update(quality=quality, method=method, device=device)
-    buf = io.BytesIO()
-    try:
-        im.save(buf, format=fmt, **options)
-    except OSError:
-        if not convert_modes or fmt == pil_plugin.FORMAT:
-            raise
-        buf = io.BytesIO()
-        im.convert("L" if im.mode in ("1", "L", "LA", "La") else "RGB").save(buf, format=fmt, **options)
-    return buf.getvalue()
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def _local(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
-
-
-def read(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of a local path or an fsspec URL (``s3://``, ``memory://``, ...)."""
-    path = os.fspath(path)
-    if _is_url(path):
-        import fsspec
-
-        with fsspec.open(path, "rb") as fp:
-            return fp.read()
-    return Path(_local(path)).read_bytes()
-
-
-def write(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` whole or not at all: a local file through a rename, a URL in one put."""
-    path = os.fspath(path)
-    if _is_url(path):
-        import fsspec
-
-        fs, inner = fsspec.core.url_to_fs(path)
-        fs.makedirs(posixpath.dirname(inner), exist_ok=True)
-        fs.pipe_file(inner, data)
-        return
-    target_path = Path(_local(path))
-    target_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_bytes(target_path, data)
-
-
-def exists(path: str | os.PathLike[str]) -> bool:
-    """Whether a local path or an fsspec URL exists."""
-    path = os.fspath(path)
-    if _is_url(path):
-        import fsspec
-
-        fs, inner = fsspec.core.url_to_fs(path)
-        return fs.exists(inner)
-    return os.path.lexists(_local(path))
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e)
-    return text if isinstance(e, (OSError, ValueError)) and text else f"{type(e).__name__}: {text}"
-
-
-def convert_file(source: str | os.PathLike[str], output: str | os.PathLike[str], *, if_exists: str = "overwrite",
-                 **options: Any) -> Result:
-    """Convert one file (local path or fsspec URL) into ``output``; never raises for the file.
-
-    ``options`` are :func:`convert_bytes`'s. ``if_exists``: ``overwrite``, ``skip`` (an output
-    that exists is complete, as outputs are written whole) or ``fail``. Any error becomes the
-    result's ``error``; the output is then left as it was.
-    """
-    source, output = os.fspath(source), os.fspath(output)
-    if if_exists not in IF_EXISTS:
-        msg = f"if_exists must be one of {', '.join(IF_EXISTS)}, not {if_exists!r}"
-        raise ValueError(msg)
-    bytes_in = 0
-    try:
-        if if_exists != "overwrite" and exists(output):
-            if if_exists == "skip":
-                return Result(source, output, skipped=True)
-            raise FileExistsError(_EXISTS)
-        data = read(source)
-        bytes_in = len(data)
-        out = convert_bytes(data, **options)
-        write(output, out)
-        return Result(source, output, bytes_in, len(out))
-    except Exception as e:  # noqa: BLE001  (every failure of one file is that file's result)
-        return Result(source, output, bytes_in, error=_reason(e))
-
-
-# --------------------------------------------------------------------------- sources -> jobs
-
-
-def wanted(name: str, to: str) -> bool:
-    """Whether a file found in a folder or by a glob is a source for ``to``: ``.cnnz`` files
-    to decode, any other image extension Pillow opens to encode; hidden files never."""
-    if name.startswith("."):
-        return False
-    ext = os.path.splitext(name)[1].lower()
-    if target(to)[0] != pil_plugin.FORMAT:
-        return ext == pil_plugin.EXTENSION
-    return ext != pil_plugin.EXTENSION and Image.registered_extensions().get(ext) in Image.OPEN
-
-
-def output_name(relative: str, to: str) -> str:
-    """The output's path relative to the destination: ``relative`` with ``to``'s extension."""
-    stem, _ = os.path.splitext(relative)
-    return stem + target(to)[1]
-
-
-def _walk(folder: Path, to: str, skip: Path) -> Iterable[Path]:
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != skip)
-        yield from (Path(root, f) for f in sorted(files) if wanted(f, to))
-
-
-def _glob_base(pattern: str, flavour: type[PurePath] = Path) -> PurePath:
-    """The folder a glob's matches are named relative to: its parts before the first wildcard."""
-    parts = flavour(pattern).parts
-    return flavour(*parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))])
-
-
-def _local_files(source: str, to: str, skip: Path) -> list[tuple[str, str]] | None:
-    """(file, its path relative to the destination) of a local source; None if it names nothing."""
-    path = Path(source)
-    if path.is_file():
-        return [(source, path.name)]
-    if path.is_dir():
-        return [(str(f), f.relative_to(path).as_posix()) for f in _walk(path, to, skip)]
-    matches = sorted(Path(m) for m in glob.glob(source, recursive=True)) if glob.has_magic(source) else []
-    base = _glob_base(source) if matches else Path()
-    found = [f for m in matches for f in (_walk(m, to, skip) if m.is_dir() else [m] if wanted(m.name, to) else [])]
-    return [(str(f), f.relative_to(base).as_posix()) for f in found] if matches else None
-
-
-def _url_files(source: str, to: str, skip: str) -> list[tuple[str, str]] | None:
-    """:func:`_local_files` of an fsspec URL; ``skip`` is the destination as fsspec names it."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(source)
-    if glob.has_magic(path):
-        base = _glob_base(path, PurePosixPath).as_posix()
-        files = [f for m in fs.glob(path) for f in (fs.find(m) if fs.isdir(m) else [m])]
-    elif fs.isdir(path):
-        base, files = path, fs.find(path)
-    elif fs.isfile(path):
-        return [(source, posixpath.basename(path))]
-    else:
-        return None
-    found = []
-    for f in sorted(files):
-        relative, url = posixpath.relpath(f, base), fs.unstrip_protocol(f)
-        hidden = any(part.startswith(".") for part in relative.split("/")[:-1])
-        if wanted(posixpath.basename(f), to) and not hidden and not url.startswith(skip):
-            found.append((url, relative))
-    return found if files else None
-
-
-def plan(sources: Sequence[str | os.PathLike[str]], destination: str | os.PathLike[str],
-         to: str = CNNZ) -> tuple[list[tuple[str, str]], list[Result]]:
-    """(source, output) pairs, and the sources that failed already. Local paths or fsspec URLs.
-
-    A file maps to ``destination/<name>``; a folder's image files (recursively, hidden ones
-    and ``destination`` itself left out) to the same tree under ``destination``; a glob's
-    matches to their paths below the glob's first wildcard. Every output takes ``to``'s
-    extension. A source that names nothing, or a second one with the same output, fails.
-    """
-    destination = os.fspath(destination)
-    if _is_url(destination):
-        import fsspec
-
-        fs, inner = fsspec.core.url_to_fs(destination)
-        skip_url = fs.unstrip_protocol(inner).rstrip("/") + "/"
-
-        def join(relative: str) -> str:
-            return f"{destination.rstrip('/')}/{relative}"
-    else:
-        skip_url = f"{destination.rstrip('/')}/"
-
-        def join(relative: str) -> str:
-            return str(Path(_local(destination), relative))
-
-    skip = Path(_local(destination)).resolve()
-    pairs: list[tuple[str, str]] = []
-    failed: list[Result] = []
-    by_output: dict[str, str] = {}
-    for source in map(os.fspath, sources):
-        found = _url_files(source, to, skip_url) if _is_url(source) else _local_files(_local(source), to, skip)
-        if found is None:
-            why = "no file matches this pattern" if glob.has_magic(source) else "no such file or folder"
-            failed.append(Result(source, None, error=why))
-        for path, relative in found or []:
-            out = join(output_name(relative, to))
-            first = by_output.setdefault(out, path)
-            if first != path:
-                failed.append(Result(path, out, error=f"{first} has the same output"))
-            elif first is path:  # not a source named twice
-                pairs.append((path, out))
-    return pairs, failed
 
 
 # --------------------------------------------------------------------------- worker processes
@@ -547,7 +225,7 @@ def command(args: argparse.Namespace) -> int:
         for i, (source, output) in enumerate(pairs):
             if exists(output):
                 skip = if_exists == "skip"
-                settled[i] = Result(source, output, skipped=skip, error=None if skip else _EXISTS)
+                settled[i] = Result(source, output, skipped=skip, error=None if skip else EXISTS)
     todo = [i for i in range(len(pairs)) if i not in settled]
     bar = _progress(len(todo), args.quiet)
     try:

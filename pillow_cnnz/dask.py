@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import conversion
 from . import convert as _convert
 
 _CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
@@ -86,7 +87,7 @@ def convert(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], 
             try:
                 results = future.result()
             except Exception as e:  # noqa: BLE001  (a lost task fails its files, the others go on)
-                reason = f"its task failed on the cluster: {_convert._reason(e)}"
+                reason = f"its task failed on the cluster: {conversion.reason(e)}"
                 results = [_convert.Result(s, o, error=reason) for s, o in task_of[future.key]]
             by_source.update((r.source, r) for r in results)
     finally:
@@ -103,7 +104,7 @@ def _paths(paths_or_glob: str | os.PathLike[str] | Sequence[str | os.PathLike[st
     if len(listed) != 1 or not glob.has_magic(listed[0]):
         return listed
     pattern = listed[0]
-    if _convert._is_url(pattern):
+    if conversion.is_url(pattern):
         import fsspec
 
         fs, inner = fsspec.core.url_to_fs(pattern)
@@ -115,12 +116,12 @@ def _header(path: str) -> tuple[tuple[int, int], str]:
     """(size, mode) from a file's header: a ``.cnnz`` file is not decoded to answer."""
     from PIL import Image
 
-    if _convert._is_url(path):
+    if conversion.is_url(path):
         import fsspec
 
         with fsspec.open(path, "rb") as fp, Image.open(fp) as im:
             return im.size, im.mode
-    with Image.open(_convert._local(path)) as im:
+    with Image.open(conversion.local(path)) as im:
         return im.size, im.mode
 
 
@@ -141,7 +142,7 @@ def _read_chunk(names: np.ndarray, shape: tuple[int, ...], device: str | None) -
     from . import decode, pil_plugin
 
     path = str(names.flat[0])
-    data = _convert.read(path)
+    data = conversion.read(path)
     with Image.open(io.BytesIO(data)) as im:
         if im.format == pil_plugin.FORMAT:
             pixels = decode(data, device=device)

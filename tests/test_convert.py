@@ -1,4 +1,4 @@
-"""``cnnz convert`` and the per-file conversion (pillow_cnnz.convert), the CLI's ``-``,
+"""``cnnz convert`` and the per-file conversion (pillow_cnnz.conversion, .sources, .convert), the CLI's ``-``,
 ``--version`` and output-name check, metadata kept by the batch API, and the DataLoader
 pattern that works under the spawn start method.
 
@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageCms
 
 import pillow_cnnz
-from pillow_cnnz import cli, convert
+from pillow_cnnz import cli, conversion, convert, sources
 
 H, W = 48, 64
 ORIENTATION = 0x0112
@@ -73,7 +73,7 @@ def test_plan_names_outputs_of_files_folders_and_globs_and_fails_clashes(tmp_pat
     for name in ("x/a.png", "x/a.jpg", "x/y/b.png", "c.png"):
         _photo_file(src / name, make_photo)
     out = tmp_path / "out"
-    pairs, failed = convert.plan([src / "c.png", f"{src}/x/**/*.png", src / "c.png", tmp_path / "nothing",
+    pairs, failed = sources.plan([src / "c.png", f"{src}/x/**/*.png", src / "c.png", tmp_path / "nothing",
                                   f"{tmp_path}/*.none"], out)
     assert pairs == [(str(src / "c.png"), str(out / "c.cnnz")),
                      (str(src / "x" / "a.png"), str(out / "a.cnnz")),
@@ -81,20 +81,20 @@ def test_plan_names_outputs_of_files_folders_and_globs_and_fails_clashes(tmp_pat
     assert [(r.source, r.error) for r in failed] == [(str(tmp_path / "nothing"), "no such file or folder"),
                                                      (f"{tmp_path}/*.none", "no file matches this pattern")]
 
-    pairs, failed = convert.plan([src / "x"], out)  # a.png and a.jpg would both write a.cnnz
+    pairs, failed = sources.plan([src / "x"], out)  # a.png and a.jpg would both write a.cnnz
     assert [p[1] for p in pairs] == [str(out / "a.cnnz"), str(out / "y" / "b.cnnz")]
     assert len(failed) == 1 and failed[0].error == f"{pairs[0][0]} has the same output"
 
-    pairs, _ = convert.plan([src], out, to="png")  # decoding takes .cnnz files only
+    pairs, _ = sources.plan([src], out, to="png")  # decoding takes .cnnz files only
     assert pairs == []
 
 
 def test_to_names_a_format_pillow_writes():
-    assert convert.target("cnnz") == ("CNNZ", ".cnnz")
-    assert convert.target("JPG") == ("JPEG", ".jpg")
-    assert convert.target(".webp") == ("WEBP", ".webp")
+    assert conversion.target("cnnz") == ("CNNZ", ".cnnz")
+    assert conversion.target("JPG") == ("JPEG", ".jpg")
+    assert conversion.target(".webp") == ("WEBP", ".webp")
     with pytest.raises(ValueError, match="Pillow writes no format"):
-        convert.target("docx")
+        conversion.target("docx")
 
 
 # --------------------------------------------------------------------------- failures, modes, resuming
@@ -135,7 +135,7 @@ def test_convert_flag_scales_16_bit_and_converts_colour_spaces(tmp_path, make_ph
     monkeypatch.setattr(ImageCms, "profileToProfile", spy)
 
     def converted(im: Image.Image, fmt: str, **params: object) -> np.ndarray:
-        return pillow_cnnz.decode(convert.convert_bytes(_saved(im, fmt, **params), convert_modes=True))
+        return pillow_cnnz.decode(conversion.convert_bytes(_saved(im, fmt, **params), convert_modes=True))
 
     def stored(pixels: np.ndarray) -> np.ndarray:
         return pillow_cnnz.decode(pillow_cnnz.encode(pixels))
@@ -148,14 +148,14 @@ def test_convert_flag_scales_16_bit_and_converts_colour_spaces(tmp_path, make_ph
     assert used_profiles == [lab_profile]  # through the embedded profile
     assert np.array_equal(converted(cmyk, "TIFF"), stored(np.asarray(cmyk.convert("RGB"))))  # no profile: Pillow's
 
-    out = convert.convert_bytes(_saved(lab, "TIFF", icc_profile=lab_profile), convert_modes=True)
+    out = conversion.convert_bytes(_saved(lab, "TIFF", icc_profile=lab_profile), convert_modes=True)
     with Image.open(io.BytesIO(out)) as im:  # the LAB profile would be wrong now: tagged sRGB
         profile = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"])).profile
         assert profile.xcolor_space == "RGB " and profile.profile_description == "sRGB built-in"
 
     huge = Image.fromarray(np.full((H, W), 70000, np.int32))  # mode I beyond 16 bits
     with pytest.raises(OSError, match="outside 0..65535"):
-        convert.convert_bytes(_saved(huge, "TIFF"), convert_modes=True)
+        conversion.convert_bytes(_saved(huge, "TIFF"), convert_modes=True)
 
 
 def _saved(im: Image.Image, fmt: str, **params: object) -> bytes:
@@ -214,8 +214,8 @@ def test_decoding_to_a_format_without_alpha_needs_convert(tmp_path, make_photo):
     rgba = np.dstack([make_photo(H, W), np.full((H, W), 200, np.uint8)])
     data = pillow_cnnz.encode(rgba)
     with pytest.raises(OSError, match="RGBA"):
-        convert.convert_bytes(data, to="jpeg")
-    with Image.open(io.BytesIO(convert.convert_bytes(data, to="jpeg", convert_modes=True))) as im:
+        conversion.convert_bytes(data, to="jpeg")
+    with Image.open(io.BytesIO(conversion.convert_bytes(data, to="jpeg", convert_modes=True))) as im:
         assert (im.format, im.mode) == ("JPEG", "RGB")
 
 
