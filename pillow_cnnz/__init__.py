@@ -40,8 +40,9 @@ def save(image: "Image.Image", path: str | os.PathLike[str], quality: float = 4.
     """
     import io
 
-    from . import atomic
+    from . import atomic, precision
 
+    precision.require_torch("writing .cnnz")  # before the target is looked at
     target = atomic.Target(path)
     buf = io.BytesIO()
     image.save(buf, format=pil_plugin.FORMAT, quality=quality, **params)

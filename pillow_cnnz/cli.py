@@ -11,6 +11,7 @@ from PIL import Image
 
 from . import atomic, container, pil_plugin, save, settings
 from . import __version__, convert
+from .precision import require_torch
 
 
 def _source(name: str) -> str | io.BytesIO:
@@ -19,6 +20,7 @@ def _source(name: str) -> str | io.BytesIO:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    require_torch("cnnz encode")  # before the input is read or the output touched
     fmt = Image.registered_extensions().get(Path(args.output).suffix.lower(), pil_plugin.FORMAT)
     if fmt != pil_plugin.FORMAT and not args.any_extension:
         msg = (f"{args.output} is named as a {fmt} file, but encode writes CNNZ: name it .cnnz, pass "

@@ -18,7 +18,7 @@ from . import batching, container, errors, refine, settings
 from .analysis import analyse_batch
 from .latents import code_latents, code_latents_with_symbols, y_hat_of
 from .modes import check_image, finish, pack_alpha, unpack_alpha
-from .precision import resolve_device
+from .precision import check_installed, require_torch, resolve_device
 from .synthesis import synthesize_batch
 from .weights import Weights, load
 
@@ -39,8 +39,10 @@ def encode_batch(images: list[np.ndarray], modes: list[str], quality: float = 4.
     ``metadata`` maps the container tags ``EXIF``, ``ICCP`` and ``XMP `` to raw bytes.
     ``method`` trades encode time for size, as in Pillow's WebP: 0 (default) is the analysis
     alone; 1-6 refine the latents on each image (``refine.METHOD_STEPS``), same decoder.
-    Everything is validated before any encoding starts.
+    Everything is validated before any encoding starts; without torch installed (writing
+    needs it: ``pip install "pillow-cnnz[torch]"``), an OSError saying so comes first.
     """
+    require_torch("writing .cnnz")
     settings.check_all()
     quality = check_quality(quality)
     method = refine.check_method(method)
@@ -114,6 +116,7 @@ def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device
     same-size files then share one synthesis pass, on a CPU they are synthesized one at a
     time (a CPU gains nothing from a batch, and one file at a time bounds the memory)."""
     settings.check_all()
+    check_installed(device)  # without torch, a device or precision that needs it fails before any work
     batch_size = batching.check_batch_size(batch_size)
     out: list[np.ndarray] = [np.empty(0)] * len(files)
 

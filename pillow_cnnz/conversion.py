@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import atomic, pil_plugin
+from .precision import require_torch
 
 CNNZ = "cnnz"
 IF_EXISTS = ("fail", "skip", "overwrite")
@@ -46,6 +47,7 @@ def target(to: str) -> tuple[str, str]:
     """(Pillow format id, output extension) of ``to``: ``cnnz`` or an extension Pillow writes."""
     name = to.lower().lstrip(".")
     if name == CNNZ:
+        require_torch("converting to .cnnz")  # cnnz convert asks before any work
         return pil_plugin.FORMAT, pil_plugin.EXTENSION
     fmt = Image.registered_extensions().get(f".{name}")
     if fmt is None or fmt not in Image.SAVE:

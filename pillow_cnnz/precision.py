@@ -16,12 +16,27 @@ from . import forksafe, settings
 
 _torch_lock = forksafe.Lock()  # a child forked mid-import must not wait on it
 _torch_ready = False
+NEED_TORCH = ("float64", "bfloat16", "int8")  # precisions only torch runs: numpy's synthesis is float32
 _NVIDIA_PATHS = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg")
 
 
+# What a reader without torch installs to write files or use a GPU (pyproject.toml's extra).
+TORCH_INSTALL = 'pip install "pillow-cnnz[torch]"'
+
+
+def require_torch(what: str) -> None:
+    """OSError naming the install command unless torch is installed: ``what`` (e.g. "writing
+    .cnnz") needs it. Asked of the import system, so it costs no torch import."""
+    if not torch_installed():
+        msg = f"{what} needs torch, which is not installed (reading needs only numpy); install it with {TORCH_INSTALL}"
+        raise OSError(msg)
+
+
 def import_torch() -> Any:
-    """Import torch once, apply CNNZ_THREADS, and make forked children safe."""
+    """Import torch once, apply CNNZ_THREADS, and make forked children safe; an OSError naming
+    the install command where torch is not installed."""
     global _torch_ready
+    require_torch("this operation")
     import torch
 
     with _torch_lock:
@@ -42,7 +57,9 @@ def cuda_possible() -> bool:
     Importing torch is most of a cold start. With no NVIDIA driver on the machine,
     ``torch.cuda.is_available()`` is False anyway, so it need not be asked.
     """
-    if "torch" in sys.modules:
+    if not torch_installed():
+        return False
+    if sys.modules.get("torch") is not None:
         return sys.modules["torch"].cuda.is_available() and not _cuda_unusable_here()
     if sys.platform.startswith("linux") and not any(os.path.exists(p) for p in _NVIDIA_PATHS):
         return False
@@ -65,9 +82,12 @@ def _cuda_unusable_here() -> bool:
 
 def resolve_device(device: str | None = None) -> str:
     """Explicit argument, else ``CNNZ_DEVICE``, else CUDA when available, else CPU."""
-    device = settings.device(device or None)
+    asked = device or None
+    device = settings.device(asked)
     if not device:
         return "cuda" if cuda_possible() else "cpu"
+    if device.startswith("cuda"):
+        require_torch(f"device={device!r}" if asked else f"CNNZ_DEVICE={device}")
     if device.startswith("cuda") and not import_torch().cuda.is_available():
         msg = f"device {device!r} was asked for but CUDA is not available"
         raise ValueError(msg)
@@ -136,7 +156,10 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
     torch, so ``auto`` takes them only where torch is installed; a decode on such a CPU
     therefore imports torch once, the price of one answer per file. A process that wants the
     cold start of a decode without torch sets ``CNNZ_PRECISION=float32``, whose synthesis runs
-    in numpy (below ``synthesis.TORCH_FROM_PIXELS``). The synthesis' precision changes pixels
+    in numpy (below ``synthesis.TORCH_FROM_PIXELS``). Where torch is not installed (``pip install
+    pillow-cnnz`` without the ``torch`` extra), ``auto`` is float32 in numpy at every size, and
+    float64, bfloat16 and int8, which only torch runs, raise an OSError naming the argument or
+    variable that asked for them and the install command. The synthesis' precision changes pixels
     by rounding only: the decoded latents never depend on it.
 
     The encoder's ``analysis`` takes bfloat16 on a CPU only with AMX: there it is much faster
@@ -153,7 +176,10 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
     ``analysis.analyse_batch`` still runs the hyper-analysis in float32: bfloat16 oneDNN got
     a one-column ẑ wrong.
     """
-    precision = settings.precision(precision or None)
+    asked = precision or None
+    precision = settings.precision(asked)
+    if precision in NEED_TORCH:
+        require_torch(f"precision={precision!r}" if asked else f"CNNZ_PRECISION={precision}")
     if precision == "int8" and device != "cpu":
         precision = "auto"
     if precision == "auto":
@@ -166,6 +192,14 @@ def resolve_precision(precision: str | None = None, device: str = "cpu", analysi
         else:
             precision = "int8" if int8 and cpu_has_vnni() and int8_supported() else "float32"
     return precision
+
+
+def check_installed(device: str | None = None) -> None:
+    """Where torch is not installed, the OSError a decode on ``device`` would meet for asking
+    for CUDA or a precision that needs torch (``CNNZ_DEVICE``, ``CNNZ_PRECISION``), raised before
+    any work; nothing where it is (so nothing is imported)."""
+    if not torch_installed():
+        resolve_precision(None, resolve_device(device))
 
 
 def run_in(torch: Any, layers: Any, x: Any, precision: str) -> Any:
