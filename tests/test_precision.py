@@ -47,7 +47,8 @@ def test_auto_precision_follows_the_hardware_not_what_is_imported(monkeypatch, i
     monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
     monkeypatch.setattr(precision, "torch_installed", lambda: False)  # bfloat16 and int8 need torch
     assert precision.resolve_precision("auto", "cpu", int8=True) == "float32"
-    assert precision.resolve_precision("bfloat16", "cpu") == "bfloat16"  # asked for: always
+    with pytest.raises(OSError, match=r"precision='bfloat16' needs torch.*pillow-cnnz\[torch\]"):
+        precision.resolve_precision("bfloat16", "cpu")  # asked for without torch: the install command
 
 
 def test_a_float32_synthesis_picks_numpy_or_torch_by_the_image_size_even_with_torch_imported(monkeypatch):
