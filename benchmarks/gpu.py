@@ -42,7 +42,7 @@ import pillow_cnnz
 from benchmarks._common import DEFAULT_KODAK
 from benchmarks.rd import psnr
 from benchmarks.speed import scaled_image
-from pillow_cnnz import batching, codec, container, latents, synthesis
+from pillow_cnnz import batching, container, latents, synthesis
 
 HERE = Path(__file__).resolve().parent
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .batching import cores
 from .conversion import CNNZ, EXISTS, Result, convert_file, exists, target
 from .sources import plan
 
@@ -70,12 +71,6 @@ def _size(n: int) -> str:
 # --------------------------------------------------------------------------- worker processes
 
 
-def _cores() -> int:
-    from .batching import cores
-
-    return cores()
-
-
 def _context() -> Any:
     """The worker pool's start method: ``forkserver`` where there is one, else ``spawn``.
 
@@ -124,12 +119,12 @@ def convert_paths(pairs: Sequence[tuple[str, str]], *, jobs: int | None = None, 
         if on_result is not None:
             on_result(result)
 
-    jobs = max(1, min(jobs or _cores(), len(pairs)))
+    jobs = max(1, min(jobs or cores(), len(pairs)))
     if jobs == 1:
         for i, (source, output) in enumerate(pairs):
             done(i, convert_file(source, output, if_exists=if_exists, **options))
     else:
-        _pool(pairs, jobs, max(1, _cores() // jobs), done, dict(options, if_exists=if_exists))
+        _pool(pairs, jobs, max(1, cores() // jobs), done, dict(options, if_exists=if_exists))
     return [results[i] for i in range(len(pairs))]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import conversion
+from . import batching, conversion
 from . import convert as _convert
 
 _CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
@@ -48,7 +48,7 @@ def local_cluster(workers: int | None = None) -> Any:
     from distributed import LocalCluster
 
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        return LocalCluster(n_workers=workers or _convert._cores(), threads_per_worker=1, processes=True,
+        return LocalCluster(n_workers=workers or batching.cores(), threads_per_worker=1, processes=True,
                             dashboard_address=":0")
 
 

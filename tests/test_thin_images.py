@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pillow_cnnz import blas, codec, synthesis, synthesis_np, tiling, weights
+from pillow_cnnz import blas, synthesis, synthesis_np, tiling, weights
 
 # Images as thin as this, and thicker, cost at most 4x a square image per pixel. Thinner ones cost
 # more: a pixel row depends on ~7 latent rows of context at the coarsest level whatever the image's

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks._common import DEFAULT_KODAK, image_paths, load_rgb, write_json
-from pillow_cnnz import codec, container, int8, latents, synthesis, weights
+from pillow_cnnz import container, int8, latents, synthesis, weights
 from pillow_cnnz import precision as policy
 from pillow_cnnz.model import CnnzNet, Config
 from training import int8_calibration
