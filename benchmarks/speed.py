@@ -42,6 +42,10 @@ Parts (all on by default; ``--parts`` picks a subset):
              ``synthesis.TORCH_FROM_PIXELS`` it imports torch itself) and with ``CNNZ_PRECISION=float32``
              (numpy throughout); seconds from ``Image.open`` on (the torch import included), peak
              RSS, and whether torch was imported.
+``synthesis`` the synthesis transform alone, on the same latents: numpy float32 (what a reader
+             without torch runs at every size) against torch float32 and, where ``auto`` picks
+             another, torch in that precision; a Kodak image and ``--synthesis-sizes`` megapixels,
+             the backends interleaved, medians of ``--synthesis-runs`` after a warm-up on the first.
 ``tiling``   a ~4 MP image decoded with the default tiling and with one tile
              (``pillow_cnnz.tiling.TILE`` patched above the latent grid): pixel
              differences; the same comparison of the latents the encoder produces.
@@ -94,7 +98,7 @@ from benchmarks._common import (
     weights_note,
 )
 
-PARTS = ("codecs", "stages", "batch", "floor", "cold", "import", "scaling", "decodeonly", "tiling")
+PARTS = ("codecs", "stages", "batch", "floor", "cold", "import", "scaling", "decodeonly", "synthesis", "tiling")
 PEERS = {
     "jpeg-q75": ("JPEG", {"quality": 75}),
     "jpeg-q85": ("JPEG", {"quality": 85}),
@@ -597,6 +601,40 @@ def part_decode_only(base: Image.Image, args: argparse.Namespace, tmp: Path) -> 
     return {"torch_from_pixels": synthesis.TORCH_FROM_PIXELS, "rows": rows}
 
 
+def part_synthesis(base: Image.Image, args: argparse.Namespace) -> dict:
+    """numpy float32 against torch's synthesis on the same latents (module docstring)."""
+    import torch
+
+    from pillow_cnnz import container, latents, precision, synthesis, tiling, weights
+
+    rows = []
+    for k, mp in enumerate([base.width * base.height / 1e6] + [float(v) for v in args.synthesis_sizes.split(",") if v]):
+        im = scaled_image(base, mp)
+        header, payloads = container.parse(encode(im, "CNNZ", {"quality": args.quality})[0])
+        y = latents.y_hat_of((header, payloads))[None]
+        model = weights.load(header.model_id)
+        backends = {"numpy float32": synthesis.numpy_synthesis(model),
+                    "torch float32": synthesis.torch_synthesis(model.net("cpu"), "cpu", "float32")}
+        auto = precision.resolve_precision(None, "cpu", int8=model.has_int8)
+        if auto != "float32":
+            body = model.int8_synthesis() if auto == "int8" else None
+            backends[f"torch {auto} (auto)"] = synthesis.torch_synthesis(model.net("cpu"), "cpu", auto, body)
+        times: dict[str, list[float]] = {name: [] for name in backends}
+        for i in range(args.synthesis_runs + (k == 0)):  # interleaved: a background load hits all alike
+            for name, run in backends.items():
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    tiling.synthesize_tiles(run, y, header.height, header.width)
+                if i or k:  # the first image's first round warms everything up
+                    times[name].append(time.perf_counter() - t0)
+        row = {"width": im.width, "height": im.height, "mp": im.width * im.height / 1e6,
+               "median_s": {name: median(t) for name, t in times.items()}, "times_s": times}
+        rows.append(row)
+        print(f"  synthesis: {im.width}x{im.height} " + ", ".join(f"{n} {v:.2f} s" for n, v in row["median_s"].items()),
+              file=sys.stderr)
+    return {"runs": args.synthesis_runs, "threads": torch.get_num_threads(), "rows": rows}
+
+
 def part_tiling(base: Image.Image, args: argparse.Namespace) -> dict:
     from pillow_cnnz import tiling, weights
 
@@ -751,6 +789,13 @@ def report(res: dict) -> str:
         out += ["", f"### A decode-only process (no warm-up; auto imports torch from {d['torch_from_pixels'] / 1e6:g} MP)", ""]
         out.append(md_table(["size", "MP", "auto s", "torch imported", "auto peak RSS MiB", "float32 (numpy) s",
                              "float32 peak RSS MiB", "numpy / auto"], rows))
+    if "synthesis" in res:
+        sy = res["synthesis"]
+        names = list(sy["rows"][0]["median_s"]) if sy["rows"] else []
+        rows = [[f"{r['width']}×{r['height']}", f"{r['mp']:.2f}"] + [f"{r['median_s'][n]:.2f}" for n in names]
+                + [f"{r['median_s']['numpy float32'] / r['median_s']['torch float32']:.2f}×"] for r in sy["rows"]]
+        out += ["", f"### The synthesis alone, same latents (median of {sy['runs']}, s)", ""]
+        out.append(md_table(["size", "MP"] + names + ["numpy / torch float32"], rows))
     if "tiling" in res:
         t = res["tiling"]
         d, e = t["decode"], t["encode"]
@@ -802,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiling-mp", type=float, default=4.0)
     parser.add_argument("--decode-only-sizes", default="0.4,3,12",
                         help="megapixels for the decodeonly part (default 0.4,3,12)")
+    parser.add_argument("--synthesis-sizes", default="12", help="megapixels beside Kodak for the synthesis part (default 12)")
+    parser.add_argument("--synthesis-runs", type=int, default=3, help="timed runs per backend and size (default 3)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "speed.json")
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
@@ -850,6 +897,9 @@ def main(argv: list[str] | None = None) -> int:
         if "decodeonly" in parts:
             print("decode-only ...", file=sys.stderr)
             res["decodeonly"] = part_decode_only(base, args, tmp)
+        if "synthesis" in parts:
+            print("synthesis ...", file=sys.stderr)
+            res["synthesis"] = part_synthesis(base, args)
         if "tiling" in parts:
             print("tiling ...", file=sys.stderr)
             res["tiling"] = part_tiling(base, args)
