@@ -74,10 +74,10 @@ def _torch_float32(path: Path, windows: tuple[int, ...] | None) -> tuple[np.ndar
     window, or of those at the indexes ``windows`` (the others are left zero and unmasked)."""
     import torch
 
-    from pillow_cnnz import codec, latents, synthesis
+    from pillow_cnnz import latents, synthesis
     from pillow_cnnz.weights import load
 
-    header, payloads = codec._parse(path)
+    header, payloads = container.parse(path.read_bytes())
     y = latents.y_hat_of((header, payloads))[None]
     run = synthesis.torch_synthesis(load(header.model_id).net("cpu"), "cpu", "float32")
     count = len(tiling.synthesis_windows(header.height, header.width, y.shape[2:]))
