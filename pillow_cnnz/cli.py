@@ -1,4 +1,4 @@
-"""The ``cnnz`` command: encode, decode and inspect ``.cnnz`` files."""
+"""The ``cnnz`` command: encode, decode, convert and inspect ``.cnnz`` files."""
 from __future__ import annotations
 
 import argparse
