@@ -128,8 +128,11 @@ def test_a_process_without_torch_decodes_large_files_in_numpy_within_2_levels_of
         diff = np.abs(pixels.astype(np.int16) - reference)[mask]
         assert mask.sum() >= min(h * w, 2 * 2**20) and diff.max() <= 2, (h, w, diff.max())
     # Tiled: a 12 MP synthesis in one piece would hold activations of several GiB (the last
-    # hidden layer alone is 1504 x 2016 x 48 float32, 0.5 GiB, before the wider ones).
-    assert report["3008x4032"]["mib_over_before"] < 1024, report
+    # hidden layer alone is 1504 x 2016 x 48 float32, 0.5 GiB, and a 3x3 convolution's
+    # columns 9x that). Tiles keep the peak where a Kodak-sized decode puts it, whatever the
+    # BLAS's own buffers add on a given machine.
+    small, large = report["512x768"]["mib_over_before"], report["3008x4032"]["mib_over_before"]
+    assert large < 2048 and large < small + 256, report
 
 
 def test_writing_without_torch_raises_an_oserror_naming_the_install_command(files, tmp_path):
