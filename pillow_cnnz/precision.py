@@ -111,7 +111,7 @@ def cpu_flags() -> frozenset[str] | None:
 
 
 def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX on this CPU (from its flags, else asked of torch)."""
+    """Whether the running CPU has AVX512-BF16 or AMX (from its flags, else asked of torch)."""
     flags = cpu_flags()
     if flags is None:
         return bool(getattr(import_torch().cpu, "_is_avx512_bf16_supported", lambda: False)())
@@ -119,7 +119,7 @@ def cpu_has_bf16() -> bool:
 
 
 def cpu_has_amx() -> bool:
-    """AMX tiles for bfloat16 on this CPU (Intel Xeon since Sapphire Rapids)."""
+    """Whether the running CPU has AMX tiles for bfloat16 (Intel Xeon since Sapphire Rapids)."""
     flags = cpu_flags()
     return flags is not None and "amx_bf16" in flags
 

@@ -132,10 +132,10 @@ def unsupported(path: str) -> str | None:
     """Why this machine does not run ``path`` (a skip reason), or None."""
     flags = cpu_flags()
     if path == "bfloat16" and not flags & {"avx512_bf16", "amx_bf16"}:
-        return "no native bfloat16 on this CPU (AVX512-BF16 or AMX): the codec never picks it here"
+        return "the CPU has no native bfloat16 (AVX512-BF16 or AMX): the codec never picks it here"
     if path == "int8":
         if not flags & {"avx512_vnni", "avx_vnni"}:
-            return "no 8-bit dot products on this CPU (VNNI): the codec never picks int8 here"
+            return "the CPU has no 8-bit dot products (VNNI): the codec never picks int8 here"
         from pillow_cnnz import int8
 
         if not int8.supported():
