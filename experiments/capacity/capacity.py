@@ -15,7 +15,6 @@ Example (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     net = checkpoint_net(read_checkpoint(args.checkpoint))
     if args.grow:
         net = grown(net, args.grow)
-    net = copy.deepcopy(net).train()
+    net.train()
     for name, param in net.named_parameters():
         param.requires_grad_(name.startswith(PARTS[args.train]))
     opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=args.lr)
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             print(curve[-1], flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": {k: v for k, v in vars(args).items()}, "curve": curve}, f, indent=1)
+            json.dump({"args": vars(args), "curve": curve}, f, indent=1)
     return 0
 
 
