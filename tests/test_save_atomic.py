@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import pillow_cnnz
-from pillow_cnnz import atomic, cli, codec
+from pillow_cnnz import atomic, cli, codec, weights
 
 from .conftest import _photo as photo
 
@@ -290,9 +290,14 @@ def test_a_file_open_would_refuse_is_refused_with_opens_permission_error(shared_
     assert contents == OLD and sorted(p.name for p in folder.iterdir()) == ["theirs.cnnz"]
 
 
-def test_a_writable_file_in_a_read_only_folder_is_written_in_place(shared_dir, small_image, small_cnnz):
+def test_a_writable_file_in_a_read_only_folder_is_written_in_place(shared_dir, small_image, small_cnnz,
+                                                                   monkeypatch):
     """``open(path, "wb")`` may write it though no file can be made beside it: the save writes
     into it (after the encode succeeded), keeping its owner."""
+    # The child encodes as nobody, who may not be able to read the checkout (a clone in a 0700
+    # temporary folder): it takes the default model's id, as the weights, from the parent.
+    default = weights.default_model_id()
+    monkeypatch.setattr(weights, "default_model_id", lambda: default)
     folder = shared_dir / "d"
     folder.mkdir()
     path = folder / "shared.cnnz"
