@@ -75,13 +75,16 @@ def encode(image: "np.ndarray | Image.Image", quality: float = 4.0, *, device: s
     return encode_batch([image], quality, device=device, method=method, metadata=[metadata])[0]
 
 
-def decode(data: bytes | str | os.PathLike[str], *, device: str | None = None) -> "np.ndarray":
+def decode(data: bytes | str | os.PathLike[str], *, device: str | None = None, scale: int = 1) -> "np.ndarray":
     """The uint8 pixels of a ``.cnnz`` file, given as bytes or a path: (H, W) for L, (H, W, C) otherwise.
+
+    ``scale`` 2, 4 or 8 decodes the image at 1/scale of its size (each side rounded up), for a
+    fraction of a full decode's time where the weights ship an output head for that scale.
 
     Raises ``CorruptFileError`` (an ``OSError`` and a ``ValueError``) for anything that is not a
     complete, undamaged ``.cnnz`` file, and Pillow's ``DecompressionBombError`` above twice
     ``PIL.Image.MAX_IMAGE_PIXELS`` (above it, a ``DecompressionBombWarning``), as ``Image.open`` does."""
-    return decode_batch([data], device=device)[0]
+    return decode_batch([data], device=device, scale=scale)[0]
 
 
 def encode_batch(images: Sequence["np.ndarray | Image.Image"], quality: float = 4.0, *,
@@ -121,12 +124,12 @@ def _metadata(image: "np.ndarray | Image.Image", given: dict[str, Any] | None) -
 
 
 def decode_batch(files: Sequence[bytes | str | os.PathLike[str]], *, device: str | None = None,
-                 batch_size: int = 8) -> list["np.ndarray"]:
-    """Decode many ``.cnnz`` files (bytes or paths, as :func:`decode`); same-size files share one
-    synthesis pass. ``batch_size`` (from 1) bounds how many go through the network together."""
+                 batch_size: int = 8, scale: int = 1) -> list["np.ndarray"]:
+    """Decode many ``.cnnz`` files (bytes or paths, as :func:`decode`, at 1/``scale``); same-size
+    files share one synthesis pass. ``batch_size`` (from 1) bounds how many go through the network together."""
     from . import codec
 
-    return codec.decode_batch(list(files), device=device, batch_size=batch_size)
+    return codec.decode_batch(list(files), device=device, batch_size=batch_size, scale=scale)
 
 
 register()

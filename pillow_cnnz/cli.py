@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import atomic, container, pil_plugin, save, settings
+from . import atomic, container, heads, pil_plugin, save, settings
 from . import __version__, convert
 from .precision import require_torch
 
@@ -48,33 +48,26 @@ def _output_format(path: str) -> str:
     return fmt
 
 
-def _decode_to_stdout(args: argparse.Namespace) -> int:
-    """``cnnz decode IN -``: the image on standard output, in ``--format`` (PNG by default)."""
+def _decoded(args: argparse.Namespace, fmt: str) -> bytes:
+    """The input ``.cnnz`` (at 1/``--scale``) as a file of format ``fmt``, complete in memory."""
     with Image.open(_source(args.input)) as im:
         if im.format != pil_plugin.FORMAT:
             msg = f"{args.input} is a {im.format} file, not CNNZ"
             raise ValueError(msg)
         out = io.BytesIO()
-        im.save(out, format=args.format or "PNG")  # complete before anything is written
-    sys.stdout.buffer.write(out.getvalue())
-    return 0
+        (im.reduce(args.scale) if args.scale > 1 else im).save(out, format=fmt)
+    return out.getvalue()
 
 
 def _decode(args: argparse.Namespace) -> int:
-    if args.output == "-":
-        return _decode_to_stdout(args)
+    if args.output == "-":  # ``cnnz decode IN -``: the image on standard output, in --format (PNG by default)
+        sys.stdout.buffer.write(_decoded(args, args.format or "PNG"))
+        return 0
     # The output is complete in memory before anything is written: a failure or a kill
     # meanwhile leaves no partial file (and the old one, if any, as it was).
     fmt = _output_format(args.output)
     target = atomic.Target(args.output)  # what open(output, "wb") would refuse, before the decode
-    with Image.open(_source(args.input)) as im:
-        if im.format != pil_plugin.FORMAT:
-            msg = f"{args.input} is a {im.format} file, not CNNZ"
-            raise ValueError(msg)
-        im.load()
-        out = io.BytesIO()
-        im.save(out, format=fmt)
-    target.write_bytes(out.getvalue())
+    target.write_bytes(_decoded(args, fmt))
     return 0
 
 
@@ -112,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("-f", "--format", help="the format written to standard output (default PNG)")
+    p.add_argument("-s", "--scale", type=int, default=1, choices=heads.SCALES,
+                   help="write the image at 1/SCALE of its size, decoded at that size (faster)")
     p.set_defaults(func=_decode)
     p = sub.add_parser("convert", help="files, folders and globs -> .cnnz (or back), on worker processes")
     convert.add_arguments(p)

@@ -14,12 +14,12 @@ import warnings
 
 import numpy as np
 
-from . import batching, container, errors, refine, settings
+from . import batching, container, errors, heads, refine, settings
 from .analysis import analyse_batch
 from .latents import code_latents, code_latents_with_symbols, y_hat_of
 from .modes import check_image, finish, pack_alpha, unpack_alpha
 from .precision import check_installed, require_torch, resolve_device
-from .synthesis import synthesize_batch
+from .synthesis import reduced, synthesize_batch
 from .weights import Weights, load
 
 
@@ -111,52 +111,58 @@ def _check_bomb(header: container.Header) -> None:
 
 
 def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device: str | None = None,
-                  batch_size: int = 8) -> list[np.ndarray]:
-    """Pixels of parsed files. Their entropy decoding runs on a thread per core; on a GPU
-    same-size files then share one synthesis pass, on a CPU they are synthesized one at a
-    time (a CPU gains nothing from a batch, and one file at a time bounds the memory)."""
+                  batch_size: int = 8, scale: int = 1) -> list[np.ndarray]:
+    """Pixels of parsed files (at 1/``scale`` of their size, ``heads.py``). Their entropy decoding
+    runs on a thread per core; on a GPU same-size files then share one synthesis pass, on a CPU
+    they are synthesized one at a time (a CPU gains nothing from a batch, and one file at a time
+    bounds the memory)."""
     settings.check_all()
     check_installed(device)  # without torch, a device or precision that needs it fails before any work
     batch_size = batching.check_batch_size(batch_size)
+    scale = heads.check_scale(scale)
     out: list[np.ndarray] = [np.empty(0)] * len(files)
 
     def exact_stage(i: int) -> tuple[np.ndarray | None, np.ndarray]:
-        return unpack_alpha(*files[i]), y_hat_of(files[i])
+        alpha = unpack_alpha(*files[i])
+        return (alpha if alpha is None or scale == 1 else reduced(alpha, scale)), y_hat_of(files[i])
 
     for ids in batching.groups([(f[0].height, f[0].width, f[0].model_id) for f in files], batch_size):
         headers = [files[i][0] for i in ids]
         alphas, y_hats = zip(*batching.per_file(exact_stage, ids))
         if resolve_device(device) == "cpu":
-            rgbs = [synthesize_batch([h], [y], device)[0] for h, y in zip(headers, y_hats)]
+            rgbs = [synthesize_batch([h], [y], device, scale=scale)[0] for h, y in zip(headers, y_hats)]
         else:
-            rgbs = synthesize_batch(headers, list(y_hats), device)
+            rgbs = synthesize_batch(headers, list(y_hats), device, scale=scale)
         for i, h, a, rgb in zip(ids, headers, alphas, rgbs):
             out[i] = finish(h, rgb, a)
     return out
 
 
-def decode_payloads(header: container.Header, payloads: dict[str, bytes], device: str | None = None) -> np.ndarray:
-    """Pixels of one parsed file: (H, W) for L, (H, W, C) otherwise."""
-    return decode_parsed([(header, payloads)], device)[0]
+def decode_payloads(header: container.Header, payloads: dict[str, bytes], device: str | None = None,
+                    scale: int = 1) -> np.ndarray:
+    """Pixels of one parsed file: (H, W) for L, (H, W, C) otherwise (at 1/``scale``)."""
+    return decode_parsed([(header, payloads)], device, scale=scale)[0]
 
 
 def decode_batch(files: list[bytes | str | os.PathLike], device: str | None = None,
-                 batch_size: int = 8) -> list[np.ndarray]:
+                 batch_size: int = 8, scale: int = 1) -> list[np.ndarray]:
     """Pixels of many complete ``.cnnz`` files, given as bytes or as paths (all validated,
-    and checked against ``PIL.Image.MAX_IMAGE_PIXELS``, before any decoding).
+    and checked against ``PIL.Image.MAX_IMAGE_PIXELS``, before any decoding), at 1/``scale``
+    of their size (``heads.SCALES``).
 
     Raises ``CorruptFileError`` (an ``OSError`` and a ``ValueError``) for bytes that are not a
     complete, undamaged ``.cnnz`` file, including bytes of another format."""
     batching.check_batch_size(batch_size)
+    heads.check_scale(scale)
     parsed = [_parse(file) for file in files]
     for header, _ in parsed:
         _check_bomb(header)
-    return decode_parsed(parsed, device, batch_size)
+    return decode_parsed(parsed, device, batch_size, scale)
 
 
-def decode(data: bytes | str | os.PathLike, device: str | None = None) -> np.ndarray:
+def decode(data: bytes | str | os.PathLike, device: str | None = None, scale: int = 1) -> np.ndarray:
     """Pixels of a complete ``.cnnz`` file, given as bytes or a path (see :func:`decode_batch`)."""
-    return decode_batch([data], device)[0]
+    return decode_batch([data], device, scale=scale)[0]
 
 
 def _parse(file: bytes | str | os.PathLike) -> tuple[container.Header, dict[str, bytes]]:

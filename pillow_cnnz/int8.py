@@ -367,12 +367,13 @@ class Int8Layers:
             else:
                 self.blocks[int(key)] = _Upsample(layer, r["input"], passes, saturate, rounded.get(key))
 
-    def __call__(self, x: torch.Tensor, crops: TileCrops | None = None) -> torch.Tensor:
-        """The transform of ``x``, each layer's output cut by ``crops`` (a tile's synthesis)."""
+    def __call__(self, x: torch.Tensor, crops: TileCrops | None = None, stop: int | None = None) -> torch.Tensor:
+        """The transform of ``x`` (its layers up to ``stop``, default all), each layer's output cut
+        by ``crops`` (a tile's synthesis)."""
         if x.shape[0] > 1:
-            return torch.cat([self._one(image, crops) for image in x.split(1)])
-        return self._one(x, crops)
+            return torch.cat([self._one(image, crops, stop) for image in x.split(1)])
+        return self._one(x, crops, stop)
 
-    def _one(self, x: torch.Tensor, crops: TileCrops | None) -> torch.Tensor:
-        steps = [self.blocks.get(i, layer) for i, layer in enumerate(self.layers)]
+    def _one(self, x: torch.Tensor, crops: TileCrops | None, stop: int | None) -> torch.Tensor:
+        steps = [self.blocks.get(i, layer) for i, layer in enumerate(self.layers[:stop])]
         return run_cropped(steps, x.float().contiguous(memory_format=torch.channels_last), crops)

@@ -34,6 +34,15 @@ class SubPixelConv(nn.Module):
         return self.shuffle(self.conv(x))
 
 
+class OutputHead(nn.Sequential):
+    """A reduced-resolution output of the synthesis: 3x3 convolution to ``hidden`` channels, ReLU,
+    then a ``SubPixelConv`` to RGB upsampling by ``r`` (1: none). Read from an intermediate level
+    of ``g_s``, it gives the image at that level's resolution times ``r`` (``pillow_cnnz.heads``)."""
+
+    def __init__(self, cin: int, hidden: int, r: int) -> None:
+        super().__init__(nn.Conv2d(cin, hidden, 3, padding=1), nn.ReLU(), SubPixelConv(hidden, 3, r))
+
+
 class GDN(nn.Module):
     """Simplified generalized divisive normalization (Johnston et al. 2019).
 
@@ -168,7 +177,9 @@ def _reach(module: nn.Module) -> tuple[int, int]:
         return module.conv.kernel_size[0] // 2, module.shuffle.upscale_factor
     if isinstance(module, ResBlock):
         return module.conv1.kernel_size[0] // 2 + module.conv2.kernel_size[0] // 2, 1
-    if isinstance(module, GDN):
+    if isinstance(module, nn.Conv2d) and module.stride == (1, 1):
+        return module.kernel_size[0] // 2, 1
+    if isinstance(module, (GDN, nn.ReLU)):
         return 0, 1
     msg = f"no receptive field known for {type(module).__name__}"
     raise TypeError(msg)

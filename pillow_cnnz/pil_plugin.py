@@ -10,7 +10,7 @@ from typing import IO
 
 from PIL import Image, ImageFile
 
-from . import container
+from . import container, heads
 
 FORMAT = "CNNZ"
 EXTENSION = ".cnnz"
@@ -38,6 +38,7 @@ class CnnzImageFile(ImageFile.ImageFile):
         self._header = header
         self._sections = {s.tag: s for s in sections}
         self._decoded = False
+        self._scale = 1  # what draft() picked
         self.info["quality"] = header.quality
         self.info["model_id"] = header.model_hex
         for tag, key in _INFO_KEYS.items():
@@ -49,16 +50,46 @@ class CnnzImageFile(ImageFile.ImageFile):
             return None
         return self.getexif()._get_merged_dict()
 
+    def draft(self, mode: str | None, size: tuple[int, int] | None) -> tuple[str, tuple[int, int, float, float]] | None:
+        """Decode at 1/8, 1/4 or 1/2 of the size where that still gives at least ``size``: the
+        largest scale ``s`` with ``s <= min(width // size[0], height // size[1])``, as Pillow's
+        JPEG plugin picks, so ``thumbnail()`` decodes a fraction of the pixels (``heads.py``).
+        ``im.size`` becomes the reduced size; returns ``(mode, box)``, the box being the whole
+        image in the reduced one's pixels, or None once the image is loaded. ``mode`` is ignored:
+        the file's mode is kept."""
+        if self._decoded or self.fp is None:
+            return None
+        width, height = self._header.width, self._header.height
+        scale = 1
+        if size:
+            ratio = min(width // max(size[0], 1), height // max(size[1], 1))
+            scale = next(s for s in sorted(heads.SCALES, reverse=True) if ratio >= s)
+        self._scale = scale
+        self._size = heads.scaled_size(width, height, scale)
+        return self.mode, (0, 0, width / scale, height / scale)
+
+    def reduce(self, factor: int | tuple[int, int], box: tuple[int, int, int, int] | None = None) -> Image.Image:
+        """Pillow's ``reduce``; before ``load()``, a whole image reduced by 2, 4 or 8 is decoded at
+        that scale (``heads.py``) instead of decoded whole and then reduced."""
+        f = tuple(factor) if isinstance(factor, (list, tuple)) else (factor, factor)
+        whole = box is None or tuple(box) == (0, 0, *self.size)
+        if not self._decoded and self.fp is not None and whole and f[0] == f[1] and self._scale * f[0] in heads.SCALES[1:]:
+            pixels = self._decode(self._scale * f[0])
+            return self._new(Image.frombytes(self.mode, heads.scaled_size(*self.size, f[0]), pixels.tobytes()).im)
+        return super().reduce(factor, box)
+
+    def _decode(self, scale: int):
+        """The file's pixels at 1/``scale`` of its size."""
+        from . import codec
+
+        assert self.fp is not None
+        payloads = {tag: container.read_payload(self.fp, section) for tag, section in self._sections.items()
+                    if tag in ("ALPH", "LATZ", "LATY")}
+        return codec.decode_payloads(self._header, payloads, scale=scale)
+
     def load(self) -> Image.core.PixelAccess | None:
         if not self._decoded and self.fp is not None:
-            from . import codec
-
-            payloads = {
-                tag: container.read_payload(self.fp, section)
-                for tag, section in self._sections.items()
-                if tag in ("ALPH", "LATZ", "LATY")
-            }
-            pixels = codec.decode_payloads(self._header, payloads)
+            pixels = self._decode(self._scale)
             self._decoded = True
             if self._exclusive_fp:
                 self.fp.close()

@@ -17,26 +17,34 @@ from .weights import Weights, load
 TORCH_FROM_PIXELS = 2_000_000
 
 
-def torch_synthesis(net: Any, device: str, precision: str, body: Any = None) -> Any:
+def torch_synthesis(net: Any, device: str, precision: str, body: Any = None, head: Any = None,
+                    tap: int = 0, scale: int = 1) -> Any:
     """Tile synthesis in torch; the last, cheap layer runs in float32 so bfloat16 does not
-    round the output pixels. ``body`` replaces ``net.g_s[:-1]`` (the int8 synthesis). Each
-    layer computes only the part of its output the tile's own pixels depend on
-    (``layers.TileCrops``): the same pixels as the whole window, for less work."""
+    round the output pixels. ``body`` replaces ``net.g_s[:-1]`` (the int8 synthesis); a ``head``
+    (``layers.OutputHead``) replaces what follows layer ``tap`` of ``g_s``: the image at
+    1/``scale`` (``heads.py``). Each layer computes only the part of its output the tile's own pixels
+    depend on (``layers.TileCrops``): the same pixels as the whole window, for less work."""
     torch = policy.import_torch()
     from .layers import TileCrops, run_cropped
 
-    modules, last = list(net.g_s), net.g_s[-1]
+    trunk = list(net.g_s) if head is None else [*net.g_s[: tap + 1], *head]
+    modules, last = trunk, trunk[-1]
     wide = torch.float64 if precision == "float64" else torch.float32
     if body is None:  # the float layers: crops copied dense, for oneDNN's in-place sums
         def hidden(t: Any, crops: TileCrops) -> Any:
             return policy.run_in(torch, lambda v: run_cropped(modules[:-1], v, crops), t, precision)
-    else:  # int8 layers read cropped views band by band
+    else:  # int8 layers read cropped views band by band, a head's hidden layer runs in float32
+        stop = len(net.g_s) - 1 if head is None else tap + 1
+
         def hidden(t: Any, crops: TileCrops) -> Any:
-            return body(t, crops)
+            x = body(t, crops, stop)
+            for i in range(stop, len(modules) - 1):
+                x = crops(i, modules[i](x))
+            return x
 
     def run(y: np.ndarray, core: tuple | None = None) -> np.ndarray:
         """The window's output pixels ``core`` (default: all of them)."""
-        stride = tiling.LATENT_STRIDE
+        stride = tiling.LATENT_STRIDE // scale
         whole = ((0, stride * y.shape[2]), (0, stride * y.shape[3]))
         crops = TileCrops(modules, core or whole, y.shape[2:], dense=body is None, in_output=True)
         t = torch.from_numpy(np.ascontiguousarray(y)).to(device).contiguous(memory_format=torch.channels_last)
@@ -53,10 +61,10 @@ def torch_synthesis(net: Any, device: str, precision: str, body: Any = None) -> 
     return run
 
 
-def numpy_synthesis(model: Weights) -> Any:
+def numpy_synthesis(model: Weights, scale: int = 1) -> Any:
     """Tile synthesis in numpy float32 (``synthesis_np``): a float32 CPU decode of an image under
     ``TORCH_FROM_PIXELS`` needs no torch."""
-    synth = model.numpy_synthesis()
+    synth = model.numpy_synthesis(scale)
 
     def run(y: np.ndarray, core: tuple | None = None) -> np.ndarray:
         """The window's output pixels ``core`` (default: all of them)."""
@@ -71,8 +79,9 @@ def numpy_synthesis(model: Weights) -> Any:
 
 
 def synthesize_batch(headers: list[container.Header], y_hats: list[np.ndarray],
-                     device: str | None = None, precision: str | None = None) -> list[np.ndarray]:
-    """(H, W, 3) uint8 pixels of same-size files from their decoded ŷ, in one batch.
+                     device: str | None = None, precision: str | None = None, scale: int = 1) -> list[np.ndarray]:
+    """(H, W, 3) uint8 pixels of same-size files from their decoded ŷ, in one batch; with a
+    ``scale``, the image at 1/``scale`` (``heads.scaled_size``).
 
     A float32 synthesis on a CPU runs in numpy for an image under ``TORCH_FROM_PIXELS`` (and
     wherever torch is not installed), in torch from there: numpy spares a process that only
@@ -80,22 +89,40 @@ def synthesize_batch(headers: list[container.Header], y_hats: list[np.ndarray],
     only. The two give pixels within float rounding of each other, not the same ones, so the
     choice follows the image and never whether torch is imported already. bfloat16, int8 (the
     residual blocks the model's ranges file names, ``int8.py``), float64 and CUDA run in torch.
+
+    A scale the model has a head for runs the synthesis up to the head, then the head
+    (``heads.py``); any other runs it whole and reduces the result by area, so every scale
+    works with every model.
     """
     device = policy.resolve_device(device)
     model = load(headers[0].model_id)
     precision = policy.resolve_precision(precision, device, int8=model.has_int8)
     y = y_hats[0][None] if len(y_hats) == 1 else np.stack(y_hats)
     height, width = headers[0].height, headers[0].width
+    if scale > 1 and scale not in model.heads():
+        return [reduced(rgb, scale) for rgb in synthesize_batch(headers, y_hats, device, precision)]
     if device == "cpu" and precision == "float32" and (width * height < TORCH_FROM_PIXELS or not policy.torch_installed()):
-        return list(tiling.synthesize_tiles(numpy_synthesis(model), y, height, width))
+        return list(tiling.synthesize_tiles(numpy_synthesis(model, scale), y, height, width, scale))
     torch = policy.import_torch()
     net = model.net(device, "float64" if precision == "float64" else "float32")
     body = model.int8_synthesis() if precision == "int8" else None
+    head, tap = None, 0
+    if scale > 1:
+        head, tap = model.head_net(scale, device, "float64" if precision == "float64" else "float32"), model.heads()[scale].tap
     with torch.inference_mode():
-        return list(tiling.synthesize_tiles(torch_synthesis(net, device, precision, body), y, height, width))
+        run = torch_synthesis(net, device, precision, body, head, tap, scale)
+        return list(tiling.synthesize_tiles(run, y, height, width, scale))
+
+
+def reduced(rgb: np.ndarray, scale: int) -> np.ndarray:
+    """``rgb`` reduced by ``scale`` by area (Pillow's ``reduce``: each pixel the mean of a
+    ``scale``×``scale`` block, edge blocks of what they hold; sizes rounded up)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rgb).reduce(scale))
 
 
 def decode_rgb(header: container.Header, latz: bytes, laty: bytes, device: str | None = None,
-               precision: str | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 pixels of a file's latent sections."""
-    return synthesize_batch([header], [decode_y_hat(header, latz, laty)], device, precision)[0]
+               precision: str | None = None, scale: int = 1) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of a file's latent sections (at 1/``scale``)."""
+    return synthesize_batch([header], [decode_y_hat(header, latz, laty)], device, precision, scale)[0]

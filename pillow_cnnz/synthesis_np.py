@@ -154,21 +154,48 @@ class _Residual:
         return xp
 
 
-class _Last:
-    """The final ``SubPixelConv`` to RGB, written channels-first into the output image."""
+class _Conv:
+    """A 3x3 convolution and ReLU into a new padded activation (a ``layers.OutputHead``'s hidden layer)."""
 
-    reach = (1, 2)
+    reach = (1, 1)
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        self.weight = np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(-1, weight.shape[0]), np.float32)
+        self.bias = np.asarray(bias, np.float32)
+
+    def __call__(self, xp: np.ndarray, bands: Bands) -> np.ndarray:
+        """Padded (H+2, W+2, Cin) -> padded (H+2, W+2, Cout), both with zero borders."""
+        h, w, cin = xp.shape[0] - 2, xp.shape[1] - 2, xp.shape[2]
+        c = self.bias.shape[0]
+        rows = max(1, BAND_BYTES // (9 * 4 * cin * w))
+        out = np.zeros((h + 2, w + 2, c), np.float32)
+
+        def band(r0: int, r1: int) -> None:
+            n = (r1 - r0) * w
+            yb = np.matmul(_im2col(xp, r0, r1, _buffer("cols", (n, 9 * cin))), self.weight, out=_buffer("y", (n, c)))
+            yb += self.bias
+            out[1 + r0 : 1 + r1, 1:-1] = np.maximum(yb, 0, out=yb).reshape(r1 - r0, w, c)
+
+        bands(band, _bands(h, rows))
+        return out
+
+
+class _Last:
+    """The final ``SubPixelConv`` to RGB (upsampling by ``r``: 2, or 1 in a head at its own level),
+    written channels-first into the output image."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, r: int = 2) -> None:
         self.cout4, cin = weight.shape[:2]
+        self.r = r
+        self.reach = (1, r)
         # Row (3·dy + dx)·cout4 + o holds tap (dy, dx) of torch's output channel o.
         self.weight = np.ascontiguousarray(weight.transpose(2, 3, 0, 1).reshape(9 * self.cout4, cin), np.float32)
         self.bias = np.asarray(bias, np.float32)[:, None]
 
     def __call__(self, xp: np.ndarray, image: np.ndarray, bands: Bands) -> None:
-        """Padded (H+2, W+2, C) -> ``image`` (cout4/4, 2H, 2W), in place."""
+        """Padded (H+2, W+2, C) -> ``image`` (cout4/r², r·H, r·W), in place."""
         h, w, cin = xp.shape[0] - 2, xp.shape[1] - 2, xp.shape[2]
-        k, pw = self.cout4, w + 2
+        k, pw, r = self.cout4, w + 2, self.r
         rows = max(1, BAND_BYTES // (9 * 4 * k * pw))
         flat = xp.reshape(-1, cin)  # padded pixels in raster order; tap (dy, dx) is an offset dy·pw + dx
 
@@ -182,6 +209,9 @@ class _Last:
             for t in range(1, 9):
                 off = (t // 3) * pw + t % 3
                 acc[:, :m] += p[t * k : (t + 1) * k, off : off + m]
+            if r == 1:
+                image[:, r0:r1] = acc.reshape(k, r1 - r0, pw)[..., :w]
+                return
             src = acc.reshape(k // 4, 2, 2, r1 - r0, pw)[..., :w]
             dst = _split(_split(image[:, 2 * r0 : 2 * r1], 2), 1)  # (C, R, 2, W, 2)
             dst[...] = src.transpose(0, 3, 1, 4, 2)
@@ -191,16 +221,17 @@ class _Last:
 
 class NumpySynthesis:
     """``model.CnnzNet.g_s`` in numpy float32, built once from loaded weights (``weights.Weights``,
-    or anything with their ``arrays``).
+    or anything with their ``arrays``); with a ``head`` (``heads.Head``), ``g_s`` up to the head's
+    tap, then the head: the image at 1/``head.scale`` of its size.
 
     Thread-safe: a call allocates its own buffers and changes nothing shared.
     """
 
-    def __init__(self, weights: Any) -> None:
+    def __init__(self, weights: Any, head: Any = None) -> None:
         arrays = weights.arrays
-        self.layers: list[_Upsample | _Residual] = []
+        self.layers: list[_Upsample | _Residual | _Conv] = []
         i, ups = 0, 0
-        while True:  # g_s.<i> in order: (sub-pixel conv, GDN) pairs, each followed by any residual blocks
+        while head is None or i <= head.tap:  # g_s.<i> in order: (sub-pixel conv, GDN) pairs, each followed by any residual blocks
             key = f"net/g_s.{i}."
             if key + "conv1.weight" in arrays:
                 self.layers.append(_Residual(arrays[key + "conv1.weight"], arrays[key + "conv1.bias"],
@@ -213,13 +244,21 @@ class NumpySynthesis:
                 i, ups = i + 2, ups + 1
             else:
                 break
-        self.last = _Last(arrays[key + "conv.weight"], arrays[key + "conv.bias"])
+        if head is None:
+            self.last = _Last(arrays[key + "conv.weight"], arrays[key + "conv.bias"])
+        else:
+            if i != head.tap + 1:
+                msg = f"a head cannot read layer {head.tap} of the synthesis: it is a sub-pixel convolution's output"
+                raise ValueError(msg)
+            self.layers.append(_Conv(head.arrays["0.weight"], head.arrays["0.bias"]))
+            self.last = _Last(head.arrays["2.conv.weight"], head.arrays["2.conv.bias"], head.upscale)
         self.channels = arrays["net/g_s.0.conv.weight"].shape[1]
-        self.scale = 2 ** (ups + 1)
+        self.scale = 2**ups * self.last.r  # output pixels per latent
 
     def __call__(self, y_hat: np.ndarray, workers: int = 1,
                  core: tuple[tuple[int, int], tuple[int, int]] | None = None) -> np.ndarray:
-        """(N, 3, 16·h, 16·w) float32 pixels (1.0 = 255, not clamped) of (N, M, h, w) latents,
+        """(N, 3, s·h, s·w) float32 pixels (1.0 = 255, not clamped) of (N, M, h, w) latents
+        (s = ``self.scale``: 16, or less with a head),
         or with ``core`` ((row0, row1), (col0, col1)) only those output pixels: each layer then
         computes just the part of its output they depend on (``spans.needed``), and they come
         out as in the whole image.
@@ -234,7 +273,7 @@ class NumpySynthesis:
         (r0, r1), (c0, c1) = core or ((0, self.scale * h), (0, self.scale * w))
         reach = [layer.reach for layer in (*self.layers, self.last)]
         rows, cols = spans.needed(reach, (r0, r1), h), spans.needed(reach, (c0, c1), w)
-        out = np.empty((n, self.last.cout4 // 4, r1 - r0, c1 - c0), np.float32)
+        out = np.empty((n, self.last.cout4 // self.last.r**2, r1 - r0, c1 - c0), np.float32)
         # A pool per call: its threads, and the scratch buffers they hold, end with it.
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="cnnz-synthesis") as pool:
 
@@ -250,13 +289,14 @@ class NumpySynthesis:
                     xp = layer(xp, bands)
                     has = tuple((a * layer.reach[1], b * layer.reach[1]) for a, b in has)
                     xp, has = _cropped(xp, has, (rows[k], cols[k])), (rows[k], cols[k])
-                (a0, a1), (b0, b1) = has  # the last layer makes their pixels 2a0..2a1, 2b0..2b1
-                if (2 * a0, 2 * a1, 2 * b0, 2 * b1) == (r0, r1, c0, c1):
+                (a0, a1), (b0, b1) = has  # the last layer makes their pixels f·a0..f·a1, f·b0..f·b1
+                f = self.last.r
+                if (f * a0, f * a1, f * b0, f * b1) == (r0, r1, c0, c1):
                     self.last(xp, out[i], bands)
                 else:
-                    image = np.empty((out.shape[1], 2 * (a1 - a0), 2 * (b1 - b0)), np.float32)
+                    image = np.empty((out.shape[1], f * (a1 - a0), f * (b1 - b0)), np.float32)
                     self.last(xp, image, bands)
-                    out[i] = image[:, r0 - 2 * a0 : r1 - 2 * a0, c0 - 2 * b0 : c1 - 2 * b0]
+                    out[i] = image[:, r0 - f * a0 : r1 - f * a0, c0 - f * b0 : c1 - f * b0]
         return out
 
 

@@ -59,8 +59,10 @@ def edge_padded(im: np.ndarray, top: int, bottom: int, left: int, right: int) ->
 
 
 def synthesize_tiles(run: Callable[[np.ndarray, tuple], np.ndarray], y_hat: np.ndarray,
-                     height: int, width: int) -> np.ndarray:
-    """(N, height, width, 3) uint8 pixels of (N, M, h, w) float32 latents, tile by tile.
+                     height: int, width: int, scale: int = 1) -> np.ndarray:
+    """(N, height, width, 3) uint8 pixels of (N, M, h, w) float32 latents, tile by tile; with a
+    ``scale``, ``run`` gives the image at 1/``scale`` and so does this (``height`` and ``width``
+    stay the full image's; the output is ``heads.scaled_size`` of them).
 
     ``run(window, core)`` maps a window of latents to the (N, rows, cols, 3) uint8 pixels
     ``core`` of its output (((row0, row1), (col0, col1)), in pixels of the window's synthesis).
@@ -68,9 +70,10 @@ def synthesize_tiles(run: Callable[[np.ndarray, tuple], np.ndarray], y_hat: np.n
     (the padding latents serve as context): a decode costs what its pixels cost, also where an
     image is thinner than the 64-pixel blocks the format codes.
     """
-    s = LATENT_STRIDE
+    s = LATENT_STRIDE // scale
+    height, width = -(-height // scale), -(-width // scale)
     out = np.empty((y_hat.shape[0], height, width, 3), np.uint8)
-    for (r0, r1, c0, c1), (a0, a1, b0, b1) in synthesis_windows(height, width, y_hat.shape[2:]):
+    for (r0, r1, c0, c1), (a0, a1, b0, b1) in synthesis_windows(height * scale, width * scale, y_hat.shape[2:]):
         top, left = (r0 - a0) * s, (c0 - b0) * s
         core = ((top, top + min(r1 * s, height) - r0 * s), (left, left + min(c1 * s, width) - c0 * s))
         out[:, r0 * s : min(r1 * s, height), c0 * s : min(c1 * s, width)] = run(y_hat[:, :, a0:a1, b0:b1], core)

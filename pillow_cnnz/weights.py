@@ -116,14 +116,39 @@ class Weights:
         """The training loss's λ at a fractional quality (geometric between levels, as the gains)."""
         return float(2 ** _at_quality(np.log2(np.asarray(self.meta["lambdas"], np.float64)), quality))
 
-    def numpy_synthesis(self):
-        """The synthesis transform in numpy (``synthesis_np``), built once, thread-safe."""
+    def numpy_synthesis(self, scale: int = 1):
+        """The synthesis transform in numpy (``synthesis_np``), built once, thread-safe; for a
+        ``scale`` > 1, the part of it the model's head for that scale reads, then the head."""
+        head = self.heads()[scale] if scale > 1 else None
         with self._lock:
-            if "numpy" not in self._nets:
+            if ("numpy", scale) not in self._nets:
                 from .synthesis_np import NumpySynthesis
 
-                self._nets["numpy"] = NumpySynthesis(self)
-            return self._nets["numpy"]
+                self._nets["numpy", scale] = NumpySynthesis(self, head)
+            return self._nets["numpy", scale]
+
+    def heads(self) -> dict:
+        """The model's reduced-resolution output heads by scale (``heads.Head``), from its verified
+        heads file; {} where it ships none."""
+        with self._lock:
+            if "heads" not in self._nets:
+                from . import heads
+
+                spec = self.entry.get("heads")
+                self._nets["heads"] = {} if spec is None else _parsed(
+                    spec, lambda data: heads.parse(data, self.model_id.hex(), self.meta["config"]))
+            return self._nets["heads"]
+
+    def head_net(self, scale: int, device: str, dtype: str = "float32"):
+        """The torch ``layers.OutputHead`` of ``heads()[scale]`` on ``device`` in ``dtype``, built once."""
+        head = self.heads()[scale]
+        key = ("head", scale, device, dtype)
+        with self._lock:
+            if key not in self._nets:
+                from .model import head_from_arrays
+
+                self._nets[key] = head_from_arrays(head.arrays, head.upscale, device, dtype)
+            return self._nets[key]
 
     @property
     def has_int8(self) -> bool:

@@ -1,10 +1,10 @@
-"""``python -m training fit|slim|hyperfit|distill|export|int8|card|subset``: train the network, export shipped weights."""
+"""``python -m training fit|slim|hyperfit|distill|heads|export|int8|card|subset``: train the network, export shipped weights."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import card, data, distill, export, hyperfit, int8ranges, loop
+from . import card, data, distill, export, heads, hyperfit, int8ranges, loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     loop.add_slim_arguments(sub.add_parser("slim", help="checkpoint without optimizer state (to commit)"))
     hyperfit.add_arguments(sub.add_parser("hyperfit", help="fit the hyperprior on whole images, transforms frozen"))
     distill.add_arguments(sub.add_parser("distill", help="train a smaller synthesis, the rest of a checkpoint frozen"))
+    heads.add_arguments(sub.add_parser("heads", help="train the reduced-resolution output heads, the model frozen"))
     export.add_arguments(sub.add_parser("export", help="checkpoint -> weights file, model card, phase page"))
     int8ranges.add_arguments(sub.add_parser("int8", help="activation ranges of the int8 analysis, after export"))
     card.add_arguments(sub.add_parser("card", help="rewrite the model card and phase page from the weights and results"))
