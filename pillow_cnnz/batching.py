@@ -32,6 +32,20 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def spread(fn: Callable[[Any], Any], items: list, workers: int) -> list:
+    """``[fn(x) for x in items]`` on up to ``workers`` threads, inside the caller's BLAS section
+    (lent to them, ``blas.lend``): for the parts of one file's exact stage that are independent
+    (column chunks of the hyper network, row chunks of the context), whose values do not depend
+    on the threads."""
+    workers = min(len(items), workers)
+    if workers < 2:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="cnnz-exact") as pool:
+        return list(pool.map(blas.lend(fn), items))
+
+
 def per_file(fn: Callable[[Any], Any], items: list) -> list:
     """``[fn(x) for x in items]``, on a thread per CPU core when there are several items.
 

@@ -124,10 +124,11 @@ def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device
 
     def exact_stage(i: int) -> tuple[np.ndarray | None, np.ndarray]:
         alpha = unpack_alpha(*files[i])
-        return (alpha if alpha is None or scale == 1 else reduced(alpha, scale)), y_hat_of(files[i])
+        return (alpha if alpha is None or scale == 1 else reduced(alpha, scale)), y_hat_of(files[i], workers)
 
     for ids in batching.groups([(f[0].height, f[0].width, f[0].model_id) for f in files], batch_size):
         headers = [files[i][0] for i in ids]
+        workers = max(1, batching.cores() // len(ids))  # the cores the group's files leave free
         alphas, y_hats = zip(*batching.per_file(exact_stage, ids))
         if resolve_device(device) == "cpu":
             rgbs = [synthesize_batch([h], [y], device, scale=scale)[0] for h, y in zip(headers, y_hats)]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import blas, hyper
+from . import batching, blas, hyper
 
 NAMES = ("ctx", "mix", "c2", "c3")
 # The taps of the 3x3 ``ctx`` that can hold an anchor when the output is a non-anchor: the
@@ -43,7 +43,7 @@ def _apply(layer: dict, x: np.ndarray, taps: tuple = ((0, 0),)) -> np.ndarray:
 
 
 def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None = None,
-           inplace: bool = False) -> np.ndarray:
+           inplace: bool = False, workers: int = 1) -> np.ndarray:
     """The hyper output of one band, (2M, R, W) integers, with its non-anchors refined.
 
     ``symbols`` are the band's decoded latent symbols, (M, R, W); only the anchors are read.
@@ -51,7 +51,8 @@ def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None
     holds for μ, so encoder and decoder feed the network the same integers. The network runs
     at the non-anchors only (of the 3x3 ``ctx``, the four taps that see anchors, as gathered
     columns; the rest is 1x1), ``chunk`` latents at a time.
-    ``inplace`` refines ``out`` (float64) itself, which saves a band-sized copy.
+    ``inplace`` refines ``out`` (float64) itself, which saves a band-sized copy. The chunks run
+    on up to ``workers`` threads (``batching.spread``).
     """
     m = out.shape[0] // 2
     rows, width = out.shape[1:]
@@ -67,20 +68,25 @@ def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None
         y_anchor[d, 1:-1, 1:-1] = np.where(mask, np.clip(symbols[d] * 2.0**hyper.FRAC_BITS + out[d], -limit, limit), 0)
     refined = out if inplace and out.dtype == np.float64 else out.astype(np.float64)
     chunk = chunk or CHUNK
+    jobs = []  # (parity, first row, rows): disjoint rows of ``refined``, so any order and thread gives the same
+    for p in (0, 1):  # rows of parity p: non-anchors in every other column from 1 - p
+        cols = np.arange(1 - p, width, 2).size
+        if cols == 0:
+            continue
+        per = max(1, chunk // cols)
+        jobs += [(p, r0, np.arange(r0, rows, 2)[:per].size, cols) for r0 in range(p, rows, 2 * per)]
+
+    def job(spec: tuple[int, int, int, int]) -> None:
+        p, r0, n, cols = spec
+        taps = np.stack([y_anchor[:, r0 + dy : r0 + dy + 2 * n : 2, 1 - p + dx : 1 - p + dx + 2 * cols : 2]
+                         for dy, dx in CROSS])  # (4, M, n, cols)
+        here = refined[:, r0 : r0 + 2 * n : 2, 1 - p :: 2]
+        h = _apply(layers["ctx"], taps.reshape(4 * m, -1), CROSS) + _apply(layers["mix"], here.reshape(2 * m, -1))
+        h = np.maximum(_apply(layers["c2"], np.maximum(h, 0)), 0)
+        here += _apply(layers["c3"], h).reshape(here.shape)
+
     with blas.threads(1):  # see hyper.hyper_band
-        for p in (0, 1):  # rows of parity p: non-anchors in every other column from 1 - p
-            cols = np.arange(1 - p, width, 2).size
-            if cols == 0:
-                continue
-            per = max(1, chunk // cols)
-            for r0 in range(p, rows, 2 * per):
-                n = np.arange(r0, rows, 2)[:per].size
-                taps = np.stack([y_anchor[:, r0 + dy : r0 + dy + 2 * n : 2, 1 - p + dx : 1 - p + dx + 2 * cols : 2]
-                                 for dy, dx in CROSS])  # (4, M, n, cols)
-                here = refined[:, r0 : r0 + 2 * n : 2, 1 - p :: 2]
-                h = _apply(layers["ctx"], taps.reshape(4 * m, -1), CROSS) + _apply(layers["mix"], here.reshape(2 * m, -1))
-                h = np.maximum(_apply(layers["c2"], np.maximum(h, 0)), 0)
-                here += _apply(layers["c3"], h).reshape(here.shape)
+        batching.spread(job, jobs, workers)
     return refined
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import blas
+from . import batching, blas
 
 FRAC_BITS = 8  # activations are value * 2**FRAC_BITS
 ACT_LIMIT = 2.0**20  # |activation| bound that keeps every sum below 2**53
@@ -86,29 +86,44 @@ def bands(height: int, rows: int = BAND_ROWS) -> list[tuple[int, int]]:
     return [(top, min(top + rows, height)) for top in range(0, height, rows)]
 
 
-def hyper_band(layers: list[dict], z: np.ndarray, top: int, bottom: int, cols: int | None = None) -> np.ndarray:
+def hyper_band(layers: list[dict], z: np.ndarray, top: int, bottom: int, cols: int | None = None,
+               workers: int = 1) -> np.ndarray:
     """Integer output (2M, (bottom-top)·f, W·f) of the hyper network for ẑ rows ``[top, bottom)``.
 
     Reads ``HALO`` rows (and, chunk by chunk of ``cols`` columns, ``HALO`` columns) of
     context on each side, so the result equals the same rows of a run over the whole of
     ``z``: bounded memory (a 50-megapixel band is ~0.4 GB in one piece) and identical values.
+    The chunks run on up to ``workers`` threads (``batching.spread``; a band narrower than a
+    chunk a thread is cut into that many).
     """
     f = upsampling(layers)
-    cols = cols or COL_CHUNK
-    lo, hi = max(top - HALO, 0), min(bottom + HALO, z.shape[1])
     width = z.shape[2]
-    band = None  # filled chunk by chunk: no list of parts and concatenated copy (2x a band's bytes)
+    cols = min(cols or COL_CHUNK, max(1, -(-width // workers)))
+    lo, hi = max(top - HALO, 0), min(bottom + HALO, z.shape[1])
+    # filled chunk by chunk: no list of parts and concatenated copy (2x a band's bytes)
+    band = np.empty((output_channels(layers, z.shape[0]), (bottom - top) * f, width * f), np.float64)
+
+    def chunk(c0: int) -> None:
+        c1 = min(c0 + cols, width)
+        left, right = max(c0 - HALO, 0), min(c1 + HALO, width)
+        out = run_layers(layers, z[:, lo:hi, left:right])
+        band[:, :, c0 * f : c1 * f] = out[:, (top - lo) * f : (bottom - lo) * f, (c0 - left) * f : (c1 - left) * f]
+
     # One BLAS thread: its spinning workers otherwise fight torch's for the cores, which made
     # the hyper network about ten times slower.
     with blas.threads(1):
-        for c0 in range(0, width, cols):
-            c1 = min(c0 + cols, width)
-            left, right = max(c0 - HALO, 0), min(c1 + HALO, width)
-            out = run_layers(layers, z[:, lo:hi, left:right])
-            if band is None:
-                band = np.empty((out.shape[0], (bottom - top) * f, width * f), out.dtype)
-            band[:, :, c0 * f : c1 * f] = out[:, (top - lo) * f : (bottom - lo) * f, (c0 - left) * f : (c1 - left) * f]
+        batching.spread(chunk, list(range(0, width, cols)), workers)
     return band
+
+
+def output_channels(layers: list[dict], channels: int) -> int:
+    """Channels of the network's output for ``channels`` input channels."""
+    for layer in layers:
+        if layer["kind"] == "conv":
+            channels = layer["weight"].shape[0]
+        elif layer["kind"] == "shuffle":
+            channels //= 4
+    return channels
 
 
 def hyper_synthesis(layers: list[dict], z: np.ndarray, strip_rows: int = BAND_ROWS) -> np.ndarray:

@@ -40,16 +40,17 @@ def _encode_band(model: Weights, enc: entropy.Encoder, z: np.ndarray, top: int, 
 
 
 def _decode_band(model: Weights, dec: entropy.Decoder, z: np.ndarray, top: int,
-                 bottom: int) -> tuple[np.ndarray, np.ndarray]:
-    """(symbols, means) of the latents of ẑ rows ``[top, bottom)``, pulled from ``dec``."""
-    out = hyper.hyper_band(model.hyper_layers, z, top, bottom)
+                 bottom: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(symbols, means) of the latents of ẑ rows ``[top, bottom)``, pulled from ``dec``; the
+    integer networks on up to ``workers`` threads."""
+    out = hyper.hyper_band(model.hyper_layers, z, top, bottom, workers=workers)
     mu, idx = _params(model, out)
     if model.context_layers is None:
         return dec.pull(idx), mu
     mask = context.anchors(idx.shape[1], idx.shape[2])
     symbols = np.zeros(idx.shape, np.int64)
     symbols[:, mask] = dec.pull(idx[:, mask])
-    mu_n, idx_n = _params(model, context.refine(model.context_layers, out, symbols, inplace=True))
+    mu_n, idx_n = _params(model, context.refine(model.context_layers, out, symbols, inplace=True, workers=workers))
     symbols[:, ~mask] = dec.pull(idx_n[:, ~mask])
     return symbols, np.where(mask, mu, mu_n)
 
@@ -102,7 +103,7 @@ def _channel_index(shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(np.arange(shape[0], dtype=np.int32)[:, None, None], shape)
 
 
-def _latent_bands(header: container.Header, latz: bytes, laty: bytes) -> Iterator:
+def _latent_bands(header: container.Header, latz: bytes, laty: bytes, workers: int = 1) -> Iterator:
     """(model, ẑ, then per band: latent rows, symbols, means): numpy only, exact."""
     model = load(header.model_id)
     zh, zw = tiling.hyper_grid(header.height, header.width)
@@ -113,7 +114,7 @@ def _latent_bands(header: container.Header, latz: bytes, laty: bytes) -> Iterato
         dec = entropy.Decoder(laty, model.y_tables, m * zh * f * zw * f)
         yield model, z
         for top, bottom in hyper.bands(zh):
-            yield (top * f, bottom * f), *_decode_band(model, dec, z, top, bottom)
+            yield (top * f, bottom * f), *_decode_band(model, dec, z, top, bottom, workers)
         dec.finish()
     except entropy.EntropyError as e:
         raise container.CorruptFileError(str(e)) from e
@@ -128,13 +129,14 @@ def decode_latents(header: container.Header, latz: bytes, laty: bytes) -> tuple[
     return z, np.concatenate([p[1] for p in parts], axis=1), np.concatenate([p[2] for p in parts], axis=1)
 
 
-def decode_y_hat(header: container.Header, latz: bytes, laty: bytes) -> np.ndarray:
-    """The synthesis input ŷ = (symbols + μ) × inverse gain, (M, h, w) float32, built band by band."""
+def decode_y_hat(header: container.Header, latz: bytes, laty: bytes, workers: int = 1) -> np.ndarray:
+    """The synthesis input ŷ = (symbols + μ) × inverse gain, (M, h, w) float32, built band by band,
+    the integer networks on up to ``workers`` threads (the same values on any count)."""
     # One BLAS section for the whole file, inside which the integer networks' sections just
     # run: BLAS's count changes once, not at every band (raising it again lets OpenBLAS's
     # idle workers spin, which took the cores from the other files of a batch).
     with blas.threads(1):
-        it = _latent_bands(header, latz, laty)
+        it = _latent_bands(header, latz, laty, workers)
         model, z = next(it)
         f = hyper.upsampling(model.hyper_layers)
         inv_gain = (2 ** model.log2_gains(header.quality)[1]).astype(np.float32)[:, None, None]
@@ -144,7 +146,7 @@ def decode_y_hat(header: container.Header, latz: bytes, laty: bytes) -> np.ndarr
     return y_hat
 
 
-def y_hat_of(file: tuple[container.Header, dict[str, bytes]]) -> np.ndarray:
+def y_hat_of(file: tuple[container.Header, dict[str, bytes]], workers: int = 1) -> np.ndarray:
     """``decode_y_hat`` of a parsed file (header, sections): the exact stage of its decode."""
     header, payloads = file
-    return decode_y_hat(header, payloads["LATZ"], payloads["LATY"])
+    return decode_y_hat(header, payloads["LATZ"], payloads["LATY"], workers)

@@ -68,8 +68,18 @@ def test_hyper_network_in_strips_equals_one_pass():
     whole = hyper.run_layers(model.hyper_layers, z)
     assert np.array_equal(hyper.hyper_synthesis(model.hyper_layers, z, strip_rows=3), whole)
     for cols in (1, 2, 5):
-        assert np.array_equal(hyper.hyper_band(model.hyper_layers, z, 3, 9, cols=cols), whole[:, 3 * 4 : 9 * 4])
+        for workers in (1, 2, 3):
+            band = hyper.hyper_band(model.hyper_layers, z, 3, 9, cols=cols, workers=workers)
+            assert np.array_equal(band, whole[:, 3 * 4 : 9 * 4])
     assert np.array_equal(whole, np.round(whole))  # integer-valued: exact in float64
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_the_exact_decode_stage_gives_the_same_latents_on_any_number_of_threads(workers):
+    data = codec.encode(photo(1100, 200), "RGB", 5.0)  # two bands of latent rows
+    header, payloads = container.parse(data)
+    one = latents.decode_y_hat(header, payloads["LATZ"], payloads["LATY"], 1)
+    assert np.array_equal(latents.decode_y_hat(header, payloads["LATZ"], payloads["LATY"], workers), one)
 
 
 def test_hyper_network_is_exact_for_any_summation_order():
