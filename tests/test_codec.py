@@ -255,6 +255,16 @@ def test_corrupted_weights_file_is_detected(weights_copy):
         weights.load()
 
 
+def test_every_model_the_manifest_names_loads_so_its_files_keep_decoding():
+    models = weights.manifest()["models"]
+    assert weights.manifest()["default"] in models and len(models) >= 2  # the default and the one it replaced
+    for model_id, entry in models.items():
+        model = weights.load(bytes.fromhex(model_id))
+        assert model.y_tables is not None
+        if "decoded_by" in entry:
+            assert model is weights.load(bytes.fromhex(entry["decoded_by"]))
+
+
 def test_unknown_model_id_names_it(weights_copy):
     with pytest.raises(weights.WeightsError, match="0123456789abcdef"):
         weights.load(bytes.fromhex("0123456789abcdef"))
