@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from . import batching, container, errors, heads, refine, settings
+from . import batching, container, errors, folding, heads, refine, settings
 from .analysis import analyse_batch
 from .latents import code_latents, code_latents_with_symbols, y_hat_of
 from .modes import check_image, finish, pack_alpha, unpack_alpha
@@ -51,10 +51,12 @@ def encode_batch(images: list[np.ndarray], modes: list[str], quality: float = 4.
         msg = f"{len(images)} images but {len(modes)} modes"
         raise ValueError(msg)
     split = [check_image(px, mode) for px, mode in zip(images, modes)]
+    folds = [folding.plan(*px.shape[:2]) for px in images]  # a thin image is coded folded (folding.py)
+    rasters = [folding.fold(rgb, *f) if f[0] else rgb for (rgb, _), f in zip(split, folds)]
     metadata = metadata or [None] * len(images)
     out: list[bytes] = [b""] * len(images)
-    for ids in batching.groups([px.shape[:2] for px in images], batch_size):
-        latents = analyse_batch([split[i][0] for i in ids], [quality] * len(ids), device, method=method)
+    for ids in batching.groups([px.shape[:2] for px in rasters], batch_size):
+        latents = analyse_batch([rasters[i] for i in ids], [quality] * len(ids), device, method=method)
         model = load()
 
         def exact_stage(job: tuple[int, tuple[np.ndarray, np.ndarray]]) -> bytes:
@@ -65,7 +67,7 @@ def encode_batch(images: list[np.ndarray], modes: list[str], quality: float = 4.
                 sections["ALPH"] = pack_alpha(alpha)
             sections["LATZ"], sections["LATY"] = code_latents(model, z, y)
             h, w = images[i].shape[:2]
-            return container.serialize(w, h, modes[i], quality, model.model_id, sections)
+            return container.serialize(w, h, modes[i], quality, model.model_id, sections, *folds[i])
 
         for i, data in zip(ids, batching.per_file(exact_stage, list(zip(ids, latents)))):
             out[i] = data
@@ -121,21 +123,31 @@ def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device
     batch_size = batching.check_batch_size(batch_size)
     scale = heads.check_scale(scale)
     out: list[np.ndarray] = [np.empty(0)] * len(files)
+    # The latents code a folded file's raster: they are decoded and synthesized as its own image.
+    coded = [folding.coded_header(header) for header, _ in files]
 
     def exact_stage(i: int) -> tuple[np.ndarray | None, np.ndarray]:
-        alpha = unpack_alpha(*files[i])
-        return (alpha if alpha is None or scale == 1 else reduced(alpha, scale)), y_hat_of(files[i], workers)
+        alpha = unpack_alpha(*files[i])  # in the image's layout, folded or not
+        return (alpha if alpha is None or scale == 1 else reduced(alpha, scale)), y_hat_of((coded[i], files[i][1]), workers)
 
-    for ids in batching.groups([(f[0].height, f[0].width, f[0].model_id) for f in files], batch_size):
-        headers = [files[i][0] for i in ids]
+    keys = [(c.height, c.width, c.model_id, f[0].fold > 0) for c, f in zip(coded, files)]
+    for ids in batching.groups(keys, batch_size):
+        headers = [coded[i] for i in ids]
         workers = max(1, batching.cores() // len(ids))  # the cores the group's files leave free
+        # A folded raster's pixels are not the image's at any scale: it is synthesized whole,
+        # unfolded, then reduced by area (a head would blur across the seams between segments).
+        at = 1 if files[ids[0]][0].fold else scale
         alphas, y_hats = zip(*batching.per_file(exact_stage, ids))
         if resolve_device(device) == "cpu":
-            rgbs = [synthesize_batch([h], [y], device, scale=scale)[0] for h, y in zip(headers, y_hats)]
+            rgbs = [synthesize_batch([h], [y], device, scale=at)[0] for h, y in zip(headers, y_hats)]
         else:
-            rgbs = synthesize_batch(headers, list(y_hats), device, scale=scale)
-        for i, h, a, rgb in zip(ids, headers, alphas, rgbs):
-            out[i] = finish(h, rgb, a)
+            rgbs = synthesize_batch(headers, list(y_hats), device, scale=at)
+        for i, a, rgb in zip(ids, alphas, rgbs):
+            header = files[i][0]
+            if header.fold:
+                rgb = folding.unfold(rgb, header.height, header.width, header.fold, header.fold_columns)
+                rgb = rgb if scale == 1 else reduced(rgb, scale)
+            out[i] = finish(header, rgb, a)
     return out
 
 

@@ -21,8 +21,8 @@ from typing import BinaryIO
 from .errors import CorruptFileError, UnsupportedVersionError
 
 MAGIC = b"\x89CNNZ\r\n\x1a"
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+VERSION = 2  # the newest layout this writer knows; it writes the lowest one that holds a file
+SUPPORTED_VERSIONS = (1, 2)
 MODES = ("L", "RGB", "LA", "RGBA")
 TAGS = ("EXIF", "ICCP", "XMP ", "ALPH", "LATZ", "LATY")
 REQUIRED_TAGS = ("LATZ", "LATY")
@@ -36,12 +36,19 @@ MAX_SECTIONS = len(TAGS)
 MAX_SECTION_SIZE = 2**31
 
 # magic, version, flags, width, height, mode code, reserved, quality*1000,
-# model id, section count, reserved; followed by a CRC32 of those 36 bytes.
+# model id, section count, fold segment (reserved in version 1); followed by a
+# CRC32 of those 36 bytes.
 _FIELDS = struct.Struct("<8sHHIIBBH8sHH")
 _CRC = struct.Struct("<I")
 _SECTION = struct.Struct("<4sII")  # tag, payload length, payload CRC32
 HEADER_SIZE = _FIELDS.size + _CRC.size  # 40
 SECTION_HEADER_SIZE = _SECTION.size  # 12
+
+# Version 2 flags: the coded raster is the image folded (``pillow_cnnz.folding``),
+# its rows cut into segments stacked top to bottom, or its columns cut into
+# segments placed left to right.  At most one is set.
+FOLD_ROWS = 0x0001
+FOLD_COLUMNS = 0x0002
 
 
 def accept(prefix: bytes) -> bool:
@@ -82,9 +89,45 @@ def _field_error(
     return None
 
 
+def fold_error(width: int, height: int, segment: int, columns: bool) -> str | None:
+    """Return a message if a fold of ``segment`` pixels does not suit the image, or None.
+
+    The folded raster must hold at least two segments and at most ``MAX_SIDE``
+    pixels on a side; it then has fewer than twice the image's pixels (only
+    the last segment is padded), so a decoder's allocation stays bounded by
+    the image's size, which the decompression-bomb check limits.
+    """
+    along, across = (height, width) if columns else (width, height)
+    if type(segment) is not int or not 1 <= segment < along:
+        return f"fold segment must be an int in 1..{along - 1}, got {segment!r}"
+    if -(-along // segment) * across > MAX_SIDE:
+        return (
+            f"fold segment {segment} stacks {-(-along // segment)} segments of "
+            f"{across} pixels, more than {MAX_SIDE}"
+        )
+    return None
+
+
+def coded_size(
+    width: int, height: int, segment: int, columns: bool
+) -> tuple[int, int]:
+    """(width, height) of the raster a file codes: the image's own, or its fold's."""
+    if not segment:
+        return width, height
+    along, across = (height, width) if columns else (width, height)
+    stacked = -(-along // segment) * across
+    return (stacked, segment) if columns else (segment, stacked)
+
+
 @dataclass(frozen=True)
 class Header:
-    """The fixed 40-byte header: everything ``Image.open`` needs to know."""
+    """The fixed 40-byte header: everything ``Image.open`` needs to know.
+
+    ``width`` and ``height`` are the image's.  ``fold`` is 0 for an image coded
+    as it is, else the segment length of its folded layout (version 2), along
+    its rows or, with ``fold_columns``, along its columns; ``coded_size`` is
+    the raster the latents code.
+    """
 
     width: int
     height: int
@@ -92,12 +135,19 @@ class Header:
     quality: float
     model_id: bytes
     section_count: int
-    version: int = VERSION
+    version: int = 1
+    fold: int = 0
+    fold_columns: bool = False
 
     @property
     def model_hex(self) -> str:
         """The model id as the 16 hex characters used to name weight files."""
         return self.model_id.hex()
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        """(width, height) of the raster the latents code (the image's own unless folded)."""
+        return coded_size(self.width, self.height, self.fold, self.fold_columns)
 
     def pack(self) -> bytes:
         """Encode the header; raises ValueError naming the first bad field."""
@@ -109,14 +159,22 @@ class Header:
             self.model_id,
             self.section_count,
         )
-        if msg is None and self.version != VERSION:
-            msg = f"version must be {VERSION} (the only one this writer knows)"
+        if msg is None and self.version not in SUPPORTED_VERSIONS:
+            supported = ", ".join(map(str, SUPPORTED_VERSIONS))
+            msg = f"version must be one of {supported}, got {self.version!r}"
+        if msg is None and self.fold:
+            msg = fold_error(self.width, self.height, self.fold, self.fold_columns)
+            if msg is None and self.version < 2:
+                msg = "a folded image needs version 2"
+        elif msg is None and self.fold_columns:
+            msg = "fold_columns needs a fold segment"
         if msg is not None:
             raise ValueError(msg)
+        flags = (FOLD_COLUMNS if self.fold_columns else FOLD_ROWS) if self.fold else 0
         fields = _FIELDS.pack(
             MAGIC,
             self.version,
-            0,
+            flags,
             self.width,
             self.height,
             MODES.index(self.mode),
@@ -124,7 +182,7 @@ class Header:
             round(self.quality * 1000),
             self.model_id,
             self.section_count,
-            0,
+            self.fold,
         )
         return fields + _CRC.pack(zlib.crc32(fields))
 
@@ -170,13 +228,23 @@ class Header:
             quality,
             model_id,
             section_count,
-            reserved16,
+            segment,
         ) = _FIELDS.unpack_from(data)
-        if flags:
-            msg = f"header field 'flags' must be 0 in version 1, got {flags:#06x}"
+        known = 0 if version == 1 else FOLD_ROWS | FOLD_COLUMNS
+        if flags & ~known or flags == FOLD_ROWS | FOLD_COLUMNS:
+            msg = (
+                f"header field 'flags' has bits this version ({version}) does not "
+                f"define or allow together: {flags:#06x}"
+            )
             raise CorruptFileError(msg)
-        if reserved8 or reserved16:
+        if reserved8 or (version == 1 and segment):
             msg = "header reserved fields must be 0"
+            raise CorruptFileError(msg)
+        if bool(flags) != bool(segment):
+            msg = (
+                f"header field 'fold segment' is {segment} with flags {flags:#06x}: "
+                "a fold needs both"
+            )
             raise CorruptFileError(msg)
         if mode_code >= len(MODES):
             msg = f"header field 'mode' has unknown code {mode_code}"
@@ -192,10 +260,14 @@ class Header:
             model_id,
             section_count,
             version,
+            segment,
+            flags == FOLD_COLUMNS,
         )
         msg = _field_error(
             width, height, header.mode, header.quality, model_id, section_count
         )
+        if msg is None and segment:
+            msg = fold_error(width, height, segment, flags == FOLD_COLUMNS)
         if msg is not None:
             msg = f"bad header field: {msg}"
             raise CorruptFileError(msg)
@@ -231,10 +303,14 @@ def serialize(
     quality: float,
     model_id: bytes,
     sections: dict[str, bytes],
+    fold: int = 0,
+    fold_columns: bool = False,
 ) -> bytes:
     """Build a complete cnnz file; sections are written in canonical order.
 
-    Raises ValueError for a bad header field, an unknown tag, a missing
+    A ``fold`` (the segment length of a folded layout, ``Header``) is written
+    as version 2; a file without one as version 1, which every reader reads.
+    Raises ValueError for a bad header field or fold, an unknown tag, a missing
     required section, an ``ALPH`` section that does not match the mode, or an
     oversized payload.
     """
@@ -249,7 +325,17 @@ def serialize(
         msg = _check_tags(mode, list(sections))
         if msg is not None:
             raise ValueError(msg)
-    header = Header(width, height, mode, quality, model_id, len(sections))
+    header = Header(
+        width,
+        height,
+        mode,
+        quality,
+        model_id,
+        len(sections),
+        2 if fold else 1,
+        fold,
+        fold_columns,
+    )
     out = [header.pack()]
     for tag in TAGS:
         if tag in sections:

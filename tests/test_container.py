@@ -287,8 +287,8 @@ def test_unknown_version_names_the_version() -> None:
 
 
 def test_unknown_version_is_reported_even_if_the_rest_differs() -> None:
-    with pytest.raises(UnsupportedVersionError, match="2"):
-        Header.unpack(MAGIC + b"\x02\x00")
+    with pytest.raises(UnsupportedVersionError, match="3"):
+        Header.unpack(MAGIC + b"\x03\x00")
 
 
 def test_nonzero_flags_are_rejected() -> None:
@@ -395,7 +395,11 @@ def test_alpha_section_is_forbidden_for_opaque_modes(mode: str) -> None:
         ({"model_id": b"short"}, "model_id"),
         ({"model_id": "0123456789abcdef"}, "model_id"),
         ({"section_count": 1}, "section_count"),
-        ({"version": 2}, "version"),
+        ({"version": 3}, "version"),
+        ({"version": 0}, "version"),
+        ({"fold": 4}, "fold segment"),
+        ({"width": 100, "fold": 10}, "version 2"),
+        ({"fold_columns": True}, "fold"),
     ],
 )
 def test_pack_rejects_bad_field_naming_it(kwargs: dict, field: str) -> None:
@@ -446,3 +450,96 @@ def test_mutated_files_only_raise_the_documented_errors(mode, mutations) -> None
         return
     assert header.mode in MODES
     assert set(payloads) <= set(TAGS)
+
+
+# --- the folded layout (version 2) ------------------------------------------
+
+
+def folded(width: int = 100, height: int = 3, segment: int = 10, columns: bool = False) -> bytes:
+    return serialize(width, height, "RGB", 2, MODEL_ID, sections_for("RGB"), segment, columns)
+
+
+def test_an_unfolded_file_is_written_as_version_1_byte_for_byte() -> None:
+    """Readers of version 1 read every file that needs no fold: the writer uses version 2 only for a fold."""
+    data = sample("RGB")
+    assert struct.unpack_from("<HH", data, 8) == (1, 0)
+    assert data[34:36] == b"\x00\x00"
+    assert parse(data)[0].version == 1
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "segment", "columns", "coded"),
+    [(100, 3, 10, False, (10, 30)), (100, 3, 33, False, (33, 12)), (3, 100, 10, True, (30, 10)),
+     (65535, 1, 256, False, (256, 256)), (2, 7, 6, True, (4, 6))],
+)
+def test_a_fold_round_trips_with_its_coded_size(width, height, segment, columns, coded) -> None:
+    data = folded(width, height, segment, columns)
+    header, payloads = parse(data)
+    assert header.version == 2 and payloads == sections_for("RGB")
+    assert (header.width, header.height, header.fold, header.fold_columns) == (width, height, segment, columns)
+    assert header.coded_size == coded
+    flags = container.FOLD_COLUMNS if columns else container.FOLD_ROWS
+    assert struct.unpack_from("<HH", data, 8) == (2, flags)
+    assert struct.unpack_from("<H", data, 34) == (segment,)
+
+
+def test_a_version_2_file_without_a_fold_reads_as_unfolded() -> None:
+    header, _ = parse(raw_file(version=2, sections=LATENTS))
+    assert (header.version, header.fold, header.coded_size) == (2, 0, (4, 3))
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"flags": 4}, "flags"),
+        ({"flags": 3, "reserved16": 2}, "flags"),
+        ({"flags": 0x8001, "reserved16": 2}, "flags"),
+        ({"flags": 1}, "fold segment"),  # a fold flag needs a segment
+        ({"reserved16": 2}, "fold segment"),  # and a segment a flag
+        ({"flags": 1, "reserved16": 4}, "fold segment must be an int in 1..3"),  # one segment: no fold
+        ({"flags": 1, "reserved16": 9}, "fold segment"),
+        ({"flags": 2, "reserved16": 3}, "fold segment must be an int in 1..2"),  # columns: along the height
+        ({"flags": 1, "width": 65535, "height": 2, "reserved16": 1}, "more than 65535"),
+        ({"flags": 2, "width": 3, "height": 60000, "reserved16": 2}, "more than 65535"),
+        ({"flags": 1, "reserved8": 1, "reserved16": 2}, "reserved"),
+    ],
+)
+def test_a_bad_fold_is_corrupt(fields: dict, match: str) -> None:
+    with pytest.raises(CorruptFileError, match=match):
+        parse(raw_file(version=2, sections=LATENTS, **fields))
+
+
+def test_a_version_1_file_may_not_fold() -> None:
+    with pytest.raises(CorruptFileError, match="flags"):
+        parse(raw_file(version=1, flags=1, reserved16=2, sections=LATENTS))
+    with pytest.raises(CorruptFileError, match="reserved"):
+        parse(raw_file(version=1, reserved16=2, sections=LATENTS))
+
+
+def test_a_fold_is_checked_before_any_section_is_located() -> None:
+    """The coded raster's size follows from the header alone, validated with it."""
+    fp = CountingReader(raw_file(version=2, flags=1, width=65535, height=2, reserved16=1, sections=LATENTS))
+    with pytest.raises(CorruptFileError, match="fold"):
+        read_directory(fp)
+    assert fp.bytes_read <= HEADER_SIZE
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [((100, 3, 100, False), "fold segment"), ((100, 3, 0.5, False), "fold segment"),
+     ((3, 100, 10, False), "fold segment"), ((30000, 3, 1, False), "more than 65535")],
+)
+def test_serialize_rejects_a_bad_fold(args, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        folded(*args)
+
+
+@given(st.integers(1, 65535), st.integers(1, 64), st.integers(1, 65535), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_a_valid_fold_codes_fewer_than_twice_the_pixels(along, across, segment, columns) -> None:
+    """What a reader may allocate for the raster is bounded by the image's own size."""
+    width, height = (across, along) if columns else (along, across)
+    if container.fold_error(width, height, segment, columns) is not None:
+        return
+    w, h = container.coded_size(width, height, segment, columns)
+    assert w * h < 2 * width * height and max(w, h) <= 65535

@@ -1,19 +1,26 @@
 """A decode costs what its pixels cost, also for images thinner than the 64-pixel blocks the
-format codes: the synthesis makes only the image's pixels, each layer only what they depend on.
+format codes: the synthesis makes only the image's pixels, each layer only what they depend on,
+and an image a few pixels thin is coded folded into a near-square raster (``folding``).
 
 Cost is counted (multiply-adds handed to the convolutions), never timed.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from pillow_cnnz import blas, synthesis, synthesis_np, tiling, weights
+from pillow_cnnz import blas, container, folding, synthesis, synthesis_np, tiling, weights
 
 # Images as thin as this, and thicker, cost at most 4x a square image per pixel. Thinner ones cost
 # more: a pixel row depends on ~7 latent rows of context at the coarsest level whatever the image's
 # height (the synthesis' receptive field), and the format codes latents for whole 64-pixel blocks.
 THIN = [(12, 1366), (1366, 12)]
+# Sides of strips that the synthesis alone cannot make cheap: coded folded, they cost at most 4x
+# a square image of the same pixel count, per pixel, in either orientation.
+STRIPS = [(h, 1366) for h in (1, 2, 8, 12, 16)] + [(1366, w) for w in (1, 2, 8, 12, 16)]
+LONG_STRIPS = [(1, 65535), (65535, 1), (8, 4096), (4096, 8)]
 
 
 def _y_hat(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -96,6 +103,39 @@ def test_the_synthesis_is_asked_for_the_image_pixels_only(height, width):
 def test_a_thin_image_costs_at_most_four_times_a_square_one_in_numpy(monkeypatch, height, width):
     square = _numpy_work(monkeypatch, 128, 128) / (128 * 128)
     assert _numpy_work(monkeypatch, height, width) / (height * width) <= 4 * square
+
+
+def _coded(height: int, width: int) -> tuple[int, int]:
+    """(height, width) of the raster a file of an image of that size codes: its fold's, if folded."""
+    width, height = container.coded_size(width, height, *folding.plan(height, width))
+    return height, width
+
+
+def _square(height: int, width: int) -> int:
+    """Side of the square image with (about) the pixels of an image of that size."""
+    return max(1, round(math.sqrt(height * width)))
+
+
+@pytest.mark.parametrize(("height", "width"), STRIPS + LONG_STRIPS)
+def test_a_strip_decodes_at_most_four_times_a_square_images_work_in_numpy(monkeypatch, height, width):
+    side = _square(height, width)
+    square = _numpy_work(monkeypatch, side, side) / side**2
+    assert _numpy_work(monkeypatch, *_coded(height, width)) / (height * width) <= 4 * square
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1366), (1366, 2), (8, 1366), (1366, 16)])
+def test_a_strip_decodes_at_most_four_times_a_square_images_work_in_torch(height, width):
+    side = _square(height, width)
+    assert _torch_work(*_coded(height, width)) / (height * width) <= 4 * _torch_work(side, side) / side**2
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1366), (2, 1366), (8, 1366), (1366, 1), (8, 4096)])
+def test_folding_is_what_brings_a_strip_under_the_bar(monkeypatch, height, width):
+    """Unfolded, these strips cost over 3x a square image per pixel (the thinnest far more): they are folded."""
+    side = _square(height, width)
+    square = _numpy_work(monkeypatch, side, side) / side**2
+    assert _coded(height, width) != (height, width)
+    assert _numpy_work(monkeypatch, height, width) / (height * width) > 3 * square
 
 
 @pytest.mark.parametrize(("height", "width"), THIN)
