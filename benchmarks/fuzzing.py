@@ -24,12 +24,13 @@ from pillow_cnnz import container
 
 ALLOWED = (SyntaxError, OSError, ValueError, Image.DecompressionBombError)
 _HEADER_FIELDS = {"width": (12, "<I"), "height": (16, "<I"), "mode": (20, "<B"), "quality": (22, "<H"),
-                  "sections": (32, "<H"), "version": (8, "<H"), "flags": (10, "<H")}
+                  "sections": (32, "<H"), "version": (8, "<H"), "flags": (10, "<H"), "fold": (34, "<H")}
 _EXTREMES = (0, 1, 2, 63, 64, 65, 2**15, 2**16 - 1, 2**16, 2**31 - 1, 2**31, 2**32 - 1)
 
 
 def corpus() -> list[bytes]:
-    """Small valid files of every mode, with every optional section present somewhere."""
+    """Small valid files of every mode, with every optional section present somewhere, and a
+    thin one coded folded (version 2, ``pillow_cnnz.folding``)."""
     from pillow_cnnz import codec
 
     rng = np.random.default_rng(0)
@@ -43,6 +44,7 @@ def corpus() -> list[bytes]:
         codec.encode(rgb[..., 0], "L", 1.0),
         codec.encode(np.dstack([rgb[..., 1], alpha]), "LA", 6.5, metadata={"XMP ": meta["XMP "]}),
         codec.encode(np.dstack([rgb, alpha])[:17, :33], "RGBA", 8.0, metadata={"EXIF": meta["EXIF"]}),
+        codec.encode(np.concatenate([np.dstack([rgb, alpha])[:2]] * 3, axis=1), "RGBA", 4.0),
     ]
 
 
