@@ -22,14 +22,14 @@ import numpy as np
 
 from . import container, tiling
 
-# Images with a side this thin or thinner may be folded. A thicker strip's decode costs less
-# than three times a square image's per pixel, too little to pay for the seams: on a photo
-# the seams cost more bits at a given quality than a strip of 16 rows or more saves.
+# Images with a side this thin or thinner may be folded. A thicker strip decodes within 4x a
+# square image's work per pixel as it is (tests/test_thin_images.py), and the seams, where
+# pixels of distant parts of the image meet, cost quality: it is coded unfolded.
 THIN = 12
 # A fold must cut the estimated decode work by this factor at least.
 GAIN = 1.5
-# Synthesis work per coded pixel relative to the entropy decoding and hyper network's per
-# padded pixel (``tiling.PAD_MULTIPLE`` blocks).
+# Weight in ``work`` of a pixel of the padded grid (the latents' entropy decoding and hyper
+# network run on whole ``tiling.PAD_MULTIPLE`` blocks) against a pixel of synthesis.
 GRID_WEIGHT = 0.25
 
 
