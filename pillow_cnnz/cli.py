@@ -80,6 +80,9 @@ def _info(args: argparse.Namespace) -> int:
     size = path.stat().st_size
     print(f"{path}: CNNZ version {header.version}")
     print(f"  size      {header.width}x{header.height}, mode {header.mode}")
+    if header.fold:
+        along = "columns" if header.fold_columns else "rows"
+        print(f"  folded    {along} in segments of {header.fold} pixels, coded as {'x'.join(map(str, header.coded_size))}")
     print(f"  quality   {header.quality:g}")
     print(f"  bpp       {size * 8 / (header.width * header.height):.4f} ({size} bytes)")
     print(f"  model id  {header.model_hex}")

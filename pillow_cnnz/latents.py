@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from . import blas, container, context, entropy, heap, hyper, tiling
+from . import blas, container, context, entropy, folding, heap, hyper, tiling
 from .weights import Weights, load
 
 
@@ -104,7 +104,9 @@ def _channel_index(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _latent_bands(header: container.Header, latz: bytes, laty: bytes, workers: int = 1) -> Iterator:
-    """(model, ẑ, then per band: latent rows, symbols, means): numpy only, exact."""
+    """(model, ẑ, then per band: latent rows, symbols, means): numpy only, exact. A folded file's
+    latents are those of its raster (``folding.coded_header``)."""
+    header = folding.coded_header(header)
     model = load(header.model_id)
     zh, zw = tiling.hyper_grid(header.height, header.width)
     f = hyper.upsampling(model.hyper_layers)

@@ -63,7 +63,7 @@ class CnnzImageFile(ImageFile.ImageFile):
         scale = 1
         if size:
             ratio = min(width // max(size[0], 1), height // max(size[1], 1))
-            scale = next(s for s in sorted(heads.SCALES, reverse=True) if ratio >= s)
+            scale = next((s for s in sorted(heads.SCALES, reverse=True) if ratio >= s), 1)
         self._scale = scale
         self._size = heads.scaled_size(width, height, scale)
         return self.mode, (0, 0, width / scale, height / scale)

@@ -128,3 +128,18 @@ def test_a_thin_photo_folded_is_still_clearly_the_image(make_photo, monkeypatch)
     plain = codec.encode(strip, "RGB", 6.0)
     assert container.parse(folded)[0].fold and not container.parse(plain)[0].fold
     assert len(folded) < len(plain) and _psnr(strip, codec.decode(folded)) > 24
+
+
+def test_cnnz_info_shows_the_fold_and_decode_latents_reads_a_folded_file(tmp_path, capsys):
+    from pillow_cnnz import cli, latents
+
+    rng = np.random.default_rng(3)
+    path = tmp_path / "strip.cnnz"
+    path.write_bytes(codec.encode(rng.integers(0, 256, (2, 700, 3), dtype=np.uint8), "RGB", 3.0))
+    assert cli.main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    header, payloads = container.parse(path.read_bytes())
+    assert header.fold and f"segments of {header.fold} pixels" in out and "version 2" in out
+    _, symbols, _ = latents.decode_latents(header, payloads["LATZ"], payloads["LATY"])  # the raster's latents
+    width, height = header.coded_size
+    assert symbols.shape[1:] == tuple(-(-side // 64) * 4 for side in (height, width))

@@ -547,8 +547,8 @@ def test_damaged_section_is_named(full_file, tag):
 
 
 def test_unsupported_version_is_named(rgb_file):
-    with pytest.raises(OSError, match=r"version 2\b"):
-        Image.open(io.BytesIO(with_header_bytes(rgb_file, 8, struct.pack("<H", 2))))
+    with pytest.raises(OSError, match=r"version 3\b"):
+        Image.open(io.BytesIO(with_header_bytes(rgb_file, 8, struct.pack("<H", 3))))
 
 
 @pytest.mark.parametrize(("limit", "outcome"), [
