@@ -46,6 +46,9 @@ Parts (all on by default; ``--parts`` picks a subset):
              without torch runs at every size) against torch float32 and, where ``auto`` picks
              another, torch in that precision; a Kodak image and ``--synthesis-sizes`` megapixels,
              the backends interleaved, medians of ``--synthesis-runs`` after a warm-up on the first.
+``scaled``   reduced-resolution decoding (``benchmarks/scaled.py``): two images 2048 pixels on the
+             longer side decoded whole and at 1/2, 1/4 and 1/8 (default precision and float32), and
+             ``thumbnail((256, 256))`` of a 24 MP image with and without ``draft``, JPEG beside it.
 ``tiling``   a ~4 MP image decoded with the default tiling and with one tile
              (``pillow_cnnz.tiling.TILE`` patched above the latent grid): pixel
              differences; the same comparison of the latents the encoder produces.
@@ -79,6 +82,7 @@ import numpy as np
 from PIL import Image, features
 
 import pillow_cnnz  # noqa: F401  (registers the format)
+from benchmarks import scaled
 from benchmarks._common import (
     DEFAULT_KODAK,
     HERE,
@@ -98,7 +102,7 @@ from benchmarks._common import (
     weights_note,
 )
 
-PARTS = ("codecs", "stages", "batch", "floor", "cold", "import", "scaling", "decodeonly", "synthesis", "tiling")
+PARTS = ("codecs", "stages", "batch", "floor", "cold", "import", "scaling", "decodeonly", "synthesis", "tiling", "scaled")
 PEERS = {
     "jpeg-q75": ("JPEG", {"quality": 75}),
     "jpeg-q85": ("JPEG", {"quality": 85}),
@@ -812,6 +816,9 @@ def report(res: dict) -> str:
             ["encode: z symbols differing", f"{e['latents']['z']['differing']} of {e['latents']['z']['symbols']}"],
             ["encode bytes tiled / one tile", f"{e['bytes_tiled']} / {e['bytes_one_tile']}"],
             ["encode time tiled / one tile (s)", f"{e['seconds_tiled']:.2f} / {e['seconds_one_tile']:.2f}"]]))
+    if "scaled" in res:
+        out += ["", *("#" + line if line.startswith("## ") else line for line in
+                      scaled.time_lines(res["scaled"]["time"]) + scaled.thumbnail_lines(res["scaled"]["thumbnail"]))]
     out += ["", "Notes:"]
     out += [f"- {n}" for n in env["notes"]]
     out.append(f"- load average {env['loadavg_1_5_15'][0]:.1f} at the start, {env['loadavg_1_5_15_end'][0]:.1f} at the end; "
@@ -903,6 +910,10 @@ def main(argv: list[str] | None = None) -> int:
         if "tiling" in parts:
             print("tiling ...", file=sys.stderr)
             res["tiling"] = part_tiling(base, args)
+        if "scaled" in parts:
+            print("scaled ...", file=sys.stderr)
+            res["scaled"] = {"time": scaled.part_time(paths[:2], 2048, args.repeat, args.quality),
+                             "thumbnail": scaled.part_thumbnail(paths[0], 24.0, args.repeat, args.quality, tmp)}
     finish_environment(res["environment"])
     res["environment"]["elapsed_s"] = time.perf_counter() - t_start
     text = report(res)

@@ -35,8 +35,26 @@ def weights_dir() -> Path:
     raise WeightsError(msg)
 
 
+_manifests: dict[tuple, dict] = {}  # (path, mtime, size) -> parsed manifest
+
+
 def manifest() -> dict:
-    return json.loads((weights_dir() / "manifest.json").read_text())
+    """The parsed ``manifest.json`` of ``weights_dir()`` (treat it as read-only). Read again only
+    when the file changes (a ``training export`` registers a new default), so a default load
+    costs a stat, not a read and a parse."""
+    path = weights_dir() / "manifest.json"
+    try:
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        parsed = _manifests.get(key)
+        if parsed is None:
+            parsed = json.loads(path.read_text())
+            _manifests.clear()  # one entry: the current file
+            _manifests[key] = parsed
+        return parsed
+    except (OSError, ValueError) as e:
+        msg = f"cannot read the weights manifest {path}: {e}"
+        raise WeightsError(msg) from e
 
 
 def default_model_id() -> bytes:

@@ -408,3 +408,16 @@ def test_files_of_a_model_the_shipped_one_replaced_decode_with_it():
         assert np.array_equal(codec.decode(data), ours)
         assert weights.load(old) is weights.load()
     assert bytes.fromhex("1be8391618fb0328") in replaced  # the 352k release's files keep decoding
+
+
+def test_the_manifest_is_read_again_when_it_changes(weights_copy):
+    first = weights.manifest()
+    assert weights.manifest() is first  # unchanged file: no new read
+    path = weights_copy / "manifest.json"
+    changed = dict(first, default=first["default"])
+    changed["models"] = dict(first["models"], **{"00" * 8: {"decoded_by": first["default"]}})
+    path.write_text(json.dumps(changed, indent=4))  # another size
+    assert "00" * 8 in weights.manifest()["models"]
+    path.write_text("{not json")
+    with pytest.raises(weights.WeightsError, match="cannot read the weights manifest"):
+        weights.manifest()

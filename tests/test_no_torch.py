@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import pillow_cnnz
-from pillow_cnnz import container, precision, tiling
+from pillow_cnnz import container, precision, synthesis, tiling
 
 from .conftest import _photo as photo
 
@@ -133,6 +133,36 @@ def test_a_process_without_torch_decodes_large_files_in_numpy_within_2_levels_of
     # BLAS's own buffers add on a given machine.
     small, large = report["512x768"]["mib_over_before"], report["3008x4032"]["mib_over_before"]
     assert large < 2048 and large < small + 256, report
+
+
+def test_a_process_without_torch_decodes_at_reduced_sizes_and_thumbnails(files, tmp_path, monkeypatch):
+    path = str(files[BASE])
+    report = _no_torch(f"""
+        import json, sys
+        import numpy as np
+        from PIL import Image
+        import pillow_cnnz
+
+        out = {{}}
+        for scale in (2, 4, 8):
+            pixels = pillow_cnnz.decode({path!r}, scale=scale)
+            np.save(f"{str(tmp_path)}/{{scale}}.npy", pixels)
+            out[scale] = pixels.shape
+        with Image.open({path!r}) as im:
+            im.thumbnail((96, 96))
+            out["thumbnail"] = im.size
+        out["torch"] = repr(sys.modules["torch"])
+        print(json.dumps(out))
+    """)
+    assert report["torch"] == "None"
+    h, w = BASE
+    assert report["thumbnail"] == [96, 64]
+    monkeypatch.setenv("CNNZ_PRECISION", "float32")
+    monkeypatch.setattr(synthesis, "TORCH_FROM_PIXELS", 0)  # the reference: torch's float32
+    for scale in (2, 4, 8):
+        assert report[str(scale)] == [h // scale, w // scale, 3]
+        with_torch = pillow_cnnz.decode(files[BASE], scale=scale)
+        assert np.abs(np.load(tmp_path / f"{scale}.npy").astype(int) - with_torch).max() <= 2
 
 
 def test_writing_without_torch_raises_an_oserror_naming_the_install_command(files, tmp_path):

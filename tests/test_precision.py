@@ -54,7 +54,7 @@ def test_auto_precision_follows_the_hardware_not_what_is_imported(monkeypatch, i
 def test_a_float32_synthesis_picks_numpy_or_torch_by_the_image_size_even_with_torch_imported(monkeypatch):
     pytest.importorskip("torch")
     used = []
-    monkeypatch.setattr(synthesis, "numpy_synthesis", lambda model: used.append("numpy") or _fake_run)
+    monkeypatch.setattr(synthesis, "numpy_synthesis", lambda *args: used.append("numpy") or _fake_run)
     monkeypatch.setattr(synthesis, "torch_synthesis", lambda *args: used.append("torch") or _fake_run)
     monkeypatch.setattr(synthesis, "TORCH_FROM_PIXELS", 64 * 96)
     for height, width in [(64, 95), (64, 96)]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pillow_cnnz.heads import synthesis_levels
 from pillow_cnnz.model import Config
 
 from .data import DEFAULT_DATA, DEFAULT_VAL, RECORDED_DATA
@@ -77,8 +78,12 @@ def default_weights(out: Path) -> dict:
     data = (out / entry["file"]).read_bytes()
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         meta = json.loads(str(npz["meta"]))
+    heads = entry.get("heads")
+    if heads:
+        with np.load(out / heads["file"], allow_pickle=False) as npz:
+            heads = heads | {"meta": json.loads(str(npz["meta"]))}
     return {"model_id": manifest["default"], "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-            "meta": meta, "file": entry["file"], "int8": entry.get("int8")}
+            "meta": meta, "file": entry["file"], "int8": entry.get("int8"), "heads": heads}
 
 
 # --------------------------------------------------------------------------- the phase history
@@ -142,7 +147,7 @@ trained, and the commands that reproduce them: [docs/training.md](../docs/traini
 A mean-scale hyperprior autoencoder (Ballé et al. 2018, Minnen et al. 2018) with one model for
 every quality from 1 to 8 through per-quality gain vectors (Cui et al. 2021):
 
-{_architecture(meta)}
+{_architecture(meta, info.get("heads"))}
 ## Training
 
 {_training(meta)}
@@ -170,6 +175,10 @@ def _files(info: dict) -> str:
         if spec.get("rounded"):
             rows.append(f"| `{spec['rounded']['file']}` | the synthesis' int8 weights, rounded by GPTQ | "
                         f"`{spec['rounded']['sha256']}` |")
+    heads = info.get("heads")
+    if heads:
+        rows.append(f"| `{heads['file']}` | the reduced-resolution output heads (1/{', 1/'.join(sorted(heads['meta']['heads'], key=int))}) | "
+                    f"`{heads['sha256']}` |")
     rows.append("| `manifest.json` | the default model, each file's hash, and old models decoded by this one | |")
     decodes = info["meta"].get("decodes", [])
     older = (f" Files written with model{'s' if len(decodes) > 1 else ''} {', '.join(f'`{m}`' for m in decodes)} "
@@ -181,7 +190,7 @@ def _files(info: dict) -> str:
                     f"with `allow_pickle=False`.{older}"))
 
 
-def _architecture(meta: dict) -> str:
+def _architecture(meta: dict, heads: dict | None = None) -> str:
     cfg = Config.from_dict(meta["config"])
     analysis = (f"; residual blocks ({cfg.N} channels) {' / '.join(map(str, cfg.ares))} at "
                 f"{_and(f'1/{2 ** (k + 1)}' for k in range(len(cfg.ares)))} resolution" if any(cfg.ares) else "")
@@ -204,6 +213,13 @@ def _architecture(meta: dict) -> str:
     items.append("latent tables: ideal discretized Gaussians at each scale index's nominal scale;" if tables == "gaussian"
                  else f"latent tables measured on {tables['images']} training images (centre {tables['crop']}² crops) "
                       "at qualities 1 to 8;")
+    if heads:
+        levels = synthesis_levels(meta["config"])
+        taps = [f"1/{s} after layer {h['tap']} of `g_s` ({levels[h['tap']][0]} channels at 1/{levels[h['tap']][1]})"
+                for s, h in sorted(heads["meta"]["heads"].items(), key=lambda kv: int(kv[0]))]
+        items.append(f"reduced-resolution output heads (3×3 convolution to {heads['meta']['hidden']} channels, ReLU, sub-pixel 3×3 "
+                     f"convolution to RGB): {_and(taps)}; trained {heads['meta']['trained_steps']:,} steps with "
+                     "everything else frozen against Lanczos downscales of the training crops (`training heads`);")
     items.append(f"{meta['parameters']:,} parameters in training, {meta['decoder_parameters']:,} of them in the "
                  "synthesis. The file also keeps the float entropy model, which only the encoder's `method` 1–6 uses.")
     return _bullets(items)

@@ -245,7 +245,8 @@ def export(run: Path, chosen: list[tuple[int, int]], out: Path | None) -> dict:
             if name.startswith(key + "."):
                 arrays[f"{scale}/{name[len(key) + 1:]}"] = value.numpy().astype(np.float32)
         spec[str(scale)] = {"tap": tap}
-    meta = {"format": runtime.FORMAT, "model_id": saved["model_id"], "heads": spec, "trained_steps": saved["step"]}
+    meta = {"format": runtime.FORMAT, "model_id": saved["model_id"], "heads": spec, "hidden": saved["hidden"],
+            "trained_steps": saved["step"]}
     arrays["meta"] = np.array(json.dumps(meta))
     data = deterministic_npz(arrays)
     name = Path(entry["file"]).stem + ".heads.npz"
