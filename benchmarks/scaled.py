@@ -72,9 +72,12 @@ def part_quality(paths: list[Path], qualities: list[float]) -> dict:
             full = pillow_cnnz.decode(data)
             for s in SCALES:
                 reference = lanczos(original, s)
-                per_scale[s].append((psnr(pillow_cnnz.decode(data, scale=s), reference), psnr(lanczos(full, s), reference)))
+                area = np.asarray(Image.fromarray(full).reduce(s))
+                per_scale[s].append((psnr(pillow_cnnz.decode(data, scale=s), reference), psnr(lanczos(full, s), reference),
+                                     psnr(area, reference)))
         rows[f"q{q:g}"] = {f"1/{s}": {"psnr": float(np.mean([v[0] for v in values])),
                                       "lanczos_of_full_psnr": float(np.mean([v[1] for v in values])),
+                                      "area_of_full_psnr": float(np.mean([v[2] for v in values])),
                                       "delta_db": float(np.mean([v[0] - v[1] for v in values])),
                                       "worst_delta_db": float(min(v[0] - v[1] for v in values))}
                            for s, values in per_scale.items()}
@@ -158,11 +161,14 @@ def part_thumbnail(path: Path, megapixels: float, runs: int, quality: float, tmp
 
 
 def quality_lines(quality: dict) -> list[str]:
-    rows = [[q, s, f"{v['psnr']:.2f}", f"{v['lanczos_of_full_psnr']:.2f}", f"{v['delta_db']:+.2f}", f"{v['worst_delta_db']:+.2f}"]
+    rows = [[q, s, f"{v['psnr']:.2f}", f"{v['lanczos_of_full_psnr']:.2f}", f"{v['delta_db']:+.2f}", f"{v['worst_delta_db']:+.2f}",
+             f"{v['area_of_full_psnr']:.2f}"]
             for q, scales in quality.items() for s, v in scales.items()]
     return ["## Quality (Kodak): PSNR against a Lanczos downscale of the original", "",
-            f"Bar: at most {PSNR_BAR} dB below a Lanczos downscale of the full decode.", "",
-            md_table(["quality", "scale", "decode at scale dB", "Lanczos of full dB", "mean Δ", "worst Δ"], rows), ""]
+            f"Bar: at most {PSNR_BAR} dB below a Lanczos downscale of the full decode. The last column, Pillow's "
+            "`reduce()` (area) of the full decode, shows how much of a gap the filter alone makes.", "",
+            md_table(["quality", "scale", "decode at scale dB", "Lanczos of full dB", "mean Δ", "worst Δ",
+                      "area of full dB"], rows), ""]
 
 
 def time_lines(t: dict) -> list[str]:

@@ -215,11 +215,12 @@ def _architecture(meta: dict, heads: dict | None = None) -> str:
                       "at qualities 1 to 8;")
     if heads:
         levels = synthesis_levels(meta["config"])
-        taps = [f"1/{s} after layer {h['tap']} of `g_s` ({levels[h['tap']][0]} channels at 1/{levels[h['tap']][1]})"
+        taps = [f"1/{s} after layer {h['tap']} of `g_s` ({levels[h['tap']][0]} channels at 1/{levels[h['tap']][1]}; "
+                f"{h['hidden']} hidden channels, {h['trained_steps']:,} steps)"
                 for s, h in sorted(heads["meta"]["heads"].items(), key=lambda kv: int(kv[0]))]
-        items.append(f"reduced-resolution output heads (3×3 convolution to {heads['meta']['hidden']} channels, ReLU, sub-pixel 3×3 "
-                     f"convolution to RGB): {_and(taps)}; trained {heads['meta']['trained_steps']:,} steps with "
-                     "everything else frozen against Lanczos downscales of the training crops (`training heads`);")
+        items.append("reduced-resolution output heads (3×3 convolution, ReLU, sub-pixel 3×3 convolution to RGB), "
+                     f"trained with everything else frozen against Lanczos downscales of training crops "
+                     f"(`training heads`): {_and(taps)};")
     items.append(f"{meta['parameters']:,} parameters in training, {meta['decoder_parameters']:,} of them in the "
                  "synthesis. The file also keeps the float entropy model, which only the encoder's `method` 1–6 uses.")
     return _bullets(items)

@@ -15,13 +15,14 @@ validation images are decoded whole at qualities 1, 4 and 8: for each head, its 
 Lanczos downscale of the original, minus that of the Lanczos downscale of the full decode (the
 bar: within 0.5 dB).
 
-``--export 2:9,4:5,8:3`` (scale:tap) writes the chosen heads of the run as
-``<weights>/<model file stem>.heads.npz`` and names it in the model's manifest entry.
+``--export 2:11@runs/other,4:7,8:3`` (scale:tap, and the run that trained it where not ``--run``)
+writes the chosen heads as ``<weights>/<model file stem>.heads.npz`` and names it in the model's
+manifest entry.
 
 Example (from the repository root)::
 
     python -m training heads --candidates 2:9,2:11,4:5,4:9,8:1,8:3 --steps 3000 --run runs/heads
-    python -m training heads --run runs/heads --export 2:9,4:5,8:3
+    python -m training heads --run runs/heads --export 2:11,4:7,8:3
 """
 from __future__ import annotations
 
@@ -64,8 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--export", default=None, metavar="SCALE:TAP,...",
-                   help="write these trained heads into the weights folder instead of training")
+    p.add_argument("--export", default=None, metavar="SCALE:TAP[@RUN],...",
+                   help="write these trained heads (of --run, or of the run folder after @) into the weights "
+                        "folder instead of training")
     p.add_argument("--weights", default=None, help="weights folder to export into (default: the installed one)")
     p.set_defaults(func=run)
 
@@ -226,27 +228,31 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def export(run: Path, chosen: list[tuple[int, int]], out: Path | None) -> dict:
-    """Write the chosen heads of ``run`` next to the model they were trained for and name the file
-    in its manifest entry; returns what was written."""
-    saved = torch.load(run / "heads.pt", weights_only=True)
+def export(run: Path, chosen: list[tuple[int, int, str | None]], out: Path | None) -> dict:
+    """Write the chosen heads (scale, tap, run folder or None for ``run``) next to the model they
+    were trained for and name the file in its manifest entry; returns what was written."""
     out = out or shipped.weights_dir()
     manifest = json.loads((out / "manifest.json").read_text())
-    entry = manifest["models"][saved["model_id"]]
-    trained = dict.fromkeys(saved["candidates"].split(","))
     arrays: dict[str, np.ndarray] = {}
-    spec = {}
-    for scale, tap in chosen:
+    spec, model_ids = {}, set()
+    for scale, tap, folder in chosen:
+        path = Path(folder or run) / "heads.pt"
+        saved = torch.load(path, weights_only=True)
         key = f"{scale}:{tap}"
-        if key not in trained:
-            msg = f"{run / 'heads.pt'} has no head {key} (it has {saved['candidates']})"
+        if key not in saved["candidates"].split(","):
+            msg = f"{path} has no head {key} (it has {saved['candidates']})"
             raise SystemExit(msg)
+        model_ids.add(saved["model_id"])
         for name, value in saved["heads"].items():
             if name.startswith(key + "."):
                 arrays[f"{scale}/{name[len(key) + 1:]}"] = value.numpy().astype(np.float32)
-        spec[str(scale)] = {"tap": tap}
-    meta = {"format": runtime.FORMAT, "model_id": saved["model_id"], "heads": spec, "hidden": saved["hidden"],
-            "trained_steps": saved["step"]}
+        spec[str(scale)] = {"tap": tap, "hidden": saved["hidden"], "trained_steps": saved["step"]}
+    if len(model_ids) != 1:
+        msg = f"the chosen heads were trained for different models: {sorted(model_ids)}"
+        raise SystemExit(msg)
+    (model_id,) = model_ids
+    entry = manifest["models"][model_id]
+    meta = {"format": runtime.FORMAT, "model_id": model_id, "heads": spec}
     arrays["meta"] = np.array(json.dumps(meta))
     data = deterministic_npz(arrays)
     name = Path(entry["file"]).stem + ".heads.npz"
@@ -256,8 +262,15 @@ def export(run: Path, chosen: list[tuple[int, int]], out: Path | None) -> dict:
     return {"file": str(out / name), "bytes": len(data), **meta}
 
 
+def parse_export(text: str) -> list[tuple[int, int, str | None]]:
+    """``"2:11@runs/h24,4:7"`` -> [(2, 11, "runs/h24"), (4, 7, None)]: each head, and the run that trained it."""
+    items = [item.partition("@") for item in text.split(",")]
+    pairs = parse_heads(",".join(head for head, _, _ in items))
+    return [(scale, tap, folder or None) for (scale, tap), (_, _, folder) in zip(pairs, items)]
+
+
 def run(args: argparse.Namespace) -> int:
     if args.export:
-        print(json.dumps(export(Path(args.run), parse_heads(args.export), Path(args.weights) if args.weights else None)))
+        print(json.dumps(export(Path(args.run), parse_export(args.export), Path(args.weights) if args.weights else None)))
         return 0
     return train(args)
