@@ -85,8 +85,9 @@ def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None
         h = np.maximum(_apply(layers["c2"], np.maximum(h, 0)), 0)
         here += _apply(layers["c3"], h).reshape(here.shape)
 
+    # Threads pay where a band holds several chunks' work; a small one runs faster on one.
     with blas.threads(1):  # see hyper.hyper_band
-        batching.spread(job, jobs, workers)
+        batching.spread(job, jobs, workers if rows * width >= 4 * chunk else 1)
     return refined
 
 

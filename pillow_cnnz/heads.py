@@ -1,6 +1,6 @@
 """Reduced-resolution decoding: the output heads' file, which layers of the synthesis a scale runs, and the sizes it gives.
 
-A model may ship heads (``layers.OutputHead``) that read the synthesis' features at an
+A model may ship heads (``layers.output_head``) that read the synthesis' features at an
 intermediate level and give the image at 1/2, 1/4 or 1/8 of its size: such a decode runs
 ``g_s`` only up to the head's tap, so it costs a fraction of a full one, and since the latents
 and their entropy coding are untouched, every file of the model gains it. The heads live in

@@ -25,6 +25,7 @@ Z_LIMIT = 2**11  # |ẑ| fed to the network; larger values are clipped (they car
 HALO = 4  # rows of ẑ each band reads beyond its own: >= the network's receptive radius
 BAND_ROWS = 16  # rows of ẑ per band (1024 pixels): bounds the memory of huge images
 COL_CHUNK = 32  # columns of ẑ computed at a time within a band (not part of the format)
+SPLIT_COLS = 4 * HALO  # the narrowest chunk a band is cut into for threads
 
 
 def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, shift: int) -> np.ndarray:
@@ -98,7 +99,8 @@ def hyper_band(layers: list[dict], z: np.ndarray, top: int, bottom: int, cols: i
     """
     f = upsampling(layers)
     width = z.shape[2]
-    cols = min(cols or COL_CHUNK, max(1, -(-width // workers)))
+    # Split for threads only into chunks wider than their halos, which each chunk computes again.
+    cols = min(cols or COL_CHUNK, max(SPLIT_COLS, -(-width // workers)))
     lo, hi = max(top - HALO, 0), min(bottom + HALO, z.shape[1])
     # filled chunk by chunk: no list of parts and concatenated copy (2x a band's bytes)
     band = np.empty((output_channels(layers, z.shape[0]), (bottom - top) * f, width * f), np.float64)

@@ -34,13 +34,11 @@ class SubPixelConv(nn.Module):
         return self.shuffle(self.conv(x))
 
 
-class OutputHead(nn.Sequential):
+def output_head(cin: int, hidden: int, r: int) -> nn.Sequential:
     """A reduced-resolution output of the synthesis: 3x3 convolution to ``hidden`` channels, ReLU,
     then a ``SubPixelConv`` to RGB upsampling by ``r`` (1: none). Read from an intermediate level
     of ``g_s``, it gives the image at that level's resolution times ``r`` (``pillow_cnnz.heads``)."""
-
-    def __init__(self, cin: int, hidden: int, r: int) -> None:
-        super().__init__(nn.Conv2d(cin, hidden, 3, padding=1), nn.ReLU(), SubPixelConv(hidden, 3, r))
+    return nn.Sequential(nn.Conv2d(cin, hidden, 3, padding=1), nn.ReLU(inplace=True), SubPixelConv(hidden, 3, r))
 
 
 class GDN(nn.Module):

@@ -32,7 +32,7 @@ from torch import nn
 
 from .errors import WeightsError
 from .factorized import FactorizedDensity
-from .layers import GDN, CheckerboardContext, OutputHead, ResBlock, SubPixelConv, anchor_mask, conv
+from .layers import GDN, CheckerboardContext, ResBlock, SubPixelConv, anchor_mask, conv, output_head
 
 # Rate-distortion trade-off of each integer quality (loss = bpp + λ·255²·MSE), by name: a training
 # phase names its table (``fit --lambdas``), and the weights record the one they trained on. Each
@@ -257,10 +257,10 @@ def from_arrays(config: dict, arrays: Mapping[str, np.ndarray], device: str, dty
     return net.to(memory_format=torch.channels_last)  # channels-last CPU convolutions are faster
 
 
-def head_from_arrays(arrays: Mapping[str, np.ndarray], upscale: int, device: str, dtype: str = "float32") -> OutputHead:
-    """The inference ``OutputHead`` of a heads file's arrays (``heads.Head``), as ``from_arrays`` builds the network."""
+def head_from_arrays(arrays: Mapping[str, np.ndarray], upscale: int, device: str, dtype: str = "float32") -> torch.nn.Sequential:
+    """The inference head (``layers.output_head``) of a heads file's arrays (``heads.Head``), as ``from_arrays`` builds the network."""
     weight = arrays["0.weight"]
-    head = OutputHead(weight.shape[1], weight.shape[0], upscale)
+    head = output_head(weight.shape[1], weight.shape[0], upscale)
     head.load_state_dict({k: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in arrays.items()})
     head = head.eval().to(device, getattr(torch, dtype))
     for p in head.parameters():

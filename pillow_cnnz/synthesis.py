@@ -21,7 +21,7 @@ def torch_synthesis(net: Any, device: str, precision: str, body: Any = None, hea
                     tap: int = 0, scale: int = 1) -> Any:
     """Tile synthesis in torch; the last, cheap layer runs in float32 so bfloat16 does not
     round the output pixels. ``body`` replaces ``net.g_s[:-1]`` (the int8 synthesis); a ``head``
-    (``layers.OutputHead``) replaces what follows layer ``tap`` of ``g_s``: the image at
+    (``layers.output_head``) replaces what follows layer ``tap`` of ``g_s``: the image at
     1/``scale`` (``heads.py``). Each layer computes only the part of its output the tile's own pixels
     depend on (``layers.TileCrops``): the same pixels as the whole window, for less work."""
     torch = policy.import_torch()

@@ -155,7 +155,7 @@ class _Residual:
 
 
 class _Conv:
-    """A 3x3 convolution and ReLU into a new padded activation (a ``layers.OutputHead``'s hidden layer)."""
+    """A 3x3 convolution and ReLU into a new padded activation (a ``layers.output_head``'s hidden layer)."""
 
     reach = (1, 1)
 

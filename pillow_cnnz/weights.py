@@ -158,7 +158,7 @@ class Weights:
             return self._nets["heads"]
 
     def head_net(self, scale: int, device: str, dtype: str = "float32"):
-        """The torch ``layers.OutputHead`` of ``heads()[scale]`` on ``device`` in ``dtype``, built once."""
+        """The torch ``layers.output_head`` of ``heads()[scale]`` on ``device`` in ``dtype``, built once."""
         head = self.heads()[scale]
         key = ("head", scale, device, dtype)
         with self._lock:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pillow_cnnz import batching, codec, container, entropy, hyper, latents, precision, synthesis, tiling, weights
+from pillow_cnnz import batching, codec, container, context, entropy, hyper, latents, precision, synthesis, tiling, weights
 
 from .conftest import _photo as photo
 
@@ -76,10 +76,15 @@ def test_hyper_network_in_strips_equals_one_pass():
 
 @pytest.mark.parametrize("workers", [2, 3])
 def test_the_exact_decode_stage_gives_the_same_latents_on_any_number_of_threads(workers):
-    data = codec.encode(photo(1100, 200), "RGB", 5.0)  # two bands of latent rows
+    data = codec.encode(photo(1100, 1100), "RGB", 5.0)  # two bands of latent rows, two column chunks each
     header, payloads = container.parse(data)
     one = latents.decode_y_hat(header, payloads["LATZ"], payloads["LATY"], 1)
     assert np.array_equal(latents.decode_y_hat(header, payloads["LATZ"], payloads["LATY"], workers), one)
+    model = weights.load()
+    z, symbols, _ = latents.decode_latents(header, payloads["LATZ"], payloads["LATY"])
+    out = hyper.hyper_band(model.hyper_layers, z, 0, 16)
+    refined = context.refine(model.context_layers, out, symbols[:, :64], chunk=64)
+    assert np.array_equal(context.refine(model.context_layers, out, symbols[:, :64], chunk=64, workers=workers), refined)
 
 
 def test_hyper_network_is_exact_for_any_summation_order():

@@ -1,6 +1,6 @@
 """``heads``: train the reduced-resolution output heads of a shipped model, everything else frozen.
 
-A head (``layers.OutputHead``) reads the synthesis' features after layer ``tap`` of ``g_s`` and
+A head (``layers.output_head``) reads the synthesis' features after layer ``tap`` of ``g_s`` and
 outputs the image at 1/2, 1/4 or 1/8 of full size (``pillow_cnnz.heads`` runs them: ``draft()``,
 ``decode(scale=)``). Nothing the files or the full-size decode depend on changes: the latents,
 the entropy model and ``g_s`` are the shipped model's, bit for bit, so old files gain the
@@ -39,7 +39,7 @@ from PIL import Image
 
 from pillow_cnnz import heads as runtime
 from pillow_cnnz import weights as shipped
-from pillow_cnnz.layers import OutputHead
+from pillow_cnnz.layers import output_head
 from pillow_cnnz.model import QUALITY_MAX, QUALITY_MIN
 
 from .data import DEFAULT_DATA, DEFAULT_VAL, CropSampler, image_paths, load_rgb
@@ -96,7 +96,7 @@ def build_heads(config: dict, pairs: list[tuple[int, int]], hidden: int) -> torc
         if level % scale or level // scale not in (1, 2):
             msg = f"layer {tap} of g_s is at 1/{level} scale: a head there gives 1/{level} or 1/{level // 2}, not 1/{scale}"
             raise SystemExit(msg)
-        out[f"{scale}:{tap}"] = OutputHead(channels, hidden, level // scale)
+        out[f"{scale}:{tap}"] = output_head(channels, hidden, level // scale)
     return out
 
 
