@@ -123,12 +123,12 @@ def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device
     batch_size = batching.check_batch_size(batch_size)
     scale = heads.check_scale(scale)
     out: list[np.ndarray] = [np.empty(0)] * len(files)
-    # The latents code a folded file's raster: they are decoded and synthesized as its own image.
+    # The latents code a folded file's raster (latents reads them as such): it is synthesized as its own image.
     coded = [folding.coded_header(header) for header, _ in files]
 
     def exact_stage(i: int) -> tuple[np.ndarray | None, np.ndarray]:
         alpha = unpack_alpha(*files[i])  # in the image's layout, folded or not
-        return (alpha if alpha is None or scale == 1 else reduced(alpha, scale)), y_hat_of((coded[i], files[i][1]), workers)
+        return (alpha if alpha is None or scale == 1 else reduced(alpha, scale)), y_hat_of(files[i], workers)
 
     keys = [(c.height, c.width, c.model_id, f[0].fold > 0) for c, f in zip(coded, files)]
     for ids in batching.groups(keys, batch_size):

@@ -37,14 +37,11 @@ def check_scale(scale: int) -> int:
 
 
 def draft_scale(width: int, height: int, requested: tuple[int, int]) -> int:
-    """The largest scale whose output is at least ``requested`` (width, height): Pillow's JPEG
-    ``draft`` rule, so ``thumbnail()`` then resamples from an image no smaller than it needs."""
-    best = 1
-    for scale in SCALES:
-        w, h = scaled_size(width, height, scale)
-        if w >= requested[0] and h >= requested[1]:
-            best = scale
-    return best
+    """The scale ``draft`` decodes at for a ``requested`` (width, height): Pillow's JPEG rule, the
+    largest ``s`` with ``s <= min(width // requested[0], height // requested[1])`` (1 if none), so
+    ``thumbnail()`` then resamples from an image no smaller than it needs."""
+    ratio = min(width // max(requested[0], 1), height // max(requested[1], 1))
+    return max((s for s in SCALES if s <= ratio), default=1)
 
 
 def synthesis_levels(config: Mapping) -> list[tuple[int, int]]:

@@ -94,8 +94,8 @@ def hyper_band(layers: list[dict], z: np.ndarray, top: int, bottom: int, cols: i
     Reads ``HALO`` rows (and, chunk by chunk of ``cols`` columns, ``HALO`` columns) of
     context on each side, so the result equals the same rows of a run over the whole of
     ``z``: bounded memory (a 50-megapixel band is ~0.4 GB in one piece) and identical values.
-    The chunks run on up to ``workers`` threads (``batching.spread``; a band narrower than a
-    chunk a thread is cut into that many).
+    The chunks run on up to ``workers`` threads (``batching.spread``); for threads a band is cut
+    into chunks no narrower than ``SPLIT_COLS``.
     """
     f = upsampling(layers)
     width = z.shape[2]

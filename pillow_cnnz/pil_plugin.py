@@ -51,19 +51,16 @@ class CnnzImageFile(ImageFile.ImageFile):
         return self.getexif()._get_merged_dict()
 
     def draft(self, mode: str | None, size: tuple[int, int] | None) -> tuple[str, tuple[int, int, float, float]] | None:
-        """Decode at 1/8, 1/4 or 1/2 of the size where that still gives at least ``size``: the
-        largest scale ``s`` with ``s <= min(width // size[0], height // size[1])``, as Pillow's
-        JPEG plugin picks, so ``thumbnail()`` decodes a fraction of the pixels (``heads.py``).
+        """Decode at 1/8, 1/4 or 1/2 of the size where that still gives at least ``size``, as
+        Pillow's JPEG plugin picks (``heads.draft_scale``), so ``thumbnail()`` decodes a fraction
+        of the pixels.
         ``im.size`` becomes the reduced size; returns ``(mode, box)``, the box being the whole
         image in the reduced one's pixels, or None once the image is loaded. ``mode`` is ignored:
         the file's mode is kept."""
         if self._decoded or self.fp is None:
             return None
         width, height = self._header.width, self._header.height
-        scale = 1
-        if size:
-            ratio = min(width // max(size[0], 1), height // max(size[1], 1))
-            scale = next((s for s in sorted(heads.SCALES, reverse=True) if ratio >= s), 1)
+        scale = heads.draft_scale(width, height, size) if size else 1
         self._scale = scale
         self._size = heads.scaled_size(width, height, scale)
         return self.mode, (0, 0, width / scale, height / scale)

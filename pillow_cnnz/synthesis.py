@@ -27,8 +27,8 @@ def torch_synthesis(net: Any, device: str, precision: str, body: Any = None, hea
     torch = policy.import_torch()
     from .layers import TileCrops, run_cropped
 
-    trunk = list(net.g_s) if head is None else [*net.g_s[: tap + 1], *head]
-    modules, last = trunk, trunk[-1]
+    modules = list(net.g_s) if head is None else [*net.g_s[: tap + 1], *head]
+    last = modules[-1]
     wide = torch.float64 if precision == "float64" else torch.float32
     if body is None:  # the float layers: crops copied dense, for oneDNN's in-place sums
         def hidden(t: Any, crops: TileCrops) -> Any:

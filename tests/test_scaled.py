@@ -242,3 +242,9 @@ def test_a_heads_file_for_another_model_or_layer_is_refused():
     key = next(k for k in arrays if k.startswith("4/0.weight"))
     with pytest.raises(ValueError, match="does not fit"):
         heads.parse(packed(meta, **{key: arrays[key][:, :5]}), model.model_id.hex(), config)
+
+
+@pytest.mark.parametrize(("size", "request_size", "scale"), [((264, 200), (132, 100), 2), ((264, 200), (65, 49), 4),
+                                                             ((264, 200), (400, 1), 1), ((9000, 8), (10, 1), 8)])
+def test_draft_scale_is_the_largest_scale_within_the_ratio_of_sizes(size, request_size, scale):
+    assert heads.draft_scale(*size, request_size) == scale
