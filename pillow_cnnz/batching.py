@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import blas
@@ -44,6 +44,27 @@ def spread(fn: Callable[[Any], Any], items: list, workers: int) -> list:
 
     with ThreadPoolExecutor(workers, thread_name_prefix="cnnz-exact") as pool:
         return list(pool.map(blas.lend(fn), items))
+
+
+def ahead(fn: Callable[[Any], Any], items: list, enabled: bool = True) -> Iterator:
+    """``fn(x) for x in items``, in order, with ``fn`` of the next item running on a helper
+    thread while the caller works on the current one (``enabled`` and at least two items),
+    inside the caller's BLAS section (``blas.lend``). For the stages of one file's exact decode
+    that do not depend on each other's results (the next band's hyper network while this
+    band's symbols are pulled), so the values do not depend on it; at most two items' results
+    are held at a time."""
+    if not enabled or len(items) < 2:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = blas.lend(fn)
+    with ThreadPoolExecutor(1, thread_name_prefix="cnnz-ahead") as pool:
+        pending = pool.submit(run, items[0])
+        for item in items[1:]:
+            done, pending = pending.result(), pool.submit(run, item)
+            yield done
+        yield pending.result()
 
 
 def per_file(fn: Callable[[Any], Any], items: list) -> list:

@@ -4,11 +4,12 @@ All of it is exact integer arithmetic in numpy, so a file decodes to the same la
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import numpy as np
 
-from . import blas, container, context, entropy, folding, heap, hyper, tiling
+from . import batching, blas, container, context, entropy, folding, heap, hyper, tiling
 from .weights import Weights, load
 
 
@@ -39,11 +40,10 @@ def _encode_band(model: Weights, enc: entropy.Encoder, z: np.ndarray, top: int, 
     return symbols, idx
 
 
-def _decode_band(model: Weights, dec: entropy.Decoder, z: np.ndarray, top: int,
-                 bottom: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(symbols, means) of the latents of ẑ rows ``[top, bottom)``, pulled from ``dec``; the
-    integer networks on up to ``workers`` threads."""
-    out = hyper.hyper_band(model.hyper_layers, z, top, bottom, workers=workers)
+def _decode_band(model: Weights, dec: entropy.Decoder, out: np.ndarray,
+                 workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(symbols, means) of one band's latents, pulled from ``dec``, given the band's hyper
+    output ``out`` (refined in place); the context network on up to ``workers`` threads."""
     mu, idx = _params(model, out)
     if model.context_layers is None:
         return dec.pull(idx), mu
@@ -115,8 +115,16 @@ def _latent_bands(header: container.Header, latz: bytes, laty: bytes, workers: i
         z = entropy.decode(latz, _channel_index((model.meta["config"]["Nz"], zh, zw)), model.z_tables)
         dec = entropy.Decoder(laty, model.y_tables, m * zh * f * zw * f)
         yield model, z
-        for top, bottom in hyper.bands(zh):
-            yield (top * f, bottom * f), *_decode_band(model, dec, z, top, bottom, workers)
+        bands = hyper.bands(zh)
+
+        def hyper_out(i: int) -> np.ndarray:
+            # Past the first band, this runs beside the previous band's pulls and context:
+            # it leaves that one of the threads.
+            return hyper.hyper_band(model.hyper_layers, z, *bands[i], workers=workers if i == 0 else max(1, workers - 1))
+
+        with contextlib.closing(batching.ahead(hyper_out, list(range(len(bands))), enabled=workers > 1)) as outs:
+            for (top, bottom), out in zip(bands, outs):
+                yield (top * f, bottom * f), *_decode_band(model, dec, out, workers)
         dec.finish()
     except entropy.EntropyError as e:
         raise container.CorruptFileError(str(e)) from e

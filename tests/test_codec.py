@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pillow_cnnz import batching, codec, container, context, entropy, hyper, latents, precision, synthesis, tiling, weights
+from pillow_cnnz import batching, blas, codec, container, context, entropy, hyper, latents, precision, synthesis, tiling, weights
 
 from .conftest import _photo as photo
 
@@ -426,3 +426,22 @@ def test_the_manifest_is_read_again_when_it_changes(weights_copy):
     path.write_text("{not json")
     with pytest.raises(weights.WeightsError, match="cannot read the weights manifest"):
         weights.manifest()
+
+
+def test_ahead_runs_the_next_item_beside_the_current_one_and_keeps_order_and_errors():
+    seen: list[str] = []
+
+    def square(x: int) -> int:
+        if x == 3:
+            raise ValueError("item 3")
+        seen.append(threading.current_thread().name)
+        return x * x
+
+    with blas.threads(1):
+        assert list(batching.ahead(square, [0, 1, 2])) == [0, 1, 4]
+        assert all(name.startswith("cnnz-ahead") for name in seen)
+        with pytest.raises(ValueError, match="item 3"):
+            list(batching.ahead(square, [1, 2, 3, 4]))
+        seen.clear()
+        assert list(batching.ahead(square, [5, 6], enabled=False)) == [25, 36]
+        assert seen == [threading.current_thread().name] * 2

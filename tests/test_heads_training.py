@@ -65,3 +65,22 @@ def test_heads_train_resume_and_export_into_a_file_the_decoder_uses(folders, tmp
     assert pillow_cnnz.decode(data, scale=4).shape == (16, 24, 3)
     expected = saved["heads"]["2:11.0.weight"].numpy()
     assert np.array_equal(shipped[2].arrays["0.weight"], expected)
+
+
+def test_a_new_run_starts_from_another_runs_heads(folders, tmp_path):
+    from training import __main__ as train_cli
+
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    _train(folders, run_a, "2:11,8:3", 8, 2)
+    base = ["heads", "--run", str(run_b), "--hidden", "8", "--data", str(folders / "train"), "--val",
+            str(folders / "val"), "--crops", "4", "--crop", "64", "--batch", "2", "--val-every", "1"]
+    assert train_cli.main([*base, "--candidates", "8:3", "--init", str(run_a), "--steps", "1", "--lr", "0"]) == 0
+    before = torch.load(run_a / "heads.pt", weights_only=True)["heads"]
+    after = torch.load(run_b / "heads.pt", weights_only=True)
+    assert after["step"] == 1 and after["candidates"] == "8:3"
+    assert all(torch.equal(v, before[f"8:3.{k.split('.', 1)[1]}"]) for k, v in after["heads"].items())
+    shutil.rmtree(run_b)
+    with pytest.raises(SystemExit, match="has no head 4:7"):
+        train_cli.main([*base, "--candidates", "4:7", "--init", str(run_a), "--steps", "1"])
+    with pytest.raises(SystemExit, match="8 wide"):
+        train_cli.main([*base[:4], "4", *base[5:], "--candidates", "8:3", "--init", str(run_a), "--steps", "1"])

@@ -327,6 +327,28 @@ def test_grown_network_computes_what_it_did_before_and_only_grows():
         surgery.grown(grown, (0, 2, 0))
 
 
+def test_widened_synthesis_reconstructs_about_what_it_did_and_only_widens():
+    torch = pytest.importorskip("torch")
+    from pillow_cnnz.model import CnnzNet, Config
+    from training import surgery
+
+    torch.manual_seed(0)
+    net = CnnzNet(Config(N=8, M=8, Nz=4, Nh=8, dec=(8, 8, 8), res=(1, 1, 1))).eval()
+    wide = surgery.widened_synthesis(net, (8, 12, 16)).eval()
+    assert wide.config.dec == (8, 12, 16) and wide.g_s[-1].conv.weight.shape[1] == 16
+    y = torch.randn(2, 8, 4, 4) * 3
+    with torch.no_grad():
+        a, b = net.g_s(y), wide.g_s(y)
+        # only the GDN cross terms (roots of 0.01) read the new channels
+        assert (a - b).abs().max() < 1e-2 * a.abs().max()
+        level = wide.g_s[3].conv.weight  # the sub-pixel convolution into the 12-wide level
+        assert torch.equal(level[: 4 * 8], net.g_s[3].conv.weight)
+        assert torch.count_nonzero(wide.g_s[-1].conv.weight[:, 8:]) == 0
+        assert torch.count_nonzero(level[4 * 8 :]) > 0  # new filters start random: they get a gradient
+    with pytest.raises(ValueError, match="only widen"):
+        surgery.widened_synthesis(wide, (8, 8, 16))
+
+
 def test_grown_analysis_encodes_what_it_did_before_and_keeps_the_old_weights_in_place():
     torch = pytest.importorskip("torch")
     from pillow_cnnz.model import CnnzNet, Config

@@ -23,6 +23,7 @@ Example (from the repository root)::
 
     python -m training heads --candidates 2:9,2:11,4:5,4:9,8:1,8:3 --steps 3000 --run runs/heads
     python -m training heads --run runs/heads --export 2:11,4:7,8:3
+    python -m training heads --candidates 2:9,4:5,8:3 --init runs/heads --lr 3e-4 --steps 6000 --run runs/heads-long
 """
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, metavar="RUN",
+                   help="start a new run's heads from those of the same scale:tap and width another run trained")
     p.add_argument("--export", default=None, metavar="SCALE:TAP[@RUN],...",
                    help="write these trained heads (of --run, or of the run folder after @) into the weights "
                         "folder instead of training")
@@ -191,6 +194,8 @@ def train(args: argparse.Namespace) -> int:
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         step = saved["step"]
+    elif args.init:
+        warm_start(heads, Path(args.init) / "heads.pt", model.model_id.hex(), args.hidden)
     start = time.time()
     cache = make_cache(net, args)
     val = [load_rgb(p) for p in image_paths(args.val)]
@@ -226,6 +231,20 @@ def train(args: argparse.Namespace) -> int:
                             "heads": heads.state_dict(), "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(), "step": step}, folder / "heads.pt")
     return 0
+
+
+def warm_start(heads: torch.nn.ModuleDict, path: Path, model_id: str, hidden: int) -> None:
+    """Load into ``heads`` the weights of the same heads (scale:tap) from another run's ``heads.pt``:
+    a longer or slower schedule goes on from where that run ended, with a fresh optimizer."""
+    saved = torch.load(path, weights_only=True)
+    if saved["model_id"] != model_id or saved["hidden"] != hidden:
+        msg = f"{path} holds heads {saved['hidden']} wide of model {saved['model_id']}, not {hidden} wide of {model_id}"
+        raise SystemExit(msg)
+    missing = [key for key in heads if key not in saved["candidates"].split(",")]
+    if missing:
+        msg = f"{path} has no head {', '.join(missing)} (it has {saved['candidates']})"
+        raise SystemExit(msg)
+    heads.load_state_dict({k: v for k, v in saved["heads"].items() if k.split(".")[0] in heads})
 
 
 def export(run: Path, chosen: list[tuple[int, int, str | None]], out: Path | None) -> dict:

@@ -54,6 +54,17 @@ def grown(net: CnnzNet, res: tuple[int, int, int] | None = None,
     return out
 
 
+@torch.no_grad()
+def _carried(net: CnnzNet, config: Config, fill) -> dict[str, torch.Tensor]:
+    """The state of a network of ``config`` that takes over ``net``'s parameters: those of the same
+    shape as they are, the others as ``fill(key, old value, new-shaped tensor)`` returns them."""
+    old, state = net.state_dict(), CnnzNet(config).state_dict()
+    for key, target in state.items():
+        value = old[key]
+        target.copy_(value if target.shape == value.shape else fill(key, value, target))
+    return state
+
+
 def _widened_index(old: int, new: int, old_m: int, new_m: int) -> torch.Tensor:
     """Where an axis of ``old`` entries lands in a network widened from ``old_m`` to ``new_m``
     latents: unchanged axes map to themselves, latent axes keep their first entries, and
@@ -83,17 +94,16 @@ def widened(net: CnnzNet, latents: int, scale: float = 0.1) -> CnnzNet:
     if latents <= old_m:
         msg = f"can only add latent channels: {old_m} -> {latents}"
         raise ValueError(msg)
-    out = CnnzNet(replace(net.config, M=latents))
-    old, state = net.state_dict(), out.state_dict()
+
+    def fill(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(target)
+        index = [_widened_index(o, n, old_m, latents) for o, n in zip(value.shape, target.shape)]
+        out[torch.meshgrid(*index, indexing="ij")] = value
+        return out
+
+    config = replace(net.config, M=latents)
+    old, state = net.state_dict(), _carried(net, config, fill)
     with torch.no_grad():
-        for key, value in old.items():
-            target = state[key]
-            if target.shape == value.shape:
-                target.copy_(value)
-                continue
-            target.zero_()
-            index = [_widened_index(o, n, old_m, latents) for o, n in zip(value.shape, target.shape)]
-            target[torch.meshgrid(*index, indexing="ij")] = value
         new = slice(old_m, latents)
         last = f"g_a.{len(net.g_a) - 1}.weight"
         state[last][new] = torch.randn_like(state[last][new]) * old[last].std() * scale
@@ -101,6 +111,7 @@ def widened(net: CnnzNet, latents: int, scale: float = 0.1) -> CnnzNet:
             state[name][:, new] = state[name][:, :old_m].mean(1, keepdim=True)
         bias = f"h_s.{len(net.h_s) - 1}.bias"
         state[bias][latents + old_m :] = NEW_LOG2_SCALE
+    out = CnnzNet(config)
     out.load_state_dict(state)
     return out
 
@@ -132,3 +143,41 @@ def remap_gains(net: CnnzNet, old_lambdas: tuple[float, ...], new_lambdas: tuple
             w = (target - old[i - 1]) / (old[i] - old[i - 1])
             new_rows.append(rows[i - 1] * (1 - w) + rows[i] * w)
         param.copy_(torch.stack(new_rows).to(param.dtype))
+
+
+def widened_synthesis(net: CnnzNet, dec: tuple[int, int, int], scale: float = 0.1) -> CnnzNet:
+    """A copy of ``net`` whose synthesis levels are ``dec`` channels wide (at least as wide as now).
+
+    The old channels keep their weights and read nothing from the new ones (those weights start
+    at zero; GDN's cross terms at ``GDN.OFF_DIAGONAL_ROOT`` squared, so they can still learn), so
+    the copy reconstructs what it did before up to those cross terms. The new channels' own
+    filters start random at ``scale`` of the old filters' spread: zero filters would get no
+    gradient. Sub-pixel convolutions keep their old output rows first, as the pixel shuffle
+    groups a channel's rows together.
+    """
+    dec = tuple(dec)
+    old_dec = net.config.dec
+    if len(dec) != len(old_dec) or any(n < o for n, o in zip(dec, old_dec)):
+        msg = f"can only widen the synthesis: {old_dec} -> {dec}"
+        raise ValueError(msg)
+
+    def fill(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if key.endswith("gamma_sqrt"):
+            out = torch.full_like(target, GDN_CROSS_ROOT)
+            out.diagonal().copy_(value.diagonal().mean())
+        elif key.endswith("beta_sqrt"):
+            out = torch.full_like(target, value.mean())
+        else:
+            out = torch.randn_like(target) * value.std() * scale
+            if target.ndim == 4 and target.shape[1] > value.shape[1]:
+                out[: value.shape[0], value.shape[1] :] = 0  # old outputs never read new inputs
+        out[tuple(slice(0, n) for n in value.shape)] = value
+        return out
+
+    config = replace(net.config, dec=dec)
+    out = CnnzNet(config)
+    out.load_state_dict(_carried(net, config, fill))
+    return out
+
+
+GDN_CROSS_ROOT = 0.01  # as GDN.OFF_DIAGONAL_ROOT: a root at exactly 0 would never get a gradient

@@ -24,7 +24,7 @@ import torch
 
 from training.data import CropSampler, image_paths, load_rgb
 from training.loop import checkpoint_net, read_checkpoint
-from training.surgery import grown
+from training.surgery import grown, widened_synthesis
 
 PARTS = {"gs": ("g_s.",), "ga": ("g_a.",), "both": ("g_s.", "g_a.")}
 
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", choices=sorted(PARTS), default="both", help="which transforms train")
     p.add_argument("--grow", type=lambda v: tuple(int(n) for n in v.split(",")), metavar="A,B,C",
                    help="add identity residual blocks to the synthesis first (training.surgery.grown)")
+    p.add_argument("--dec", type=lambda v: tuple(int(n) for n in v.split(",")), metavar="A,B,C",
+                   help="widen the synthesis levels first (training.surgery.widened_synthesis)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--data", default="data/train")
     p.add_argument("--val", default="data/val")
     p.add_argument("--overfit", action="store_true", help="train on the validation crops themselves")
@@ -75,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     net = checkpoint_net(read_checkpoint(args.checkpoint))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.grow:
         net = grown(net, args.grow)
+    if args.dec:
+        net = widened_synthesis(net, args.dec)
     net.train()
     for name, param in net.named_parameters():
         param.requires_grad_(name.startswith(PARTS[args.train]))
