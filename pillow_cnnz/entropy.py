@@ -128,27 +128,29 @@ class Decoder:
         tables = self.tables
         idx = index.reshape(-1)
         order, bounds = _groups(idx, len(tables.lo))
-        sym = np.empty(idx.size, np.int64)
+        # Worked in table order (each table's symbols are one run there), then scattered once.
+        ranked = np.empty(idx.size, np.int64)
+        escaped = np.zeros(idx.size, bool)
         for k in range(len(self._models)):
-            n = bounds[k + 1] - bounds[k]
-            if n:
-                sym[order[bounds[k] : bounds[k + 1]]] = self._coder.decode(self._models[k], n)
-        lo = tables.lo[idx]
-        last = tables.length[idx] - 1
-        values = sym + lo
-        escaped = (sym == 0) | (sym == last)
-        pos = order[escaped[order]]
-        escapes = self._escapes[self._used : self._used + pos.size]
-        if escapes.size != pos.size:
+            a, b = bounds[k], bounds[k + 1]
+            if b > a:
+                run = self._coder.decode(self._models[k], b - a)
+                escaped[a:b] = (run == 0) | (run == tables.length[k] - 1)
+                ranked[a:b] = run + tables.lo[k]
+        at = np.flatnonzero(escaped)  # ranks of the escaped symbols: their order in the payload
+        escapes = self._escapes[self._used : self._used + at.size]
+        if escapes.size != at.size:
             msg = f"entropy payload has {self._escapes.size} escapes, fewer than its escaped symbols"
             raise EntropyError(msg)
-        self._used += pos.size
-        esc_lo = sym[pos] == 0
-        ok_lo = escapes <= lo[pos]
-        ok_hi = escapes >= lo[pos] + last[pos]
-        if not np.all(np.where(esc_lo, ok_lo, ok_hi)) or np.any(np.abs(escapes) > ESCAPE_LIMIT):
+        self._used += at.size
+        table = np.searchsorted(bounds, at, side="right") - 1
+        lo = tables.lo[table]
+        ok = np.where(ranked[at] == lo, escapes <= lo, escapes >= lo + tables.length[table] - 1)
+        if not np.all(ok) or np.any(np.abs(escapes) > ESCAPE_LIMIT):
             raise EntropyError("entropy payload has an escape value outside its table's tail")
-        values[pos] = escapes
+        ranked[at] = escapes
+        values = np.empty(idx.size, np.int64)
+        values[order] = ranked
         return values.reshape(index.shape)
 
     def finish(self) -> None:

@@ -44,15 +44,18 @@ def _decode_band(model: Weights, dec: entropy.Decoder, out: np.ndarray,
                  workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(symbols, means) of one band's latents, pulled from ``dec``, given the band's hyper
     output ``out`` (refined in place); the context network on up to ``workers`` threads."""
-    mu, idx = _params(model, out)
     if model.context_layers is None:
+        mu, idx = _params(model, out)
         return dec.pull(idx), mu
-    mask = context.anchors(idx.shape[1], idx.shape[2])
-    symbols = np.zeros(idx.shape, np.int64)
-    symbols[:, mask] = dec.pull(idx[:, mask])
-    mu_n, idx_n = _params(model, context.refine(model.context_layers, out, symbols, inplace=True, workers=workers))
-    symbols[:, ~mask] = dec.pull(idx_n[:, ~mask])
-    return symbols, np.where(mask, mu, mu_n)
+    shape = (out.shape[0] // 2, *out.shape[1:])
+    mask = context.anchors(*shape[1:])
+    mu, symbols = np.empty(shape, np.float32), np.zeros(shape, np.int64)
+    mu[:, mask], idx = _params(model, out[:, mask])  # the anchors' parameters are the hyperprior's
+    symbols[:, mask] = dec.pull(idx)
+    refined = context.refine(model.context_layers, out, symbols, inplace=True, workers=workers)
+    mu[:, ~mask], idx = _params(model, refined[:, ~mask])
+    symbols[:, ~mask] = dec.pull(idx)
+    return symbols, mu
 
 
 def code_latents(model: Weights, z: np.ndarray, y: np.ndarray) -> tuple[bytes, bytes]:

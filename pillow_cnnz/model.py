@@ -45,7 +45,6 @@ LAMBDA_TABLES = {
     "wide3": tuple(round(0.0004 * (0.22 / 0.0004) ** (k / 7), 6) for k in range(8)),
     "wide4": tuple(round(0.0004 * (0.24 / 0.0004) ** (k / 7), 6) for k in range(8)),
     "wide5": tuple(round(0.0004 * (0.25 / 0.0004) ** (k / 7), 6) for k in range(8)),
-    "wide6": tuple(round(0.0004 * (0.5 / 0.0004) ** (k / 7), 6) for k in range(8)),
 }
 LAMBDAS = LAMBDA_TABLES["wide5"]
 QUALITY_MIN, QUALITY_MAX = 1.0, float(len(LAMBDAS))

@@ -109,6 +109,21 @@ def test_entropy_roundtrip_with_escapes_is_exact():
     assert np.array_equal(decoded, values)
 
 
+@pytest.mark.parametrize("where", ["low", "high"])
+def test_an_escape_value_inside_its_tables_span_is_damage(where):
+    tables = weights.load().y_tables
+    k = int(np.argmax(tables.length))
+    idx = np.full((2, 3, 3), k, np.int32)
+    values = np.zeros(idx.shape, np.int64)
+    lo, hi = int(tables.lo[k]), int(tables.lo[k] + tables.length[k] - 1)
+    values[1, 2, 0] = lo - 50 if where == "low" else hi + 50
+    payload = bytearray(entropy.encode(values, idx, tables))
+    assert np.array_equal(entropy.decode(bytes(payload), idx, tables), values)
+    payload[4:8] = np.array([lo + 1 if where == "low" else hi - 1], "<i4").tobytes()  # the one escape
+    with pytest.raises(entropy.EntropyError, match="outside its table's tail"):
+        entropy.decode(bytes(payload), idx, tables)
+
+
 @pytest.mark.parametrize("cut", [0, 3, 7, 50])
 def test_entropy_payload_damage_is_a_clear_error(cut):
     tables = weights.load().y_tables
