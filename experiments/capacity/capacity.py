@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dec", type=lambda v: tuple(int(n) for n in v.split(",")), metavar="A,B,C",
                    help="widen the synthesis levels first (training.surgery.widened_synthesis)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32, not under bfloat16 autocast")
     p.add_argument("--data", default="data/train")
     p.add_argument("--val", default="data/val")
     p.add_argument("--overfit", action="store_true", help="train on the validation crops themselves")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         x = as_batch(crops) if args.overfit else torch.from_numpy(sampler.batch(4))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             x_hat = autoencode(net, x, args.quality)
         loss = torch.mean((x_hat.float() - x) ** 2)
         opt.zero_grad()
