@@ -34,6 +34,35 @@ def anchors(rows: int, cols: int) -> np.ndarray:
     return (np.add.outer(np.arange(rows), np.arange(cols)) % 2) == 0
 
 
+def split(x: np.ndarray, part: bool) -> np.ndarray:
+    """The anchors (``part`` True) or the other latents of a band's (C, R, W) array, one row of
+    C per channel in raster order: ``x[:, mask]`` or ``x[:, ~mask]``, the order the entropy
+    coder codes them in. Even R and W (always, for a band: the latent grid is the ẑ grid × 4)
+    take strided copies, which cost a fraction of a boolean gather; others take the gather."""
+    c, rows, cols = x.shape
+    if rows % 2 or cols % 2:
+        mask = anchors(rows, cols)
+        return x[:, mask if part else ~mask]
+    out = np.empty((c, rows, cols // 2), x.dtype)
+    first = 0 if part else 1  # column of the part's first entry on even rows
+    out[:, 0::2] = x[:, 0::2, first::2]
+    out[:, 1::2] = x[:, 1::2, 1 - first :: 2]
+    return out.reshape(c, -1)
+
+
+def merge(x: np.ndarray, part: bool, values: np.ndarray) -> None:
+    """Write ``values`` (what ``split(x, part)`` gives) back into ``x``'s anchors or other latents."""
+    c, rows, cols = x.shape
+    if rows % 2 or cols % 2:
+        mask = anchors(rows, cols)
+        x[:, mask if part else ~mask] = values
+        return
+    values = values.reshape(c, rows, cols // 2)
+    first = 0 if part else 1
+    x[:, 0::2, first::2] = values[:, 0::2]
+    x[:, 1::2, 1 - first :: 2] = values[:, 1::2]
+
+
 def _apply(layer: dict, x: np.ndarray, taps: tuple = ((0, 0),)) -> np.ndarray:
     """One fixed-point layer on (taps·in, n) columns: as ``hyper.conv``, rounding half up."""
     w = layer["weight"]

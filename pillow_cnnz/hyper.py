@@ -10,7 +10,8 @@ matrix products are exact whatever the summation order; numpy's BLAS can do the 
 The network runs in bands of ẑ rows, so memory stays bounded for any image size.
 
 Layers are given as a list of dicts (from the weights file):
-``{"kind": "conv", "weight": int array (out, in, k, k), "bias": int array, "shift": s}``,
+``{"kind": "conv", "weight": int array (out, in, k, k), "bias": int array, "shift": s}`` (and,
+as ``weights`` loads them, ``"matrix"``: the weights as ``conv`` multiplies by them),
 ``{"kind": "relu"}`` and ``{"kind": "shuffle"}`` (pixel shuffle by 2).
 """
 from __future__ import annotations
@@ -28,11 +29,13 @@ COL_CHUNK = 32  # columns of ẑ computed at a time within a band (not part of t
 SPLIT_COLS = 4 * HALO  # the narrowest chunk a band is cut into for threads
 
 
-def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, shift: int) -> np.ndarray:
+def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, shift: int,
+         matrix: np.ndarray | None = None) -> np.ndarray:
     """Zero-padded 'same' convolution of an integer-valued float64 (C, H, W) array.
 
     One matrix product per layer (the k·k shifted copies stacked, "im2col"): BLAS
     runs at full speed and, the values being integers, in any order it likes.
+    ``matrix`` is ``weight`` laid out for it (``weight_matrix``), where the caller keeps one.
     """
     cout, cin, k, _ = weight.shape
     _, h, w = x.shape
@@ -42,9 +45,14 @@ def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, shift: int) -> np.
     for dy in range(k):
         for dx in range(k):
             cols[dy, dx] = xp[:, dy : dy + h, dx : dx + w]
-    acc = weight.transpose(0, 2, 3, 1).reshape(cout, -1) @ cols.reshape(-1, h * w)
+    acc = (weight_matrix(weight) if matrix is None else matrix) @ cols.reshape(-1, h * w)
     acc += bias[:, None]
     return rescale(acc, shift).reshape(cout, h, w)
+
+
+def weight_matrix(weight: np.ndarray) -> np.ndarray:
+    """A (out, in, k, k) convolution's weights as the (out, k·k·in) matrix ``conv`` multiplies by."""
+    return np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1))
 
 
 def rescale(acc: np.ndarray, shift: int) -> np.ndarray:
@@ -64,7 +72,7 @@ def run_layers(layers: list[dict], z: np.ndarray) -> np.ndarray:
     for layer in layers:
         kind = layer["kind"]
         if kind == "conv":
-            x = conv(x, layer["weight"], layer["bias"], layer["shift"])
+            x = conv(x, layer["weight"], layer["bias"], layer["shift"], layer.get("matrix"))
         elif kind == "relu":
             x = np.maximum(x, 0)
         elif kind == "shuffle":

@@ -35,8 +35,8 @@ def _encode_band(model: Weights, enc: entropy.Encoder, z: np.ndarray, top: int, 
     if mask is None:
         enc.push(symbols, idx)
     else:
-        enc.push(symbols[:, ~mask], idx[:, ~mask])
-        enc.push(symbols[:, mask], idx[:, mask])
+        enc.push(context.split(symbols, False), context.split(idx, False))
+        enc.push(context.split(symbols, True), context.split(idx, True))
     return symbols, idx
 
 
@@ -48,13 +48,14 @@ def _decode_band(model: Weights, dec: entropy.Decoder, out: np.ndarray,
         mu, idx = _params(model, out)
         return dec.pull(idx), mu
     shape = (out.shape[0] // 2, *out.shape[1:])
-    mask = context.anchors(*shape[1:])
     mu, symbols = np.empty(shape, np.float32), np.zeros(shape, np.int64)
-    mu[:, mask], idx = _params(model, out[:, mask])  # the anchors' parameters are the hyperprior's
-    symbols[:, mask] = dec.pull(idx)
+    mu_a, idx = _params(model, context.split(out, True))  # the anchors' parameters are the hyperprior's
+    context.merge(mu, True, mu_a)
+    context.merge(symbols, True, dec.pull(idx))
     refined = context.refine(model.context_layers, out, symbols, inplace=True, workers=workers)
-    mu[:, ~mask], idx = _params(model, refined[:, ~mask])
-    symbols[:, ~mask] = dec.pull(idx)
+    mu_n, idx = _params(model, context.split(refined, False))
+    context.merge(mu, False, mu_n)
+    context.merge(symbols, False, dec.pull(idx))
     return symbols, mu
 
 

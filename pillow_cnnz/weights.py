@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import context, forksafe
+from . import context, forksafe, hyper
 from .entropy import Tables
 from .errors import WeightsError
 
@@ -282,7 +282,8 @@ def _read(model_id: bytes) -> Weights:
     layers = []
     for i, layer in enumerate(meta["hyper"]):
         if layer["kind"] == "conv":
-            layer = dict(layer, weight=arrays[f"hyper/{i}/weight"].astype(np.float64),
+            weight = arrays[f"hyper/{i}/weight"].astype(np.float64)
+            layer = dict(layer, weight=weight, matrix=hyper.weight_matrix(weight),
                          bias=arrays[f"hyper/{i}/bias"].astype(np.float64))
         layers.append(layer)
 

@@ -145,3 +145,16 @@ def test_resuming_with_context_adds_it_once_keeps_adam_and_the_card_reproduces_i
     assert "--resume --context 8" in phases_page(info)
     card = flat(model_card(info, tmp_path))
     assert "checkerboard context (He et al. 2021, 8 channels)" in card and "the context added as no change" in card
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 6), (2, 8, 4), (3, 5, 6), (2, 4, 7), (1, 1, 1)])
+def test_split_and_merge_give_the_checkerboard_halves_in_the_coders_order(shape):
+    x = np.arange(np.prod(shape)).reshape(shape)
+    mask = context.anchors(*shape[1:])
+    for part in (True, False):
+        half = context.split(x, part)
+        assert np.array_equal(half, x[:, mask if part else ~mask])
+        y = np.zeros_like(x)
+        context.merge(y, part, half)
+        assert np.array_equal(y[:, mask if part else ~mask], half)
+        assert not y[:, ~mask if part else mask].any()
