@@ -22,7 +22,9 @@ from PIL import Image
 
 from pillow_cnnz import container
 
-ALLOWED = (SyntaxError, OSError, ValueError, Image.DecompressionBombError)
+# What Pillow raises for a damaged file: SyntaxError only while identifying it, OSError (the
+# package's errors are OSErrors) and the bomb check after; a bare ValueError is a leak from inside.
+ALLOWED = (SyntaxError, OSError, Image.DecompressionBombError)
 _HEADER_FIELDS = {"width": (12, "<I"), "height": (16, "<I"), "mode": (20, "<B"), "quality": (22, "<H"),
                   "sections": (32, "<H"), "version": (8, "<H"), "flags": (10, "<H"), "fold": (34, "<H")}
 _EXTREMES = (0, 1, 2, 63, 64, 65, 2**15, 2**16 - 1, 2**16, 2**31 - 1, 2**31, 2**32 - 1)

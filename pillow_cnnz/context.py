@@ -35,9 +35,9 @@ def anchors(rows: int, cols: int) -> np.ndarray:
 
 
 def split(x: np.ndarray, part: bool) -> np.ndarray:
-    """The anchors (``part`` True) or the other latents of a band's (C, R, W) array, one row of
-    C per channel in raster order: ``x[:, mask]`` or ``x[:, ~mask]``, the order the entropy
-    coder codes them in. Even R and W (always, for a band: the latent grid is the ẑ grid × 4)
+    """The anchors (``part`` True) or the other latents of a band's (C, R, W) array as (C, n):
+    each channel's entries in raster order, ``x[:, mask]`` or ``x[:, ~mask]``, the order the
+    entropy coder codes them in. Even R and W (always, for a band: the latent grid is the ẑ grid × 4)
     take strided copies, which cost a fraction of a boolean gather; others take the gather."""
     c, rows, cols = x.shape
     if rows % 2 or cols % 2:

@@ -121,7 +121,10 @@ class Decoder:
         self._escapes = np.frombuffer(payload, "<i4", n_escapes, 4).astype(np.int64)
         self._used = 0
         words = np.frombuffer(payload, "<u4", offset=4 + 4 * n_escapes)
-        self._coder = constriction.stream.stack.AnsCoder(words.copy())
+        try:
+            self._coder = constriction.stream.stack.AnsCoder(words.copy())
+        except ValueError as e:  # constriction's check of the last word: damage, like any other
+            raise EntropyError(f"entropy payload is damaged: {e}") from e
 
     def pull(self, index: np.ndarray) -> np.ndarray:
         """The next band's integer values, shaped like ``index``."""

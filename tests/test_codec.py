@@ -176,6 +176,17 @@ def test_image_of_several_bands_decodes_to_the_encoded_latents():
     assert np.array_equal(z, z_dec) and np.array_equal(sym, sym_dec)
 
 
+def test_damage_in_the_first_band_is_reported_while_the_next_bands_network_runs_ahead():
+    img = photo(2 * 64 * hyper.BAND_ROWS + 70, 48)  # three bands: the second's network runs beside the first
+    h, p = container.parse(codec.encode(img, "RGB", 4.0))
+    laty = bytearray(p["LATY"])
+    laty[-40:] = bytes(40)  # the words the first band's symbols are pulled from first
+    before = threading.active_count()
+    with pytest.raises(container.CorruptFileError):
+        latents.decode_y_hat(h, p["LATZ"], bytes(laty), workers=2)
+    assert threading.active_count() == before  # the helper thread ended with the decode
+
+
 def test_bfloat16_transforms_change_pixels_by_at_most_a_few_levels():
     img = photo(128, 192)
     h, p = container.parse(codec.encode(img, "RGB", 6.0))
