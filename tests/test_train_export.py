@@ -88,6 +88,28 @@ def test_slim_checkpoint_drops_the_optimizer_and_still_resumes(tmp_path):
     assert [v["step"] for v in resumed["validation"]] == [1, 2]
 
 
+def test_fit_builds_a_new_network_to_the_widths_given_and_widens_a_resumed_synthesis(tmp_path):
+    torch = pytest.importorskip("torch")
+    from PIL import Image
+
+    from training import __main__ as train_cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(photo(72, 80)).save(data / "0.png")
+    common = ["--run", str(tmp_path / "run"), "--data", str(data), "--val", str(data), "--batch", "1",
+              "--crop", "64", "--threads", "1", "--no-bf16", "--device", "cpu"]
+    assert train_cli.main(["fit", "--steps", "1", "--width", "16", "--dec", "16,12,8", *common]) == 0
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert state["config"]["N"] == 16 and tuple(state["config"]["dec"]) == (16, 12, 8)
+    assert train_cli.main(["fit", "--steps", "2", "--resume", "--dec", "16,12,12", *common]) == 0
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert tuple(state["config"]["dec"]) == (16, 12, 12) and state["step"] == 2
+    assert state["history"][-1]["widened_synthesis"] == [16, 12, 12] and state["history"][-1]["fresh_optimizer"]
+    with pytest.raises(SystemExit, match="new network's encoder width"):
+        train_cli.main(["fit", "--steps", "3", "--resume", "--width", "32", *common])
+
+
 def test_time_budget_stops_training_early_with_the_last_step_validated_and_saved(tmp_path):
     torch = pytest.importorskip("torch")
     from PIL import Image

@@ -70,6 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--widen", type=int, metavar="M",
                    help="give a resumed network M latent channels (surgery.widened: it starts reconstructing "
                         "as before; Adam starts afresh, the parameters' shapes change)")
+    p.add_argument("--dec", type=lambda v: tuple(int(n) for n in v.split(",")), metavar="A,B,C",
+                   help="synthesis widths, coarse to fine: a new network's, or a resumed one widened to them "
+                        "(surgery.widened_synthesis: it starts reconstructing about as before; Adam starts afresh)")
+    p.add_argument("--width", type=int, metavar="N",
+                   help="encoder width of a new network (default: model.Config's); a resumed one keeps its own")
     p.add_argument("--encoder-only", action="store_true",
                    help="train only what the encoder alone runs (model.ENCODER_PARAMETERS: g_a, h_a, the gains "
                         "y is scaled by): the decoder's networks stay bit for bit, so a phase can only change "
@@ -303,7 +308,11 @@ def run(args: argparse.Namespace) -> int:
     state = read_checkpoint(last) if args.resume and last.exists() else None
     init = read_checkpoint(Path(args.init)) if args.init and state is None else None
     source = state or init
-    net = checkpoint_net(source) if source else CnnzNet(Config())
+    if source and args.width and args.width != Config.from_dict(source["config"]).N:
+        msg = f"--width sets a new network's encoder width; this checkpoint's is {source['config']['N']}"
+        raise SystemExit(msg)
+    fresh = Config(**{k: v for k, v in (("N", args.width), ("dec", args.dec)) if v})
+    net = checkpoint_net(source) if source else CnnzNet(fresh)
     if source:
         remapped = adopt_lambdas(net, source, lambdas)
     grown = args.grow is not None and tuple(args.grow) != net.config.res
@@ -317,10 +326,13 @@ def run(args: argparse.Namespace) -> int:
     widened = bool(args.widen) and args.widen != net.config.M
     if widened:
         net = surgery.widened(net, args.widen)
+    widened_s = bool(args.dec) and tuple(args.dec) != net.config.dec
+    if widened_s:
+        net = surgery.widened_synthesis(net, args.dec)
     net = net.to(args.device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(param_groups(net), lr=args.lr)
     if state:
-        if "optimizer" in state and not widened:
+        if "optimizer" in state and not (widened or widened_s):
             changed = grown or grown_a or contexted
             opt_state = grown_adam(state["optimizer"], before, net) if changed else regroup(state["optimizer"], net)
             opt.load_state_dict(opt_state)
@@ -329,7 +341,8 @@ def run(args: argparse.Namespace) -> int:
                 print("its λ table changed: the gains' Adam moments start afresh", file=sys.stderr)
         else:
             fresh_adam = True
-            why = "the latents were widened" if widened else "checkpoint has no optimizer state (slim)"
+            why = ("the latents were widened" if widened else "the synthesis was widened" if widened_s
+                   else "checkpoint has no optimizer state (slim)")
             print(f"{why}: Adam starts afresh", file=sys.stderr)
         step, seconds = state["step"], state["seconds"]
         a = state["args"]
@@ -356,6 +369,7 @@ def run(args: argparse.Namespace) -> int:
                    | ({"grown_analysis": list(net.config.ares)} if grown_a else {})
                    | ({"context": net.config.ctx} if contexted else {})
                    | ({"widened": net.config.M} if widened else {})
+                   | ({"widened_synthesis": list(net.config.dec)} if widened_s else {})
                    | ({"encoder_only": True} if args.encoder_only else {}))
     val_images = [load_rgb(p) for p in image_paths(args.val)] if args.val_every > 0 else []
     log = open(run_dir / "log.jsonl", "a")
