@@ -31,8 +31,10 @@ _EXTREMES = (0, 1, 2, 63, 64, 65, 2**15, 2**16 - 1, 2**16, 2**31 - 1, 2**31, 2**
 
 
 def corpus() -> list[bytes]:
-    """Small valid files of every mode, with every optional section present somewhere, and a
-    thin one coded folded (version 2, ``pillow_cnnz.folding``)."""
+    """Small valid files of every mode, with every optional section present somewhere, a thin
+    one coded folded (version 2, ``pillow_cnnz.folding``) and one tall enough for two bands of
+    latent rows (``hyper.bands``: coded in one stream, decoded with the next band's network
+    running ahead)."""
     from pillow_cnnz import codec
 
     rng = np.random.default_rng(0)
@@ -47,6 +49,7 @@ def corpus() -> list[bytes]:
         codec.encode(np.dstack([rgb[..., 1], alpha]), "LA", 6.5, metadata={"XMP ": meta["XMP "]}),
         codec.encode(np.dstack([rgb, alpha])[:17, :33], "RGBA", 8.0, metadata={"EXIF": meta["EXIF"]}),
         codec.encode(np.concatenate([np.dstack([rgb, alpha])[:2]] * 3, axis=1), "RGBA", 4.0),
+        codec.encode(np.concatenate([rgb[:, :16]] * 28)[:1100], "RGB", 5.0),
     ]
 
 
