@@ -58,6 +58,7 @@ def encode_batch(images: list[np.ndarray], modes: list[str], quality: float = 4.
     for ids in batching.groups([px.shape[:2] for px in rasters], batch_size):
         latents = analyse_batch([rasters[i] for i in ids], [quality] * len(ids), device, method=method)
         model = load()
+        workers = max(1, batching.cores() // len(ids))  # the cores the group's files leave free
 
         def exact_stage(job: tuple[int, tuple[np.ndarray, np.ndarray]]) -> bytes:
             i, (z, y) = job
@@ -65,7 +66,7 @@ def encode_batch(images: list[np.ndarray], modes: list[str], quality: float = 4.
             alpha = split[i][1]
             if alpha is not None:
                 sections["ALPH"] = pack_alpha(alpha)
-            sections["LATZ"], sections["LATY"] = code_latents(model, z, y)
+            sections["LATZ"], sections["LATY"] = code_latents(model, z, y, workers)
             h, w = images[i].shape[:2]
             return container.serialize(w, h, modes[i], quality, model.model_id, sections, *folds[i])
 

@@ -121,16 +121,18 @@ def refine(layers: dict, out: np.ndarray, symbols: np.ndarray, chunk: int | None
 
 
 def band_symbols(hyper_layers: list[dict], context_layers: dict | None, scale: dict, z: np.ndarray, top: int,
-                 bottom: int, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+                 bottom: int, y: np.ndarray,
+                 workers: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Encoder side of one band of ẑ rows ``[top, bottom)`` with latents ``y``: (symbols
-    ``round(y − μ)``, exact means μ, scale indexes, anchor mask or None without a context)."""
-    out = hyper.hyper_band(hyper_layers, z, top, bottom)
+    ``round(y − μ)``, exact means μ, scale indexes, anchor mask or None without a context); the
+    integer networks on up to ``workers`` threads."""
+    out = hyper.hyper_band(hyper_layers, z, top, bottom, workers=workers)
     mu, idx = hyper.means_and_indexes(out, scale)
     symbols = np.round(y - mu).astype(np.int32)
     if context_layers is None:
         return symbols, mu, idx, None
     mask = anchors(y.shape[1], y.shape[2])
-    refined = refine(context_layers, out, symbols, inplace=True)
+    refined = refine(context_layers, out, symbols, inplace=True, workers=workers)
     m = refined.shape[0] // 2
     for c in range(0, m, 16):  # non-anchors take the refined μ and index, 16 channels at a time (memory)
         mu_n, idx_n = hyper.means_and_indexes(refined[np.r_[c : min(c + 16, m), m + c : m + min(c + 16, m)]], scale)

@@ -24,20 +24,14 @@ def hyper_means(model: Weights, z: np.ndarray, top: int, bottom: int) -> tuple[n
     return _params(model, hyper.hyper_band(model.hyper_layers, z, top, bottom))
 
 
-def _encode_band(model: Weights, enc: entropy.Encoder, z: np.ndarray, top: int, bottom: int,
-                 y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Push the latents ``y`` of ẑ rows ``[top, bottom)``; returns (symbols, scale indexes).
-
-    With a context the anchors go last, so the decoder pulls them first (ANS is a stack)."""
-    symbols, _, idx, mask = context.band_symbols(model.hyper_layers, model.context_layers, model.meta["scale"],
-                                                 z, top, bottom, y)
-    idx = idx.astype(np.uint8)
+def _push_band(enc: entropy.Encoder, symbols: np.ndarray, idx: np.ndarray, mask: np.ndarray | None) -> None:
+    """Push one band's symbols with their scale indexes. With a context the anchors go last, so
+    the decoder pulls them first (ANS is a stack)."""
     if mask is None:
         enc.push(symbols, idx)
     else:
         enc.push(context.split(symbols, False), context.split(idx, False))
         enc.push(context.split(symbols, True), context.split(idx, True))
-    return symbols, idx
 
 
 def _decode_band(model: Weights, dec: entropy.Decoder, out: np.ndarray,
@@ -59,9 +53,10 @@ def _decode_band(model: Weights, dec: entropy.Decoder, out: np.ndarray,
     return symbols, mu
 
 
-def code_latents(model: Weights, z: np.ndarray, y: np.ndarray) -> tuple[bytes, bytes]:
-    """(LATZ, LATY) payloads: ẑ with per-channel tables, then y band by band (last band first)."""
-    latz, laty, _, _ = _code(model, z, y, keep=False)
+def code_latents(model: Weights, z: np.ndarray, y: np.ndarray, workers: int = 1) -> tuple[bytes, bytes]:
+    """(LATZ, LATY) payloads: ẑ with per-channel tables, then y band by band (last band first);
+    the integer networks on up to ``workers`` threads (the same bytes on any count)."""
+    latz, laty, _, _ = _code(model, z, y, keep=False, workers=workers)
     return latz, laty
 
 
@@ -71,17 +66,26 @@ def code_latents_with_symbols(model: Weights, z: np.ndarray,
     return _code(model, z, y, keep=True)
 
 
-def _code(model: Weights, z: np.ndarray, y: np.ndarray,
-          keep: bool) -> tuple[bytes, bytes, np.ndarray | None, np.ndarray | None]:
+def _code(model: Weights, z: np.ndarray, y: np.ndarray, keep: bool,
+          workers: int = 1) -> tuple[bytes, bytes, np.ndarray | None, np.ndarray | None]:
     latz = entropy.encode(z, _channel_index(z.shape), model.z_tables)
     enc = entropy.Encoder(model.y_tables)
     f = hyper.upsampling(model.hyper_layers)
     kept = []
-    bands = hyper.bands(z.shape[1])
-    with blas.threads(1):  # one section for all bands, see decode_y_hat
-        for top, bottom in reversed(bands):
-            symbols, idx = _encode_band(model, enc, z, top, bottom, y[:, top * f : bottom * f])
-            if len(bands) > 1:
+    order = hyper.bands(z.shape[1])[::-1]
+
+    def networks(band: tuple[int, int]) -> tuple:
+        # Beside the previous band's push, which is short next to it: every thread is its own.
+        top, bottom = band
+        return context.band_symbols(model.hyper_layers, model.context_layers, model.meta["scale"], z, top, bottom,
+                                    y[:, top * f : bottom * f], workers)
+
+    with blas.threads(1), contextlib.closing(  # one BLAS section for all bands, see decode_y_hat
+            batching.ahead(networks, order, enabled=workers > 1)) as results:
+        for symbols, _, idx, mask in results:
+            idx = idx.astype(np.uint8)
+            _push_band(enc, symbols, idx, mask)
+            if len(order) > 1:
                 heap.return_freed()  # each band's temporaries otherwise fragment the heap
             if keep:
                 kept.append((symbols, idx))

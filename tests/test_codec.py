@@ -87,6 +87,13 @@ def test_the_exact_decode_stage_gives_the_same_latents_on_any_number_of_threads(
     assert np.array_equal(context.refine(model.context_layers, out, symbols[:, :64], chunk=64, workers=workers), refined)
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_the_encoders_exact_stage_writes_the_same_bytes_on_any_number_of_threads(workers):
+    model = weights.load()
+    ((z, y),) = codec.analyse_batch([photo(2 * 64 * hyper.BAND_ROWS + 70, 96)], [5.0], "cpu")  # three bands
+    assert latents.code_latents(model, z, y, workers) == latents.code_latents(model, z, y, 1)
+
+
 def test_hyper_network_is_exact_for_any_summation_order():
     model = weights.load()
     z = np.random.default_rng(2).integers(-4, 5, size=(model.meta["config"]["Nz"], 5, 6))
