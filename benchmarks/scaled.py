@@ -35,8 +35,11 @@ from unittest import mock
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
+from pillow_cnnz import heads
+
 from ._common import (DEFAULT_KODAK, HERE, environment, finish_environment, image_paths, md_table, median,
                       model_info, write_json)
+from .rd import psnr
 
 PARTS = ("quality", "time", "thumbnail")
 SCALES = (2, 4, 8)
@@ -44,14 +47,9 @@ BARS = {2: 0.70, 4: 0.45}  # a reduced decode's time / the full decode's, at mos
 PSNR_BAR = 0.5  # dB below a Lanczos downscale of the full decode, at most
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * math.log10(255**2 / max(mse, 1e-10))
-
-
 def lanczos(pixels: np.ndarray, scale: int) -> np.ndarray:
-    h, w = pixels.shape[:2]
-    return np.asarray(Image.fromarray(pixels).resize((-(-w // scale), -(-h // scale)), Image.LANCZOS))
+    im = Image.fromarray(pixels)
+    return np.asarray(im.resize(heads.scaled_size(*im.size, scale), Image.LANCZOS))
 
 
 def resized(path: Path, longer: int) -> Image.Image:

@@ -126,15 +126,15 @@ def decode_parsed(files: list[tuple[container.Header, dict[str, bytes]]], device
     out: list[np.ndarray] = [np.empty(0)] * len(files)
     # The latents code a folded file's raster (latents reads them as such): it is synthesized as its own image.
     coded = [folding.coded_header(header) for header, _ in files]
-
-    def exact_stage(i: int) -> tuple[np.ndarray | None, np.ndarray]:
-        alpha = unpack_alpha(*files[i])  # in the image's layout, folded or not
-        return (alpha if alpha is None or scale == 1 else reduced(alpha, scale)), y_hat_of(files[i], workers)
-
     keys = [(c.height, c.width, c.model_id, f[0].fold > 0) for c, f in zip(coded, files)]
     for ids in batching.groups(keys, batch_size):
         headers = [coded[i] for i in ids]
         workers = max(1, batching.cores() // len(ids))  # the cores the group's files leave free
+
+        def exact_stage(i: int) -> tuple[np.ndarray | None, np.ndarray]:
+            alpha = unpack_alpha(*files[i])  # in the image's layout, folded or not
+            return (alpha if alpha is None or scale == 1 else reduced(alpha, scale)), y_hat_of(files[i], workers)
+
         # A folded raster's pixels are not the image's at any scale: it is synthesized whole,
         # unfolded, then reduced by area (a head would blur across the seams between segments).
         at = 1 if files[ids[0]][0].fold else scale

@@ -119,43 +119,9 @@ def _im2col(xp: np.ndarray, r0: int, r1: int, cols: np.ndarray) -> np.ndarray:
     return cols
 
 
-class _Residual:
-    """A ``layers.ResBlock``: x + conv3x3(relu(conv3x3(x))), in place on the padded input."""
-
-    reach = (2, 1)
-
-    def __init__(self, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> None:
-        # im2col columns are (dy, dx, cin); torch's weights are (cout, cin, dy, dx).
-        self.w1, self.w2 = (np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]), np.float32)
-                            for w in (w1, w2))
-        self.b1, self.b2 = np.asarray(b1, np.float32), np.asarray(b2, np.float32)
-
-    def __call__(self, xp: np.ndarray, bands: Bands) -> np.ndarray:
-        """Padded (H+2, W+2, C) -> the same array, its interior updated; borders stay zero."""
-        h, w, c = xp.shape[0] - 2, xp.shape[1] - 2, xp.shape[2]
-        rows = max(1, BAND_BYTES // (9 * 4 * c * w))
-        hidden = np.zeros_like(xp)  # zero border: conv2 pads relu(conv1(x)) with zeros, as torch does
-
-        def conv1(r0: int, r1: int) -> None:
-            n = (r1 - r0) * w
-            yb = np.matmul(_im2col(xp, r0, r1, _buffer("cols", (n, 9 * c))), self.w1, out=_buffer("y", (n, c)))
-            yb += self.b1
-            np.maximum(yb, 0, out=yb)
-            hidden[1 + r0 : 1 + r1, 1:-1] = yb.reshape(r1 - r0, w, c)
-
-        def conv2(r0: int, r1: int) -> None:
-            n = (r1 - r0) * w
-            yb = np.matmul(_im2col(hidden, r0, r1, _buffer("cols", (n, 9 * c))), self.w2, out=_buffer("y", (n, c)))
-            yb += self.b2
-            xp[1 + r0 : 1 + r1, 1:-1] += yb.reshape(r1 - r0, w, c)
-
-        bands(conv1, _bands(h, rows))  # all of conv1 first: conv2 reads its rows r0-1..r1
-        bands(conv2, _bands(h, rows))
-        return xp
-
-
 class _Conv:
-    """A 3x3 convolution and ReLU into a new padded activation (a ``layers.output_head``'s hidden layer)."""
+    """A 3x3 convolution and ReLU into a new padded activation (a ``layers.ResBlock``'s first
+    convolution, a ``layers.output_head``'s hidden layer)."""
 
     reach = (1, 1)
 
@@ -178,6 +144,33 @@ class _Conv:
 
         bands(band, _bands(h, rows))
         return out
+
+
+class _Residual:
+    """A ``layers.ResBlock``: x + conv3x3(relu(conv3x3(x))), in place on the padded input."""
+
+    reach = (2, 1)
+
+    def __init__(self, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> None:
+        self.conv1 = _Conv(w1, b1)
+        # im2col columns are (dy, dx, cin); torch's weights are (cout, cin, dy, dx).
+        self.w2 = np.ascontiguousarray(w2.transpose(2, 3, 1, 0).reshape(-1, w2.shape[0]), np.float32)
+        self.b2 = np.asarray(b2, np.float32)
+
+    def __call__(self, xp: np.ndarray, bands: Bands) -> np.ndarray:
+        """Padded (H+2, W+2, C) -> the same array, its interior updated; borders stay zero."""
+        h, w, c = xp.shape[0] - 2, xp.shape[1] - 2, xp.shape[2]
+        rows = max(1, BAND_BYTES // (9 * 4 * c * w))
+        hidden = self.conv1(xp, bands)  # all of it first (conv2 reads its rows r0-1..r1); zero border, as torch pads
+
+        def conv2(r0: int, r1: int) -> None:
+            n = (r1 - r0) * w
+            yb = np.matmul(_im2col(hidden, r0, r1, _buffer("cols", (n, 9 * c))), self.w2, out=_buffer("y", (n, c)))
+            yb += self.b2
+            xp[1 + r0 : 1 + r1, 1:-1] += yb.reshape(r1 - r0, w, c)
+
+        bands(conv2, _bands(h, rows))
+        return xp
 
 
 class _Last:

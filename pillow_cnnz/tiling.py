@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from . import heads
+
 LATENT_STRIDE = 16  # pixels per latent
 PAD_MULTIPLE = 64  # pixels per hyper-latent
 TILE = 64  # latents per tile side (1024 pixels)
@@ -71,9 +73,10 @@ def synthesize_tiles(run: Callable[[np.ndarray, tuple], np.ndarray], y_hat: np.n
     image is thinner than the 64-pixel blocks the format codes.
     """
     s = LATENT_STRIDE // scale
-    height, width = -(-height // scale), -(-width // scale)
+    plan = synthesis_windows(height, width, y_hat.shape[2:])  # of the full-size image
+    width, height = heads.scaled_size(width, height, scale)
     out = np.empty((y_hat.shape[0], height, width, 3), np.uint8)
-    for (r0, r1, c0, c1), (a0, a1, b0, b1) in synthesis_windows(height * scale, width * scale, y_hat.shape[2:]):
+    for (r0, r1, c0, c1), (a0, a1, b0, b1) in plan:
         top, left = (r0 - a0) * s, (c0 - b0) * s
         core = ((top, top + min(r1 * s, height) - r0 * s), (left, left + min(c1 * s, width) - c0 * s))
         out[:, r0 * s : min(r1 * s, height), c0 * s : min(c1 * s, width)] = run(y_hat[:, :, a0:a1, b0:b1], core)

@@ -105,8 +105,8 @@ def build_heads(config: dict, pairs: list[tuple[int, int]], hidden: int) -> torc
 
 def lanczos(im: np.ndarray, scale: int) -> np.ndarray:
     """``im`` (H, W, 3) uint8 downscaled by ``scale`` with Lanczos (sizes rounded up, as draft's)."""
-    h, w = im.shape[:2]
-    return np.asarray(Image.fromarray(im).resize((-(-w // scale), -(-h // scale)), Image.LANCZOS))
+    pil = Image.fromarray(im)
+    return np.asarray(pil.resize(runtime.scaled_size(*pil.size, scale), Image.LANCZOS))
 
 
 def features(g_s: torch.nn.Sequential, y_hat: torch.Tensor, taps: list[int]) -> dict[int, torch.Tensor]:
